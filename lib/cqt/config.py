@@ -1,0 +1,297 @@
+"""Settings: one frozen object built from the process environment, falling back to `.env`.
+
+The environment wins over `.env`, so systemd's `EnvironmentFile=` (which sets the
+environment) and a hand-run program (which reads `.env`) see the same values.
+`.env` holds plain `KEY=value` lines only: systemd and dotenv parsers disagree on
+quotes, `export` and `${VAR}`, so those are rejected instead of guessed at.
+
+Every variable is declared once in VARIABLES (name, default, kind, help); the README
+table and `.env.example` are checked against it by the tests.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+COINGLASS_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1w")
+
+
+class ConfigError(Exception):
+    """A bad setting. Programs print `str(err)` on one line and exit 78 (EX_CONFIG)."""
+
+    def __init__(self, var: str, message: str):
+        self.var = var
+        super().__init__(f"config error: {var}: {message}")
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    default: str
+    kind: str          # path | url_ws | url_http | str | list | bool | int | float | level | secret | interval
+    help: str
+    minimum: float | None = None
+
+
+# The documented variables. Others (check thresholds, test knobs) are read through
+# Settings.get_* with their defaults declared next to the code that uses them, and
+# listed in the README.
+VARIABLES: tuple[Var, ...] = (
+    Var("CQT_DB", "data/cqt.db", "path", "SQLite database file (relative paths are under the toolkit root)"),
+    Var("CQT_UPBIT_WS_URL", "wss://api.upbit.com/websocket/v1", "url_ws", "Upbit quotation WebSocket"),
+    Var("CQT_UPBIT_REST_URL", "https://api.upbit.com", "url_http", "Upbit REST base (trade backfill)"),
+    Var("CQT_BINANCE_WS_URL", "wss://fstream.binance.com", "url_ws",
+        "Binance USD-M futures WebSocket base; the collector appends the /market and /public routes"),
+    Var("CQT_BINANCE_REST_URL", "https://fapi.binance.com", "url_http", "Binance USD-M futures REST base"),
+    Var("CQT_COINGLASS_URL", "https://open-api-v4.coinglass.com", "url_http", "Coinglass API v4 base"),
+    Var("CQT_UPBIT_CODES", "KRW-BTC,KRW-USDT", "list", "Upbit market codes to collect (comma-separated)"),
+    Var("CQT_BINANCE_SYMBOL", "BTCUSDT", "str", "Binance USD-M futures symbol"),
+    Var("COINGLASS_ENABLED", "false", "bool", "collect from Coinglass (must be exactly 'true' for the run plan)"),
+    Var("COINGLASS_API_KEY", "", "secret", "Coinglass API key (never printed)"),
+    Var("CQT_COINGLASS_INTERVAL", "1h", "interval", "Coinglass bar interval (your plan must allow it)"),
+    Var("CQT_COINGLASS_DELAY_S", "60", "int", "seconds after a Coinglass bar closes before features may use it", 0),
+    Var("CQT_REPORT", "reports/step-alt-5.md", "path", "the run report cqt-report fills in"),
+    Var("CQT_DATASET_DIR", "data/datasets", "path", "where cqt-nightly writes Parquet datasets"),
+    Var("CQT_LOG_LEVEL", "INFO", "level", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Var("CQT_BACKFILL_S", "900", "int", "on a first start with an empty database, backfill this many seconds", 0),
+    Var("CQT_BOOKTICKER_MIN_MS", "100", "int", "store at most one Binance bookTicker per this many ms per symbol", 0),
+    Var("CQT_LABEL_MAX_DELAY_S", "5", "int", "export: accept a label bar up to this many seconds after t0+horizon", 0),
+    Var("CQT_KEEP_DAYS", "14", "int", "nightly retention: raw rows older than this (and already exported) are deleted", 1),
+    Var("CQT_HEARTBEAT_S", "10", "float", "seconds between heartbeat rows of each service", 0.1),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+
+_PLACEHOLDER_RE = re.compile(
+    r"^(?:<.*>|your[_\- ]?(?:api[_\- ]?)?key(?:[_\- ]?here)?|changeme|change[_\- ]me|todo|tbd|fixme|"
+    r"x{3,}|placeholder|replace[_\- ]?me|dummy|none|null|secret|api[_\- ]?key|insert[_\- ]?key[_\- ]?here|\*+|\.{3,})$",
+    re.IGNORECASE,
+)
+
+
+def is_placeholder(value: str) -> bool:
+    """True for values like `your_key_here`, `<REAL_KEY>`, `changeme`, `xxx…`, `TODO`."""
+    return bool(_PLACEHOLDER_RE.match(value.strip()))
+
+
+def env_file_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    p = environ.get("CQT_ENV_FILE")
+    return Path(p) if p else ROOT / ".env"
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Parse plain `KEY=value` lines. Comments (#) and blank lines are skipped."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return values
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path.name} line {lineno}"
+        if stripped.startswith("export "):
+            raise ConfigError(where, "'export' is not allowed in .env (write plain KEY=value)")
+        if "=" not in stripped:
+            raise ConfigError(where, "expected KEY=value")
+        key, value = stripped.split("=", 1)
+        key = key.strip()
+        if not _KEY_RE.match(key):
+            raise ConfigError(where, f"invalid variable name {key!r}")
+        if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+            raise ConfigError(key, f"quotes are not allowed in .env ({where}); write KEY=value without quotes")
+        if "${" in value or "$(" in value:
+            raise ConfigError(key, f"variable expansion is not allowed in .env ({where})")
+        values[key] = value.strip()
+    return values
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    u = urlparse(value)
+    if u.scheme not in schemes or not u.netloc:
+        raise ConfigError(name, f"{value!r} is not a {'/'.join(schemes)} URL")
+    return value.rstrip("/")
+
+
+def _check_number(name: str, value: str, kind: str, minimum: float | None) -> float | int:
+    try:
+        num: float | int = int(value) if kind == "int" else float(value)
+    except ValueError:
+        raise ConfigError(name, f"{value!r} is not {'an integer' if kind == 'int' else 'a number'}") from None
+    if kind == "float" and num != num:  # NaN
+        raise ConfigError(name, "NaN is not allowed")
+    if minimum is not None and num < minimum:
+        raise ConfigError(name, f"{value!r} is below the minimum {minimum:g}")
+    return num
+
+
+def parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(name, f"{value!r} is not a boolean (use true or false)")
+
+
+def _convert(var: Var, raw: str) -> Any:
+    k = var.kind
+    if k == "path":
+        return raw
+    if k == "url_ws":
+        return _check_url(var.name, raw, ("ws", "wss"))
+    if k == "url_http":
+        return _check_url(var.name, raw, ("http", "https"))
+    if k == "list":
+        items = tuple(x.strip() for x in raw.split(",") if x.strip())
+        if not items:
+            raise ConfigError(var.name, "must list at least one value")
+        return items
+    if k == "bool":
+        return parse_bool(var.name, raw)
+    if k in ("int", "float"):
+        return _check_number(var.name, raw, k, var.minimum)
+    if k == "level":
+        up = raw.strip().upper()
+        if up not in LOG_LEVELS:
+            raise ConfigError(var.name, f"{raw!r} is not one of {', '.join(LOG_LEVELS)}")
+        return up
+    if k == "interval":
+        if raw not in COINGLASS_INTERVALS:
+            raise ConfigError(var.name, f"{raw!r} is not one of {', '.join(COINGLASS_INTERVALS)}")
+        return raw
+    if k == "str":
+        if not raw.strip():
+            raise ConfigError(var.name, "must not be empty")
+        return raw.strip()
+    return raw  # secret
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: Path
+    upbit_ws_url: str
+    upbit_rest_url: str
+    binance_ws_url: str
+    binance_rest_url: str
+    coinglass_url: str
+    upbit_codes: tuple[str, ...]
+    binance_symbol: str
+    coinglass_enabled: bool
+    coinglass_api_key: str = field(repr=False)
+    coinglass_interval: str
+    coinglass_delay_s: int
+    report: Path
+    dataset_dir: Path
+    log_level: str
+    backfill_s: int
+    bookticker_min_ms: int
+    label_max_delay_s: int
+    keep_days: int
+    heartbeat_s: float
+    env_file: Path
+    raw: Mapping[str, str] = field(repr=False)   # merged environment (.env < process env)
+    source: Mapping[str, str] = field(repr=False)  # where each documented value came from
+
+    # -- further variables, validated the same way ---------------------------------
+    def get_str(self, name: str, default: str) -> str:
+        v = self.raw.get(name, "")
+        return v if v != "" else default
+
+    def get_int(self, name: str, default: int, minimum: int | None = None) -> int:
+        v = self.raw.get(name, "")
+        return default if v == "" else int(_check_number(name, v, "int", minimum))
+
+    def get_float(self, name: str, default: float, minimum: float | None = None) -> float:
+        v = self.raw.get(name, "")
+        return default if v == "" else float(_check_number(name, v, "float", minimum))
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        v = self.raw.get(name, "")
+        return default if v == "" else parse_bool(name, v)
+
+    def resolve_path(self, p: str | Path) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else ROOT / p
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs, the database or reports."""
+        key = self.coinglass_api_key
+        return (key,) if key and len(key) >= 4 else ()
+
+    @property
+    def coinglass_key_state(self) -> str:
+        """present | missing | placeholder (never the value)."""
+        if not self.coinglass_api_key:
+            return "missing"
+        return "placeholder" if is_placeholder(self.coinglass_api_key) else "present"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) -> Settings:
+    """Build Settings from `environ` (default os.environ) over the `.env` file.
+
+    `overrides` (e.g. db="/tmp/x.db" from a --db option) win over both.
+    Raises ConfigError naming the variable on any bad value.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    env_path = env_file_path(environ)
+    merged: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for k, v in parse_env_file(env_path).items():
+        merged[k], source[k] = v, ".env"
+    for k, v in environ.items():
+        merged[k], source[k] = v, "environment"
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = merged.get(var.name, "")
+        if raw.strip() == "" and var.kind != "secret":
+            raw = var.default
+            source.setdefault(var.name, "default")
+        values[var.name] = _convert(var, raw)
+    for key, val in overrides.items():
+        if val is not None:
+            name = "CQT_" + key.upper()
+            values[name] = _convert(_BY_NAME[name], str(val))
+            source[name] = "command line"
+    db = Path(values["CQT_DB"])
+    report = Path(values["CQT_REPORT"])
+    dataset_dir = Path(values["CQT_DATASET_DIR"])
+    return Settings(
+        db=db if db.is_absolute() else ROOT / db,
+        upbit_ws_url=values["CQT_UPBIT_WS_URL"],
+        upbit_rest_url=values["CQT_UPBIT_REST_URL"],
+        binance_ws_url=values["CQT_BINANCE_WS_URL"],
+        binance_rest_url=values["CQT_BINANCE_REST_URL"],
+        coinglass_url=values["CQT_COINGLASS_URL"],
+        upbit_codes=tuple(c.upper() for c in values["CQT_UPBIT_CODES"]),
+        binance_symbol=values["CQT_BINANCE_SYMBOL"].upper(),
+        coinglass_enabled=values["COINGLASS_ENABLED"],
+        coinglass_api_key=values["COINGLASS_API_KEY"].strip(),
+        coinglass_interval=values["CQT_COINGLASS_INTERVAL"],
+        coinglass_delay_s=values["CQT_COINGLASS_DELAY_S"],
+        report=report if report.is_absolute() else ROOT / report,
+        dataset_dir=dataset_dir if dataset_dir.is_absolute() else ROOT / dataset_dir,
+        log_level=values["CQT_LOG_LEVEL"],
+        backfill_s=values["CQT_BACKFILL_S"],
+        bookticker_min_ms=values["CQT_BOOKTICKER_MIN_MS"],
+        label_max_delay_s=values["CQT_LABEL_MAX_DELAY_S"],
+        keep_days=values["CQT_KEEP_DAYS"],
+        heartbeat_s=float(values["CQT_HEARTBEAT_S"]),
+        env_file=env_path,
+        raw=merged,
+        source=source,
+    )

@@ -1,0 +1,503 @@
+"""SQLite layer: connections, migrations, the batched writer and throttled sinks.
+
+One database file in WAL mode is the only meeting point of all cqt processes.
+Writers keep transactions short (BEGIN IMMEDIATE, commit every ~200 ms or 1 000
+rows); readers use read-only connections and never hold a read transaction for
+long, because an open reader stops WAL checkpoints from truncating the log.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .timeutil import now_ms
+
+log = logging.getLogger("cqt.db")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+BUSY_TIMEOUT_MS = 10_000
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer cqt: refuse to touch it."""
+
+
+class DatabaseMissing(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ connect
+def connect(path: str | os.PathLike, readonly: bool = False, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
+    """Open the database. Writers get WAL + synchronous=NORMAL; readers `mode=ro`.
+
+    Connections are in autocommit mode (isolation_level=None): transactions are
+    explicit, so nobody holds one by accident.
+    """
+    path = Path(path)
+    if readonly:
+        if not path.exists():
+            raise DatabaseMissing(f"database not found: {path}")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s,
+                               isolation_level=None, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        # After a checkpoint the WAL file is truncated back to this size.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+# ------------------------------------------------------------------------------ migrations
+def _migration_files() -> list[tuple[int, Path]]:
+    out = []
+    for p in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        out.append((int(p.name[:4]), p))
+    return out
+
+
+def latest_version() -> int:
+    files = _migration_files()
+    return files[-1][0] if files else 0
+
+
+def _statements(sql: str) -> Iterator[str]:
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            stmt = buf.strip()
+            buf = ""
+            if stmt and not all(l.strip().startswith("--") or not l.strip() for l in stmt.splitlines()):
+                yield stmt
+    if buf.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buf.splitlines()):
+        raise ValueError(f"incomplete SQL statement in migration: {buf[:80]!r}")
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def check_version(conn: sqlite3.Connection) -> int:
+    v = schema_version(conn)
+    if v > latest_version():
+        raise SchemaTooNew(
+            f"database schema version {v} is newer than this cqt knows ({latest_version()}): "
+            "upgrade cqt; the database was not touched")
+    return v
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations in one transaction; return the resulting version."""
+    check_version(conn)
+    if schema_version(conn) == latest_version():
+        return latest_version()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = check_version(conn)  # re-read under the write lock: another writer may have migrated
+        for version, path in _migration_files():
+            if version <= current:
+                continue
+            for stmt in _statements(path.read_text(encoding="utf-8")):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={version}")
+            current = version
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return current
+
+
+def open_db(path: str | os.PathLike) -> sqlite3.Connection:
+    """Writer connection with the schema brought up to date."""
+    conn = connect(path)
+    migrate(conn)
+    return conn
+
+
+def open_readonly(path: str | os.PathLike, require_version: bool = True) -> sqlite3.Connection:
+    """Read-only connection for checks/reports. Raises DatabaseMissing or SchemaTooNew."""
+    conn = connect(path, readonly=True)
+    v = check_version(conn)
+    if require_version and v < latest_version():
+        conn.close()
+        raise SchemaTooNew(f"database schema version {v} is older than {latest_version()}: "
+                           "start any cqt service (or run `bin/cqt status --migrate`) to migrate it")
+    return conn
+
+
+def read_chunks(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = (), chunk: int = 50_000) -> Iterator[list[tuple]]:
+    """Fetch a long query in chunks. Each chunk is its own statement (keyset by rowid-less
+    LIMIT/OFFSET would be O(n^2)), so callers pass a query ordered by an indexed key and
+    continue from the last key: use `iter_keyset` for that. This helper is for bounded reads."""
+    cur = conn.execute(sql, params)
+    try:
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                return
+            yield rows
+    finally:
+        cur.close()
+
+
+def iter_keyset(conn: sqlite3.Connection, table: str, key: str, columns: str, start: int, end: int,
+                where: str = "", params: Sequence[Any] = (), chunk: int = 20_000) -> Iterator[list[tuple]]:
+    """Read rows with start <= key <= end in chunks, one short read transaction per chunk,
+    so a long export or rebuild never pins the WAL. `columns` must start with `key`."""
+    lo = start
+    extra = f" AND ({where})" if where else ""
+    while lo <= end:
+        rows = conn.execute(
+            f"SELECT {columns} FROM {table} WHERE {key} >= ? AND {key} <= ?{extra} ORDER BY {key} LIMIT ?",
+            (lo, end, *params, chunk)).fetchall()
+        if not rows:
+            return
+        yield rows
+        if len(rows) < chunk:
+            return
+        lo = rows[-1][0] + 1
+
+
+def wal_size(path: str | os.PathLike) -> int:
+    try:
+        return os.path.getsize(str(path) + "-wal")
+    except OSError:
+        return 0
+
+
+def checkpoint(conn: sqlite3.Connection, path: str | os.PathLike, limit: int = WAL_LIMIT_BYTES) -> None:
+    """PASSIVE checkpoint; TRUNCATE when the WAL has grown past `limit`."""
+    mode = "TRUNCATE" if wal_size(path) > limit else "PASSIVE"
+    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+
+# ------------------------------------------------------------------------------ writer
+def is_busy(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+def is_fatal_io(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and (
+        "disk is full" in msg or "disk i/o error" in msg or "readonly" in msg or "read-only" in msg
+        or "malformed" in msg or "no space" in msg)
+
+
+_STOP = object()
+
+
+class BatchWriter:
+    """Queue rows from any thread; one thread commits them in short transactions.
+
+    Items commit in queue order, `max_rows` rows or `max_delay_s` seconds per
+    transaction, whichever first. SQLITE_BUSY is retried forever with bounded,
+    jittered backoff (a warning every 30 s), so "database is locked" never escapes.
+    Disk full / I/O errors are logged once; `fatal` is set and `on_fatal(exc)` called.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, service: str = "cqt", max_rows: int = 1000,
+                 max_delay_s: float = 0.2, queue_max: int = 200_000,
+                 on_fatal: Callable[[BaseException], None] | None = None,
+                 migrate_schema: bool = True, checkpoint_every_s: float = 30.0):
+        self.path = Path(path)
+        self.service = service
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.on_fatal = on_fatal
+        self.checkpoint_every_s = checkpoint_every_s
+        self._q: queue.Queue = queue.Queue(maxsize=queue_max)
+        self._conn = open_db(self.path) if migrate_schema else connect(self.path)
+        self._lock = threading.Lock()
+        self._queued_rows = 0
+        self._committed_rows = 0
+        self._commits = 0
+        self._flush_waiters: list[tuple[int, threading.Event]] = []
+        self._seq_put = 0       # items accepted
+        self._seq_done = 0      # items committed
+        self._latencies: deque[float] = deque(maxlen=20_000)
+        self._oldest_enqueued: float | None = None
+        self.fatal: BaseException | None = None
+        self._full_warned = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"writer:{service}", daemon=True)
+        self._thread.start()
+
+    # -- producers -----------------------------------------------------------------
+    def _enqueue(self, item: tuple, nrows: int, block: bool = True) -> None:
+        if self.fatal is not None:
+            raise RuntimeError(f"writer stopped: {self.fatal}")
+        try:
+            self._q.put(item, block=False)
+        except queue.Full:
+            t = time.monotonic()
+            if t - self._full_warned > 10:
+                self._full_warned = t
+                log.error("WRITE QUEUE FULL: database writes are falling behind; receiving will block "
+                          "queue_max=%d service=%s", self._q.maxsize, self.service)
+            self._q.put(item, block=block)
+        with self._lock:
+            self._seq_put += 1
+            self._queued_rows += nrows
+
+    def put(self, sql: str, params: Sequence[Any]) -> None:
+        self._enqueue(("rows", sql, [tuple(params)], time.monotonic()), 1)
+
+    def put_many(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            self._enqueue(("rows", sql, rows, time.monotonic()), len(rows))
+
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self._enqueue(("call", fn, None, time.monotonic()), 1)
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until everything queued before this call is committed."""
+        if not self._thread.is_alive():
+            return self._seq_done >= self._seq_put
+        with self._lock:
+            target = self._seq_put
+            if self._seq_done >= target:
+                return True
+            ev = threading.Event()
+            self._flush_waiters.append((target, ev))
+        try:
+            self._q.put_nowait(("flush", None, None, time.monotonic()))
+        except queue.Full:
+            pass
+        return ev.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        ok = self.flush(timeout)
+        try:
+            self._q.put(("stop", None, None, 0.0), timeout=1)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=max(0.1, timeout))
+        try:
+            self._conn.close()
+        except sqlite3.Error:
+            pass
+        return ok
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self._latencies)
+        oldest = self._oldest_enqueued
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 1) if lat else None
+
+        return {
+            "queue_depth": self._q.qsize(),
+            "oldest_age_ms": int((time.monotonic() - oldest) * 1000) if oldest is not None else 0,
+            "queued_rows": self._queued_rows,
+            "committed_rows": self._committed_rows,
+            "commits": self._commits,
+            "commit_latency_ms_p50": pct(0.50),
+            "commit_latency_ms_p99": pct(0.99),
+            "fatal": str(self.fatal) if self.fatal else None,
+        }
+
+    # -- writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        last_ckpt = time.monotonic()
+        stop = False
+        while not stop:
+            try:
+                first = self._q.get(timeout=0.5)
+            except queue.Empty:
+                first = None
+            batch: list[tuple] = []
+            nrows = 0
+            if first is not None:
+                if first[0] == "stop":
+                    stop = True
+                else:
+                    batch.append(first)
+                    nrows += len(first[2]) if first[0] == "rows" else 0
+                    self._oldest_enqueued = first[3]
+                    deadline = time.monotonic() + self.max_delay_s
+                    while nrows < self.max_rows:
+                        remaining = deadline - time.monotonic()
+                        try:
+                            item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item[0] == "stop":
+                            stop = True
+                            break
+                        batch.append(item)
+                        if item[0] == "rows":
+                            nrows += len(item[2])
+                        if item[0] == "flush":
+                            break
+            if batch and self.fatal is None:
+                self._commit(batch, nrows)
+            elif batch:
+                self._done(batch, nrows)  # fatal: release flush waiters
+            self._oldest_enqueued = None
+            if self.fatal is None and time.monotonic() - last_ckpt > self.checkpoint_every_s:
+                last_ckpt = time.monotonic()
+                try:
+                    checkpoint(self._conn, self.path)
+                except sqlite3.Error as exc:
+                    if not is_busy(exc):
+                        log.warning("wal checkpoint failed: %s", exc)
+
+    def _commit(self, batch: list[tuple], nrows: int) -> None:
+        attempt = 0
+        first_busy = None
+        last_warn = 0.0
+        while True:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for kind, a, b, _ in batch:
+                        if kind == "rows":
+                            if len(b) == 1:
+                                self._conn.execute(a, b[0])
+                            else:
+                                self._conn.executemany(a, b)
+                        elif kind == "call":
+                            a(self._conn)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    raise
+                break
+            except sqlite3.Error as exc:
+                if is_busy(exc):
+                    attempt += 1
+                    t = time.monotonic()
+                    first_busy = first_busy or t
+                    if t - last_warn > 30 and t - first_busy > 5:
+                        last_warn = t
+                        log.warning("database busy, still retrying waited_s=%.0f attempts=%d", t - first_busy, attempt)
+                    time.sleep(random.uniform(0, min(1.0, 0.01 * 2 ** min(attempt, 7))))
+                    continue
+                if is_fatal_io(exc):
+                    self.fatal = exc
+                    log.error("database write failed, stopping writes: %s (db=%s)", exc, self.path)
+                    self._done(batch, nrows)
+                    if self.on_fatal:
+                        try:
+                            self.on_fatal(exc)
+                        except Exception:  # noqa: BLE001 - the callback must not kill the writer thread
+                            log.exception("on_fatal callback failed")
+                    return
+                # A bad statement is a bug: log it with the SQL, drop this batch, keep going.
+                log.error("database write error, batch dropped: %s rows=%d", exc, nrows)
+                self._done(batch, nrows, committed=False)
+                return
+        now = time.monotonic()
+        for item in batch:
+            self._latencies.append(now - item[3])
+        self._done(batch, nrows)
+
+    def _done(self, batch: list[tuple], nrows: int, committed: bool = True) -> None:
+        with self._lock:
+            self._seq_done += sum(1 for item in batch if item[0] != "flush")
+            if committed:
+                self._committed_rows += nrows
+                self._commits += 1
+            self._queued_rows -= nrows
+            waiters, self._flush_waiters = self._flush_waiters, []
+            for target, ev in waiters:
+                if self._seq_done >= target or self.fatal is not None:
+                    ev.set()
+                else:
+                    self._flush_waiters.append((target, ev))
+
+
+# ------------------------------------------------------------------------------ throttled sinks
+def hour_floor(ms: int) -> int:
+    return ms - ms % 3_600_000
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+class RejectLog:
+    """Record bad input: every reject counted in `reject_counts`; the first
+    `keep_per_hour` raw payloads per (source, reason, hour) kept in `rejects`."""
+
+    SQL_RAW = "INSERT INTO rejects (ts_ms, source, reason, raw) VALUES (?, ?, ?, ?)"
+    SQL_COUNT = ("INSERT INTO reject_counts (source, reason, hour_ms, count, last_ts_ms) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT(source, reason, hour_ms) DO UPDATE SET count = count + excluded.count, "
+                 "last_ts_ms = MAX(last_ts_ms, excluded.last_ts_ms)")
+
+    def __init__(self, writer: BatchWriter, secrets: Iterable[str] = (), keep_per_hour: int = 20,
+                 max_raw_bytes: int = 4096, clock: Callable[[], int] = now_ms):
+        self.writer = writer
+        self.secrets = tuple(secrets)
+        self.keep_per_hour = keep_per_hour
+        self.max_raw_bytes = max_raw_bytes
+        self.clock = clock
+        self._kept: dict[tuple[str, str, int], int] = {}
+        self.total = 0
+
+    def record(self, source: str, reason: str, raw: str | bytes | None, ts_ms: int | None = None) -> None:
+        ts = self.clock() if ts_ms is None else ts_ms
+        hour = hour_floor(ts)
+        self.total += 1
+        key = (source, reason, hour)
+        kept = self._kept.get(key, 0)
+        if kept < self.keep_per_hour:
+            if len(self._kept) > 10_000:
+                self._kept = {k: v for k, v in self._kept.items() if k[2] == hour}
+            self._kept[key] = kept + 1
+            if isinstance(raw, bytes):
+                raw = raw.decode("utf-8", "replace")
+            text = None if raw is None else redact(raw[: self.max_raw_bytes], self.secrets)
+            self.writer.put(self.SQL_RAW, (ts, source, reason, text))
+        self.writer.put(self.SQL_COUNT, (source, reason, hour, 1, ts))
+
+
+class EventLog:
+    """Warnings and errors into `events`, one row per (service, level, message, hour)."""
+
+    SQL = ("INSERT INTO events (ts_ms, last_ts_ms, hour_ms, service, level, message, count) "
+           "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT(service, level, message, hour_ms) "
+           "DO UPDATE SET count = count + 1, last_ts_ms = excluded.last_ts_ms")
+    MAX_DISTINCT_PER_HOUR = 500
+
+    def __init__(self, writer: BatchWriter, service: str, secrets: Iterable[str] = (), clock: Callable[[], int] = now_ms):
+        self.writer = writer
+        self.service = service
+        self.secrets = tuple(secrets)
+        self.clock = clock
+        self._hour = 0
+        self._seen: set[tuple[str, str]] = set()
+
+    def record(self, level: str, message: str) -> None:
+        ts = self.clock()
+        hour = hour_floor(ts)
+        if hour != self._hour:
+            self._hour, self._seen = hour, set()
+        message = redact(message, self.secrets)[:500]
+        key = (level, message)
+        if key not in self._seen:
+            if len(self._seen) >= self.MAX_DISTINCT_PER_HOUR:
+                message = "(more distinct messages this hour than kept; see journalctl)"
+                key = (level, message)
+            self._seen.add(key)
+        self.writer.put(self.SQL, (ts, ts, hour, self.service, level, message))

@@ -1,0 +1,100 @@
+"""Shared test helpers: run cqt programs as real subprocesses, bounded and cleaned up."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "bin"
+CHECKS = ROOT / "checks"
+
+
+def cqt_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A clean environment for a cqt subprocess: no .env from the checkout, db in tmp_path."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("CQT_") or k.startswith("COINGLASS_") or k in ("NOTIFY_SOCKET", "WATCHDOG_USEC"))}
+    env["CQT_ENV_FILE"] = str(tmp_path / "test.env")
+    env["CQT_DB"] = str(tmp_path / "cqt.db")
+    env["CQT_REPORT"] = str(tmp_path / "reports" / "step-alt-5.md")
+    env["CQT_DATASET_DIR"] = str(tmp_path / "datasets")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def program_path(name: str) -> Path:
+    p = BIN / name
+    return p if p.exists() else CHECKS / name
+
+
+def run_bin(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run bin/<name> (or checks/<name>) to completion; output captured as text."""
+    return subprocess.run([str(program_path(name)), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout, input=input, cwd=str(ROOT))
+
+
+def start_bin(name: str, *args: str, env: dict[str, str] | None = None, log_path: Path | None = None,
+              **kwargs) -> subprocess.Popen:
+    """Start bin/<name> in the background (its own process group); stderr to log_path if given."""
+    stderr = open(log_path, "ab") if log_path else subprocess.PIPE
+    p = subprocess.Popen([str(program_path(name)), *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                         stderr=stderr, cwd=str(ROOT), start_new_session=True, **kwargs)
+    if log_path:
+        stderr.close()
+    return p
+
+
+def stop_proc(p: subprocess.Popen, timeout: float = 8.0, sig: int = signal.SIGTERM) -> int | None:
+    """Signal a process, wait (bounded), kill its group if it does not go. Returns the exit code."""
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(5)
+    return p.returncode
+
+
+def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll pred() until truthy (returned) or fail after timeout seconds."""
+    end = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < end:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as exc:  # noqa: BLE001 - e.g. table not created yet
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def query(db: Path, sql: str, params=()) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "lib") + os.pathsep + str(ROOT / "tests")
+    return env
+
+
+PY = sys.executable
