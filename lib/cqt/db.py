@@ -253,8 +253,14 @@ class BatchWriter:
             self._seq_put += 1
             self._queued_rows += nrows
 
-    def put(self, sql: str, params: Sequence[Any]) -> None:
-        self._enqueue(("rows", sql, [tuple(params)], time.monotonic()), 1)
+    def put(self, sql: str, params: Sequence[Any], block: bool = True) -> bool:
+        """Queue one row. With block=False a full queue drops it (returns False): for
+        log events, which the writer thread itself may emit and must never wait on."""
+        try:
+            self._enqueue(("rows", sql, [tuple(params)], time.monotonic()), 1, block=block)
+            return True
+        except queue.Full:
+            return False
 
     def put_many(self, sql: str, rows: list[tuple]) -> None:
         if rows:
@@ -500,4 +506,4 @@ class EventLog:
                 message = "(more distinct messages this hour than kept; see journalctl)"
                 key = (level, message)
             self._seen.add(key)
-        self.writer.put(self.SQL, (ts, ts, hour, self.service, level, message))
+        self.writer.put(self.SQL, (ts, ts, hour, self.service, level, message), block=False)
