@@ -103,6 +103,9 @@ if [ "$want_systemd" -eq 1 ] || [ "$want_cron" -eq 1 ] || [ "$want_uninstall" -e
     [ -n "$prefix" ] && args+=(--prefix "$prefix")
     [ -n "$user" ] && args+=(--user "$user")
     [ -n "$root" ] && args+=(--root "$root")
+    # the prefix's own venv is set up like this one (cqt.install runs the prefix's install.sh)
+    [ "$no_deps" -eq 1 ] && args+=(--no-deps)
+    [ -n "$python_bin" ] && args+=(--python "$python_bin")
     PYTHONPATH="$ROOT/lib" exec "$ROOT/.venv/bin/python" -m cqt.install "${args[@]}"
 fi
 

@@ -17,7 +17,7 @@ def _start(tmp_path, **extra):
     ctl.mkdir(exist_ok=True)
     env = cqt_env(tmp_path, **extra)
     env["PYTHONPATH"] = python_env()["PYTHONPATH"]
-    p = subprocess.Popen([PY, PROG, str(ctl)], env=env, stderr=open(tmp_path / "err.log", "wb"),
+    p = subprocess.Popen([PY, PROG, str(ctl)], env=env, stderr=open(tmp_path / "err.log", "ab"),
                          start_new_session=True)
     return p, ctl
 
@@ -105,3 +105,19 @@ def test_secret_redacted_from_logs_events_and_rejects(tmp_path):
         assert rows and key not in repr(rows)
     raw = b"".join(f.read_bytes() for f in tmp_path.glob("cqt.db*"))
     assert key.encode() not in raw
+
+
+@pytest.mark.timeout(60)
+def test_priority_prefix_only_when_stderr_is_the_journal(tmp_path):
+    """Under journald (JOURNAL_STREAM matches stderr) lines carry <N> so `journalctl -p warning` works."""
+    log = tmp_path / "err.log"
+    log.touch()
+    st = os.stat(log)
+    p, ctl = _start(tmp_path, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    try:
+        wait_for(lambda: (ctl / "queued").exists(), 20, what="loop running")
+    finally:
+        stop_proc(p)
+    lines = [l for l in log.read_text().splitlines() if l.strip()]
+    assert lines and all(l.startswith("<") for l in lines), lines[:3]
+    assert any(l.startswith("<6>INFO ") for l in lines)

@@ -104,6 +104,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     check_version(conn)
     if schema_version(conn) == latest_version():
         return latest_version()
+    if schema_version(conn) == 0 and conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+        # Only possible before the first table exists: lets nightly retention give space back.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         current = check_version(conn)  # re-read under the write lock: another writer may have migrated

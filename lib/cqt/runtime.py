@@ -32,10 +32,26 @@ STOP_DEADLINE_S = 4.5
 
 
 # ------------------------------------------------------------------------------ logging
+_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+def _stderr_is_journal() -> bool:
+    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM=dev:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in stream.split(":"))
+        st = os.fstat(2)
+        return st.st_dev == dev and st.st_ino == ino
+    except (ValueError, OSError):
+        return False
+
+
 class _Formatter(logging.Formatter):
     def __init__(self, secrets: tuple[str, ...] = ()):
         super().__init__()
         self.secrets = secrets
+        # Under journald a "<N>" prefix sets the line's priority, so `journalctl -p warning` finds it.
+        self.priority_prefix = _stderr_is_journal()
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
@@ -47,7 +63,8 @@ class _Formatter(logging.Formatter):
                 exc = record.exc_info[1]
                 msg += f" ({type(exc).__name__}: {exc})"
         msg = redact(msg, self.secrets).replace("\n", "\n    ")
-        return f"{record.levelname} {record.name.removeprefix('cqt.')}: {msg}"
+        line = f"{record.levelname} {record.name.removeprefix('cqt.')}: {msg}"
+        return f"<{_SYSLOG_PRIORITY.get(record.levelname, 6)}>{line}" if self.priority_prefix else line
 
 
 class _EventHandler(logging.Handler):

@@ -69,3 +69,24 @@ CREATE TABLE predictions (
     cg_oi_chg        REAL,              -- Coinglass aggregated OI: close/open - 1 of the latest available bar
     cg_funding       REAL               -- Coinglass funding close of the latest available bar
 );
+
+-- Late data seen by cqt-aggregate: raw rows that became visible only after the second
+-- they belong to had been written, so the live row did not include them.
+--   upbit_trades: ts_ms = bar second; late_rows = trades stored for that second minus
+--                 market_1s.trade_count as written (detected by a periodic recount);
+--   coinglass_*:  ts_ms = availability second; late_rows = bars received more than the
+--                 grace delay after their availability time (avail_ts_ms + delay).
+-- `bin/cqt-aggregate --rebuild` recomputes the range with the late rows and marks them
+-- corrected (corrected_rows = late_rows, rebuilt_ts_ms); pending = late_rows - corrected_rows.
+-- (Kept in 0002 with the tables it describes: 0003 is reserved for the collectors.)
+CREATE TABLE aggregate_late (
+    source               TEXT NOT NULL,
+    ts_ms                INTEGER NOT NULL,
+    late_rows            INTEGER NOT NULL,
+    corrected_rows       INTEGER NOT NULL DEFAULT 0,
+    first_detected_ts_ms INTEGER NOT NULL,
+    last_detected_ts_ms  INTEGER NOT NULL,
+    rebuilt_ts_ms        INTEGER,
+    PRIMARY KEY (source, ts_ms)
+) WITHOUT ROWID;
+CREATE INDEX aggregate_late_ts ON aggregate_late (ts_ms);
