@@ -1,0 +1,396 @@
+"""`bin/cqt-poll-coinglass`: Coinglass API v4 bars on an interval (cqt.poll).
+
+    job            path                                                   table
+    open_interest  /api/futures/open-interest/aggregated-history          coinglass_open_interest (coin)
+    funding        /api/futures/funding-rate/history                      coinglass_funding (exchange, pair)
+    liquidations   /api/futures/liquidation/aggregated-history            coinglass_liquidations (coin, exchange_list)
+    long_short     /api/futures/global-long-short-account-ratio/history   coinglass_long_short (exchange, pair)
+
+Every job runs every CQT_POLL_COINGLASS_S (60 s) with interval CQT_COINGLASS_INTERVAL (1h).
+A bar's `time` is its open; only closed bars are stored (avail_ts_ms = open + interval
+<= receive time); each poll re-fetches the last bars and stores a bar again only when
+Coinglass revised it. An empty table is backfilled CQT_BACKFILL_S deep (at least the
+last closed bar); after a restart the poller catches up from the newest stored bar.
+
+**Every HTTP call** is one `coinglass_call_status` row: ts_ms (call start), endpoint (the
+path), http_status (NULL = no answer), ok (HTTP 200 and code "0" and a valid body),
+latency_ms, rows (bars stored), error (short reason: `401 key rejected`,
+`429 rate limited`, `timeout`, `interval not allowed by plan: …`, `bad answer: …` —
+never the key; configured secrets are masked and long tokens cut from server text).
+
+Failure behaviour: 429/5xx/timeouts back off (the RestClient's state and Retry-After);
+a rejected key (401) is an ERROR once and a slow retry (the key may be re-enabled);
+an interval the plan refuses stops that job with one ERROR naming the plan limits — no
+retry loop — and when no job is left the program exits 78. Disabled, missing or
+placeholder key: one line, exit 78, before anything starts.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from .. import exitcodes
+from ..config import ConfigError, Settings
+from ..db import connect, redact
+from ..poll import PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of, quiet_rest_client_logs
+from ..rest import RestClient
+from ..runtime import Service, load_settings_or_exit, run_service
+from ..sources import COINGLASS_ENDPOINTS, Reject, interval_ms
+from ..sources.common import clip
+from ..timeutil import now_ms
+from .rest_parsers import parse_rest_answer, store_sql
+
+log = logging.getLogger("cqt.poll.coinglass")
+
+SERVICE = "cqt-poll-coinglass"
+SOURCE = "coinglass"
+MAX_LIMIT = 1000
+
+#: plan -> (requests per minute, shortest interval allowed); coinglass-api-skills SKILL.md
+PLANS = {
+    "hobbyist": (30, "4h"),
+    "startup": (80, "30m"),
+    "standard": (300, "1m"),
+    "professional": (1200, "1m"),
+}
+PLAN_LIMITS_TEXT = "Hobbyist 4h and longer (30 req/min), Startup 30m and longer (80 req/min), " \
+                   "Standard and Professional every interval"
+
+CALL_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok, latency_ms, rows, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+_PLAN_RE = re.compile(r"plan|upgrade|subscri|permission|not (?:allowed|available|supported)|level", re.I)
+
+
+def coin_of(settings: Settings) -> str:
+    """The coin for aggregated endpoints: CQT_COINGLASS_SYMBOL, else the Binance symbol
+    without its quote asset (BTCUSDT -> BTC)."""
+    coin = settings.get_str("CQT_COINGLASS_SYMBOL", "")
+    if coin:
+        return coin.strip().upper()
+    sym = settings.binance_symbol
+    for quote in ("USDT", "USDC", "BUSD", "FDUSD", "USD"):
+        if sym.endswith(quote) and len(sym) > len(quote):
+            return sym[: -len(quote)]
+    return sym
+
+
+def plan_refusal(text: str | None, interval: str) -> bool:
+    """Does a Coinglass error message say the plan does not allow this request?"""
+    if not text:
+        return False
+    return bool(_PLAN_RE.search(text)) or (interval in text and "interval" in text.lower())
+
+
+@dataclass(frozen=True)
+class CoinglassConfig:
+    interval: str
+    poll_s: float
+    timeout_s: float
+    exchange: str
+    exchanges: str
+    coin: str
+    pair: str
+    plan: str | None
+    per_minute: int
+    backfill_s: int
+
+    @classmethod
+    def from_settings(cls, s: Settings, require_key: bool = True) -> "CoinglassConfig":
+        """Raises ConfigError (exit 78): disabled, key missing/placeholder, bad values,
+        an interval or a request rate the configured plan does not allow.
+        `require_key=False` (cqt synth) skips the enabled/key checks."""
+        if require_key and not s.coinglass_enabled:
+            raise ConfigError("COINGLASS_ENABLED", "Coinglass is disabled (set COINGLASS_ENABLED=true to poll it)")
+        state = s.coinglass_key_state
+        if require_key and state != "present":
+            raise ConfigError("COINGLASS_API_KEY", "is missing" if state == "missing" else
+                              "is a placeholder, not a real key (put your Coinglass API key in .env)")
+        plan = s.get_str("CQT_COINGLASS_PLAN", "").strip().lower() or None
+        if plan is not None and plan not in PLANS:
+            raise ConfigError("CQT_COINGLASS_PLAN", f"{plan!r} is not one of {', '.join(PLANS)}")
+        per_minute = s.get_int("CQT_COINGLASS_RATE_PER_MIN", PLANS[plan][0] if plan else PLANS["hobbyist"][0],
+                               minimum=1)
+        cfg = cls(
+            interval=s.coinglass_interval,
+            poll_s=s.get_float("CQT_POLL_COINGLASS_S", 60.0, minimum=1.0),
+            timeout_s=s.get_float("CQT_POLL_TIMEOUT_S", 10.0, minimum=0.1),
+            exchange=s.get_str("CQT_COINGLASS_EXCHANGE", "Binance").strip(),
+            exchanges=",".join(x.strip() for x in s.get_str("CQT_COINGLASS_EXCHANGES", "Binance,OKX,Bybit").split(",")
+                               if x.strip()),
+            coin=coin_of(s),
+            pair=s.binance_symbol,
+            plan=plan,
+            per_minute=per_minute,
+            backfill_s=s.backfill_s,
+        )
+        if not cfg.exchanges:
+            raise ConfigError("CQT_COINGLASS_EXCHANGES", "must list at least one exchange")
+        if plan is not None:
+            limit, shortest = PLANS[plan]
+            if interval_ms(cfg.interval) < interval_ms(shortest):
+                raise ConfigError("CQT_COINGLASS_INTERVAL", f"{cfg.interval} is not allowed by the {plan} plan "
+                                  f"(shortest interval {shortest}; {PLAN_LIMITS_TEXT})")
+            if per_minute > limit:
+                raise ConfigError("CQT_COINGLASS_RATE_PER_MIN", f"{per_minute} exceeds the {plan} plan's "
+                                  f"{limit} requests per minute")
+        need = len(COINGLASS_ENDPOINTS) * 60.0 / cfg.poll_s
+        if need > cfg.per_minute:
+            raise ConfigError("CQT_POLL_COINGLASS_S", f"{cfg.poll_s:g} s with {len(COINGLASS_ENDPOINTS)} endpoints "
+                              f"is {need:.0f} requests per minute, over the plan limit of {cfg.per_minute} "
+                              f"(CQT_COINGLASS_RATE_PER_MIN); poll every >= "
+                              f"{len(COINGLASS_ENDPOINTS) * 60.0 / cfg.per_minute:g} s")
+        return cfg
+
+    def params(self, key: str) -> dict[str, Any]:
+        """Request parameters of an endpoint (what the live poller sends)."""
+        if key == "open_interest":
+            return {"symbol": self.coin, "interval": self.interval}
+        if key == "liquidations":
+            return {"exchange_list": self.exchanges, "symbol": self.coin, "interval": self.interval}
+        return {"exchange": self.exchange, "symbol": self.pair, "interval": self.interval}
+
+
+def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError | None]:
+    """One answer -> (ok, short error for coinglass_call_status, PollError or None).
+
+    `parsed` is the parse_rest_answer result for a 2xx answer (None otherwise)."""
+    fail = failure_of(resp)
+    status = resp.status
+    if fail is not None:
+        if status is None:
+            return False, fail.reason, fail
+        msg = _server_msg(resp.text)
+        if plan_refusal(msg, interval) and status != 429 and status < 500:
+            return False, _plan_error(msg), _plan_poll_error(msg, interval)
+        if status == 401:
+            err = "401 key rejected"
+            return False, err, PollError(err, "Coinglass refused the API key: check COINGLASS_API_KEY",
+                                         level=logging.ERROR)
+        if status == 429:
+            return False, "429 rate limited", fail
+        if status >= 500:
+            return False, f"{status} server error", fail
+        return False, f"{status} {msg}".strip() if msg else f"{status} error", fail
+    if isinstance(parsed, Reject):
+        msg = parsed.detail or ""
+        if parsed.reason.startswith("api_error") and plan_refusal(msg, interval):
+            return False, _plan_error(msg), _plan_poll_error(msg, interval)
+        if parsed.reason in ("api_error:401", "api_error:40001") or "api key" in msg.lower():
+            err = "401 key rejected"
+            return False, err, PollError(err, "Coinglass refused the API key: check COINGLASS_API_KEY",
+                                         level=logging.ERROR)
+        if parsed.reason == "api_error:429":
+            return False, "429 rate limited", PollError("429 rate limited", retry_after_s=60.0)
+        err = f"bad answer: {parsed.reason}" + (f" {msg}" if msg else "")
+        return False, err, PollError(f"bad answer: {parsed.reason}", msg or None)
+    if parsed is None:
+        return False, "bad answer: unparsable", PollError("bad answer: unparsable")
+    return True, None, None
+
+
+def _server_msg(text: str) -> str:
+    from ..poll import _error_code
+    code = _error_code(text)
+    if code:
+        return code[1] or f"code {code[0]}"
+    return clip(text, 120) if text and len(text) < 400 and not text.lstrip().startswith("<") else ""
+
+
+def _plan_error(msg: str) -> str:
+    return f"interval not allowed by plan: {msg}"[:200]
+
+
+def _plan_poll_error(msg: str, interval: str) -> PollError:
+    """An interval the plan refuses is refused on every endpoint: stop them all, once."""
+    if interval in msg:
+        return PollError("interval not allowed by plan",
+                         f"Coinglass refused interval {interval} ({msg}); plan limits: {PLAN_LIMITS_TEXT}; "
+                         "set CQT_COINGLASS_INTERVAL to an interval your plan allows",
+                         disable_all=True, exit_code=exitcodes.CONFIG, level=logging.ERROR)
+    return PollError("not allowed by plan", f"{msg}; this endpoint is not polled any more",
+                     disable=True, exit_code=exitcodes.CONFIG, level=logging.ERROR)
+
+
+class CoinglassPoller:
+    """The four Coinglass jobs; `run()` polls until stopped (or nothing can work: 78)."""
+
+    def __init__(self, svc: Service, cfg: CoinglassConfig, client: RestClient, *,
+                 clock: Callable[[], int] = now_ms, mono: Callable[[], float] = time.monotonic):
+        self.svc = svc
+        self.cfg = cfg
+        self.client = client
+        self.clock = clock
+        self.step_ms = interval_ms(cfg.interval)
+        self.limit = WindowLimit("coinglass_per_minute", cfg.per_minute, 60.0, clock=mono)
+        self.newest: dict[str, int | None] = {}
+        self.backfilled: set[str] = set()
+        self.calls = {"total": 0, "ok": 0, "failed": 0}
+        self._lock = threading.Lock()
+        self.loop = PollLoop(self.jobs(), workers=2)
+
+    def jobs(self) -> list[PollJob]:
+        out = []
+        n = len(COINGLASS_ENDPOINTS)
+        for i, key in enumerate(COINGLASS_ENDPOINTS):
+            # Spread the endpoints over the interval, starting a few seconds after the
+            # minute (a closed bar needs a moment to be published).
+            phase = min(3.0 + i * min(5.0, self.cfg.poll_s / (n + 1)), self.cfg.poll_s * 0.9)
+            out.append(PollJob(key, self.cfg.poll_s, self._job(key), phase_s=phase,
+                               timeout_s=self.cfg.timeout_s * 3 + 5, client=self.client,
+                               limits=(self.limit,), max_backoff_s=600.0))
+        return out
+
+    def _job(self, key: str) -> Callable[[], RunResult]:
+        return lambda: self.poll(key)
+
+    def load_resume_points(self) -> None:
+        conn = connect(self.svc.settings.db, readonly=True)
+        c = self.cfg
+        try:
+            q = {
+                "open_interest": ("SELECT MAX(open_ts_ms) FROM coinglass_open_interest WHERE symbol=? AND interval=?",
+                                  (c.coin, c.interval)),
+                "funding": ("SELECT MAX(open_ts_ms) FROM coinglass_funding WHERE exchange=? AND symbol=? "
+                            "AND interval=?", (c.exchange, c.pair, c.interval)),
+                "liquidations": ("SELECT MAX(open_ts_ms) FROM coinglass_liquidations WHERE symbol=? AND "
+                                 "exchanges=? AND interval=?", (c.coin, c.exchanges, c.interval)),
+                "long_short": ("SELECT MAX(open_ts_ms) FROM coinglass_long_short WHERE exchange=? AND symbol=? "
+                               "AND interval=?", (c.exchange, c.pair, c.interval)),
+            }
+            for key, (sql, args) in q.items():
+                self.newest[key] = conn.execute(sql, args).fetchone()[0]
+        finally:
+            conn.close()
+
+    def run(self) -> int:
+        self.load_resume_points()
+        return self.loop.run(self.svc)
+
+    # ------------------------------------------------------------------ one poll
+    def request_params(self, key: str, now: int) -> dict[str, Any]:
+        """Re-fetch the last two bars and the forming one; after a gap (first start,
+        restart) ask from the resume point instead."""
+        params = self.cfg.params(key)
+        newest = self.newest.get(key)
+        since = newest
+        if newest is None and key not in self.backfilled:
+            since = now - max(self.cfg.backfill_s * 1000, self.step_ms)
+        bars_back = (now - since) // self.step_ms + 2 if since is not None else 3
+        if bars_back > 3:
+            params["start_time"] = since - since % self.step_ms
+            params["end_time"] = now
+            params["limit"] = int(min(MAX_LIMIT, bars_back + 1))
+        else:
+            params["limit"] = 3
+        return params
+
+    def poll(self, key: str) -> RunResult:
+        ep = COINGLASS_ENDPOINTS[key]
+        now = self.clock()
+        params = self.request_params(key, now)
+        if self.limit.wait_s() > 0:
+            raise PollError("rate limited", f"limit {self.limit.name}", retry_after_s=self.limit.wait_s(), calls=0,
+                            deferred=True)
+        self.limit.note()
+        r = self.client.get(ep.path, params, wait=False, timeout_s=self.cfg.timeout_s)
+        if r.status is None and (r.error or "").startswith(("blocked", "stopped")):
+            raise failure_of(r)          # not sent: no call to record
+        parsed = None
+        if r.ok:
+            parsed = parse_rest_answer(SOURCE, ep.path, params, r.text, r.recv_ts_ms, None,
+                                       self.svc.settings, r.status)
+        ok, error, fail = classify(r, parsed, self.cfg.interval)
+        rows = 0
+        if ok:
+            if parsed.rows:
+                self.svc.writer.put_many(store_sql(parsed.table), parsed.rows)
+            rows = len(parsed.rows)
+            self._advance(key, parsed.event_ts_ms)
+            self.backfilled.add(key)
+        elif isinstance(parsed, Reject) and not parsed.reason.startswith("api_error"):
+            self.svc.rejects.record(SOURCE, parsed.reason, r.text)
+        self.record_call(r, ep.path, ok, rows, error)
+        self.svc.count(SOURCE, frames=1 if r.status is not None else 0, rows=rows,
+                       rejects=1 if isinstance(parsed, Reject) else 0)
+        if fail is not None:
+            raise fail
+        skipped = parsed.skipped_forming
+        return RunResult(rows=rows, note=f"{skipped} forming bar(s) not stored" if skipped else None)
+
+    def record_call(self, r, path: str, ok: bool, rows: int, error: str | None) -> None:
+        if error:
+            error = redact(error, self.svc.settings.secrets)[:200]
+        ts = r.recv_ts_ms - r.elapsed_ms
+        self.svc.writer.put(CALL_SQL, (ts, path, r.status, 1 if ok else 0, r.elapsed_ms, rows, error))
+        with self._lock:
+            self.calls["total"] += 1
+            self.calls["ok" if ok else "failed"] += 1
+
+    def _advance(self, key: str, ts: int | None) -> None:
+        if ts is None:
+            return
+        with self._lock:
+            cur = self.newest.get(key)
+            if cur is None or ts > cur:
+                self.newest[key] = ts
+
+    def detail(self) -> dict:
+        d = self.loop.detail()
+        d["rest"] = self.client.rate.snapshot()
+        d["calls"] = dict(self.calls)
+        d["interval"] = self.cfg.interval
+        d["requests_last_min"] = self.limit.used()
+        return d
+
+
+def check_config(settings: Settings) -> CoinglassConfig:
+    """Config or exit 78 with one line (used before anything starts)."""
+    try:
+        return CoinglassConfig.from_settings(settings)
+    except ConfigError as exc:
+        print(f"{SERVICE}: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.CONFIG)
+
+
+@click.command(name=SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", type=click.Path(dir_okay=False), default=None,
+              help="SQLite database (default: CQT_DB).")
+@click.option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
+              help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; "
+                   "rotated daily; never the key).")
+def main(db: str | None, capture_path: str | None) -> None:
+    """Poll Coinglass v4: aggregated open interest, funding, aggregated liquidations and
+    the global long/short account ratio, closed bars only; every call is recorded in
+    coinglass_call_status.
+
+    Needs COINGLASS_ENABLED=true and a real COINGLASS_API_KEY (exit 78 otherwise).
+    Settings: docs/pollers.md."""
+    settings = load_settings_or_exit(db=db)
+    cfg = check_config(settings)
+    holder: dict[str, CoinglassPoller] = {}
+
+    def main_loop(svc: Service) -> int:
+        from .binance_rest import open_capture
+        quiet_rest_client_logs()
+        capture = open_capture(capture_path, settings)
+        client = RestClient(settings.coinglass_url, name=SOURCE, timeout_s=cfg.timeout_s, capture=capture,
+                            headers={"CG-API-KEY": settings.coinglass_api_key}, secrets=settings.secrets,
+                            sleep=svc.sleep)
+        try:
+            poller = holder["p"] = CoinglassPoller(svc, cfg, client)
+            return poller.run()
+        finally:
+            client.close()
+            if capture is not None:
+                capture.close()
+
+    sys.exit(run_service(SERVICE, main_loop, settings,
+                         detail=lambda: holder["p"].detail() if "p" in holder else {}))

@@ -1,0 +1,561 @@
+"""The one REST polling loop every poller uses (`bin/cqt-poll-binance`, `bin/cqt-poll-coinglass`).
+
+A poller is a list of `PollJob(name, interval_s, fn)`. `PollLoop.run(svc)` runs them:
+
+* **schedule** — each job has slots on the monotonic clock, `interval_s` apart, aligned
+  to wall-clock multiples of the interval plus the job's `phase_s` (so "every 60 s, 5 s
+  after the minute" means the same instants on every host and after every restart). A
+  slot is computed from the previous slot, never from when a run ended, so there is no
+  drift; a run that overran, or a process that was stopped for a while, skips the slots
+  it missed (counted as `missed`) instead of catching up in a burst. Each run starts a
+  little after its slot (`jitter_s`, random, never accumulated).
+* **execution** — each run is one short-lived daemon thread; a job never runs twice at
+  once, and at most `workers` runs are in flight. A run past its `timeout_s` is reported
+  (`stuck`, once) and its result still taken when it returns; HTTP timeouts are the
+  RestClient's, so a stuck run always ends.
+* **rate limits** — a job bound to a `RestClient` does not start while the client's
+  `RateLimitState` holds requests back (429 until Retry-After, 418 ban, 5xx/timeout
+  backoff, weight budget); a job bound to `WindowLimit`s (requests per window, e.g.
+  Binance `/futures/data/*` 1 000 per 5 min) does not start while a limit is spent.
+* **failures** — `fn` raises `PollError(reason, …)` (or anything else: "unexpected …");
+  the job backs off exponentially (from its interval, with jitter, up to `max_backoff_s`),
+  honours `retry_after_s`, and is logged **once per state change**: when it starts
+  failing, when the reason changes, and when it recovers (with the count). `disable=True`
+  stops a job for good (e.g. an interval the API plan refuses); when every job is
+  disabled the loop returns the highest `exit_code` they carried (78 = misconfigured).
+* **liveness** — the loop calls `svc.alive()` every few hundred ms (watchdog), sets
+  the heartbeat state (`running`, or `error` when every enabled job is failing) and
+  `detail()` gives per-job status for the heartbeat.
+
+Timers use the monotonic clock; wall-clock time only aligns slots and stamps rows.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from .timeutil import now_ms
+
+log = logging.getLogger("cqt.poll")
+
+MIN_INTERVAL_S = 0.2       # nothing polls faster: no tight loop, whatever the settings say
+TICK_S = 0.25              # the loop wakes at least this often (stop requests, alive pings)
+STOP_GRACE_S = 1.5         # on stop, wait this long for runs in flight
+
+
+class PollError(Exception):
+    """A run failed. `reason` is short and stable (it is the job's failure state: the same
+    reason twice is one state, logged once); `detail` is free text for the log.
+
+    retry_after_s  do not run this job again before this many seconds
+    disable        stop polling this job for good (logged once, as an ERROR)
+    disable_all    stop every job of the loop (a condition they all share, e.g. an API
+                   plan that refuses the configured interval): one ERROR, then exit
+    exit_code      with disable: the code the loop returns once every job is disabled
+    level          logging level of the state-change line (default WARNING)
+    calls / rows   what the run did before failing (counted in the job's status)
+    deferred       nothing was sent (held back locally by a rate limit): not a failure,
+                   the job just runs again after retry_after_s
+    """
+
+    def __init__(self, reason: str, detail: str | None = None, *, retry_after_s: float | None = None,
+                 disable: bool = False, disable_all: bool = False, exit_code: int = 0,
+                 level: int = logging.WARNING, calls: int = 1, rows: int = 0, deferred: bool = False):
+        super().__init__(reason if not detail else f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        self.disable = disable or disable_all
+        self.disable_all = disable_all
+        self.exit_code = exit_code
+        self.level = level
+        self.calls = calls
+        self.rows = rows
+        self.deferred = deferred
+
+
+@dataclass
+class RunResult:
+    """What a successful run did; a job fn may also just return the number of rows."""
+    rows: int = 0
+    calls: int = 1
+    note: str | None = None        # e.g. "backfilled 3 periods" (heartbeat, not logged)
+
+
+class WindowLimit:
+    """At most `max_calls` requests in any `window_s` seconds (sliding window), shared by
+    the jobs that hit one server-side limit. Thread-safe; monotonic clock."""
+
+    def __init__(self, name: str, max_calls: int, window_s: float, clock: Callable[[], float] = time.monotonic):
+        if max_calls < 1 or window_s <= 0:
+            raise ValueError("WindowLimit needs max_calls >= 1 and window_s > 0")
+        self.name = name
+        self.max_calls = max_calls
+        self.window_s = window_s
+        self.clock = clock
+        self._calls: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def _trim(self, now: float) -> None:
+        while self._calls and self._calls[0] <= now - self.window_s:
+            self._calls.popleft()
+
+    def wait_s(self, n: int = 1) -> float:
+        """Seconds until `n` more calls fit (0 = now)."""
+        with self._lock:
+            now = self.clock()
+            self._trim(now)
+            over = len(self._calls) + n - self.max_calls
+            if over <= 0:
+                return 0.0
+            if n > self.max_calls:
+                return self.window_s
+            return max(0.0, self._calls[over - 1] + self.window_s - now)
+
+    def note(self, n: int = 1) -> None:
+        with self._lock:
+            now = self.clock()
+            self._trim(now)
+            self._calls.extend([now] * n)
+
+    def acquire(self, stop: threading.Event, max_wait_s: float = 600.0) -> bool:
+        """Wait (up to max_wait_s, or until `stop`) for room, then take one call. False = gave up."""
+        end = self.clock() + max_wait_s
+        while True:
+            w = self.wait_s()
+            if w <= 0:
+                self.note()
+                return True
+            if self.clock() + w > end or stop.wait(min(w, 1.0)):
+                return False
+
+    def used(self) -> int:
+        with self._lock:
+            self._trim(self.clock())
+            return len(self._calls)
+
+
+@dataclass
+class PollJob:
+    """One periodic call (or small group of calls) of a poller.
+
+    fn()          runs the call(s), stores rows, returns rows (int) or RunResult; raises
+                  PollError on failure. Runs in a worker thread.
+    interval_s    time between slots
+    phase_s       slots sit at wall-clock multiples of interval_s plus this offset
+    timeout_s     a run longer than this is reported stuck (HTTP timeouts end it)
+    jitter_s      random start delay after each slot (default min(1 s, 5 % of interval))
+    client        RestClient whose rate-limit state gates the job (or None)
+    limits        WindowLimits the job's calls count against (checked before a run;
+                  fn takes the calls with WindowLimit.acquire/note)
+    max_backoff_s ceiling of the failure backoff
+    run_at_start  first run right after start (staggered), not at the first slot
+    """
+    name: str
+    interval_s: float
+    fn: Callable[[], Any]
+    phase_s: float = 0.0
+    timeout_s: float = 30.0
+    jitter_s: float | None = None
+    client: Any = None
+    limits: Sequence[WindowLimit] = ()
+    max_backoff_s: float = 300.0
+    run_at_start: bool = True
+
+
+@dataclass
+class JobStatus:
+    """Per-job counters and state for heartbeats (times are wall-clock ms)."""
+    state: str = "scheduled"          # scheduled | running | ok | failing | stuck | waiting | disabled
+    runs: int = 0
+    calls: int = 0
+    rows: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+    missed: int = 0                   # slots skipped because a run overran or the loop stalled
+    last_ok_ms: int | None = None
+    last_error_ms: int | None = None
+    last_error: str | None = None
+    last_run_ms: int | None = None
+    last_latency_ms: int | None = None
+    failing_since_ms: int | None = None
+    note: str | None = None
+    disabled_reason: str | None = None
+    exit_code: int = 0
+
+
+@dataclass
+class _Job:
+    spec: PollJob
+    status: JobStatus = field(default_factory=JobStatus)
+    slot: float = 0.0                 # monotonic time of the current/next slot
+    next_start: float = 0.0           # slot + jitter, or later (backoff, rate limit)
+    thread: threading.Thread | None = None
+    started: float = 0.0
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+    stuck_logged: bool = False
+    wait_reason: str | None = None
+
+
+class PollLoop:
+    """Runs PollJobs until `svc.stopping` is set (or every job is disabled)."""
+
+    def __init__(self, jobs: Iterable[PollJob], *, workers: int = 2, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] = now_ms,
+                 start_stagger_s: float = 0.5):
+        self.jobs = [_Job(j) for j in jobs]
+        names = [j.spec.name for j in self.jobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate job names: {names}")
+        self.workers = max(1, workers)
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.start_stagger_s = start_stagger_s
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self.started_ms: int | None = None
+
+    # ------------------------------------------------------------------ scheduling maths
+    def _interval(self, job: _Job) -> float:
+        return max(MIN_INTERVAL_S, job.spec.interval_s)
+
+    def _jitter(self, job: _Job) -> float:
+        j = job.spec.jitter_s
+        if j is None:
+            j = min(1.0, 0.05 * self._interval(job))
+        return self.rng.uniform(0.0, j) if j > 0 else 0.0
+
+    def first_slot(self, job: _Job, mono_now: float, wall_now_ms: int) -> float:
+        """The first aligned slot strictly after now (monotonic time)."""
+        iv_ms = self._interval(job) * 1000.0
+        phase_ms = (job.spec.phase_s * 1000.0) % iv_ms
+        k = (wall_now_ms - phase_ms) // iv_ms + 1
+        slot_wall = k * iv_ms + phase_ms
+        return mono_now + (slot_wall - wall_now_ms) / 1000.0
+
+    def next_slot_after(self, job: _Job, t: float) -> tuple[float, int]:
+        """The first slot after max(t, current slot) on the job's grid, and how many slots
+        were skipped (missed) on the way."""
+        iv = self._interval(job)
+        slot = job.slot
+        if t < slot:
+            return slot, 0
+        k = int((t - slot) // iv) + 1
+        return slot + k * iv, k - 1
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, svc) -> int:
+        now = self.clock()
+        wall = self.wall_ms()
+        self.started_ms = wall
+        immediate = [j for j in self.jobs if j.spec.run_at_start]
+        for i, job in enumerate(self.jobs):
+            job.slot = self.first_slot(job, now, wall)
+            job.next_start = job.slot + self._jitter(job)
+        for i, job in enumerate(immediate):
+            # First runs right away, spread a little so a start is not a burst.
+            job.next_start = now + (self.start_stagger_s * i / max(1, len(immediate)))
+        svc.ready(f"polling {len(self.jobs)} jobs")
+        try:
+            while not svc.stopping.is_set():
+                svc.alive()
+                self._reap()
+                if all(j.status.state == "disabled" for j in self.jobs):
+                    code = max(j.status.exit_code for j in self.jobs)
+                    reasons = list(dict.fromkeys(j.status.disabled_reason for j in self.jobs))
+                    svc.stop_reason = svc.stop_reason or "every poll job is disabled: " + (
+                        reasons[0] if len(reasons) == 1 else
+                        "; ".join(f"{j.spec.name}: {j.status.disabled_reason}" for j in self.jobs))
+                    log.error("nothing left to poll, exiting exit_code=%d", code)
+                    return code
+                self._start_due()
+                self._update_service_state(svc)
+                self._wake.wait(self._sleep_s())
+                self._wake.clear()
+        finally:
+            self._drain(STOP_GRACE_S)
+        return 0
+
+    def _drain(self, grace_s: float) -> None:
+        """On the way out: give runs in flight a moment to finish, so an answer already
+        on its way is stored before the writer is flushed (the runtime's stop deadline is
+        4.5 s; HTTP timeouts bound every run anyway)."""
+        end = self.clock() + grace_s
+        for job in self.jobs:
+            t = job.thread
+            if t is not None:
+                t.join(max(0.0, end - self.clock()))
+        self._reap()
+
+    def _sleep_s(self) -> float:
+        now = self.clock()
+        nxt = min((j.next_start for j in self.jobs if j.status.state != "disabled" and j.thread is None),
+                  default=now + TICK_S)
+        return max(0.01, min(TICK_S, nxt - now))
+
+    def _gate_wait(self, job: _Job) -> tuple[float, str | None]:
+        """Seconds the job must still wait for its client / window limits."""
+        wait, why = 0.0, None
+        client = job.spec.client
+        rate = getattr(client, "rate", None) if client is not None else None
+        if rate is not None:
+            w = rate.wait_s()
+            if w > wait:
+                wait, why = w, f"{getattr(client, 'name', 'rest')}: {rate.block_reason or 'rate limited'}"
+        for lim in job.spec.limits:
+            w = lim.wait_s()
+            if w > wait:
+                wait, why = w, f"limit {lim.name}: {lim.max_calls} calls / {lim.window_s:g} s"
+        return wait, why
+
+    def _start_due(self) -> None:
+        now = self.clock()
+        running = sum(1 for j in self.jobs if j.thread is not None)
+        for job in sorted(self.jobs, key=lambda j: j.next_start):
+            if job.status.state == "disabled" or job.thread is not None or job.next_start > now:
+                continue
+            if running >= self.workers:
+                return
+            wait, why = self._gate_wait(job)
+            if wait > 0:
+                # Held back by a rate limit: start when it lifts (plus jitter), and move the
+                # slot grid along so the skipped slots are not made up later.
+                job.next_start = now + wait + self._jitter(job)
+                job.slot, missed = self.next_slot_after(job, job.next_start)
+                job.status.missed += missed
+                if job.wait_reason != why:
+                    # The failing job already said why (once); this is detail for debugging.
+                    log.debug("job=%s waiting %.1f s (%s)", job.spec.name, wait, why)
+                    job.wait_reason = why
+                job.status.state = "waiting"
+                continue
+            job.wait_reason = None
+            self._launch(job)
+            running += 1
+
+    def _launch(self, job: _Job) -> None:
+        job.done = False
+        job.result = job.error = None
+        job.stuck_logged = False
+        job.started = self.clock()
+        job.status.state = "running"
+        job.status.last_run_ms = self.wall_ms()
+
+        def body() -> None:
+            try:
+                job.result = job.spec.fn()
+            except BaseException as exc:  # noqa: BLE001 - reported by the loop
+                job.error = exc
+            finally:
+                job.done = True
+                self._wake.set()
+
+        t = threading.Thread(target=body, name=f"poll:{job.spec.name}", daemon=True)
+        job.thread = t
+        t.start()
+
+    def _reap(self) -> None:
+        now = self.clock()
+        for job in self.jobs:
+            if job.thread is None:
+                continue
+            if not job.done:
+                if now - job.started > job.spec.timeout_s and not job.stuck_logged:
+                    job.stuck_logged = True
+                    job.status.state = "stuck"
+                    log.warning("job=%s still running after %.0f s (timeout_s=%.0f)",
+                                job.spec.name, now - job.started, job.spec.timeout_s)
+                continue
+            job.thread.join(timeout=0.1)
+            job.thread = None
+            self._finish(job, now)
+
+    def _finish(self, job: _Job, now: float) -> None:
+        st = job.status
+        st.runs += 1
+        st.last_latency_ms = int((now - job.started) * 1000)
+        wall = self.wall_ms()
+        err = job.error
+        retry_after = None
+        if isinstance(err, PollError) and err.deferred:
+            # Not sent (a rate limit lifted and closed again between the gate and the call).
+            st.calls += err.calls
+            st.rows += err.rows
+            st.state = "failing" if st.consecutive_errors else ("ok" if st.last_ok_ms else "scheduled")
+            job.next_start = now + max(err.retry_after_s or 0.0, 0.05) + self._jitter(job)
+            job.slot, missed = self.next_slot_after(job, job.next_start)
+            st.missed += missed
+            return
+        if err is None:
+            res = job.result
+            if isinstance(res, RunResult):
+                rows, calls, st.note = res.rows, res.calls, res.note
+            else:
+                rows, calls = int(res or 0), 1
+            st.calls += calls
+            st.rows += rows
+            if st.consecutive_errors:
+                log.info("job=%s recovered after %d failed runs in %.0f s", job.spec.name,
+                         st.consecutive_errors, (wall - (st.failing_since_ms or wall)) / 1000)
+            st.consecutive_errors = 0
+            st.failing_since_ms = None
+            st.last_ok_ms = wall
+            st.state = "ok"
+            delay = 0.0
+        else:
+            if isinstance(err, PollError):
+                reason, detail, level = err.reason, err.detail, err.level
+                st.calls += err.calls
+                st.rows += err.rows
+                retry_after = err.retry_after_s
+            else:
+                reason, detail, level = f"unexpected {type(err).__name__}", str(err)[:200], logging.ERROR
+            st.errors += 1
+            st.consecutive_errors += 1
+            st.last_error_ms = wall
+            previous = st.last_error if st.consecutive_errors > 1 else None
+            if st.failing_since_ms is None:
+                st.failing_since_ms = wall
+            st.last_error = reason
+            if isinstance(err, PollError) and err.disable:
+                why = f"{reason}: {detail}" if detail else reason
+                targets = [j for j in self.jobs if j.status.state != "disabled"] if err.disable_all else [job]
+                for j in targets:
+                    j.status.state = "disabled"
+                    j.status.disabled_reason = why
+                    j.status.exit_code = err.exit_code
+                if err.disable_all:
+                    log.error("stopped polling (every job): %s", why)
+                else:
+                    log.error("job=%s stopped polling: %s", job.spec.name, why)
+                return
+            st.state = "failing"
+            if reason != previous:
+                # Once per state change, not once per call.
+                log.log(level, "job=%s failing: %s%s", job.spec.name, reason, f" ({detail})" if detail else "")
+            # Backoff from the interval: 1x, 2x, 4x ... capped, with jitter in [d/2, d].
+            iv = self._interval(job)
+            d = min(job.spec.max_backoff_s, iv * 2 ** min(st.consecutive_errors - 1, 20))
+            delay = self.rng.uniform(d / 2, d) if d > iv else 0.0
+            if retry_after:
+                delay = max(delay, retry_after)
+        # Never two runs closer than half an interval (e.g. a start-up run just before a slot).
+        base = max(now + delay, job.started + self._interval(job) / 2)
+        job.slot, missed = self.next_slot_after(job, base)
+        st.missed += missed if delay == 0 else 0
+        job.next_start = job.slot + self._jitter(job)
+
+    def _update_service_state(self, svc) -> None:
+        active = [j for j in self.jobs if j.status.state != "disabled"]
+        failing = [j for j in active if j.status.consecutive_errors > 0]
+        waiting = sorted({j.wait_reason for j in active if j.status.state == "waiting" and j.wait_reason})
+        held = f"; held back: {', '.join(waiting)}" if waiting else ""
+        banned = any("418" in w or "banned" in w for w in waiting)
+        if active and (len(failing) == len(active) or banned):
+            svc.set_state("error", ("all jobs failing: " if len(failing) == len(active) else "")
+                          + ", ".join(f"{j.spec.name}={j.status.last_error}" for j in failing) + held)
+        elif failing:
+            svc.set_state("running", f"{len(active) - len(failing)}/{len(active)} jobs ok; failing: "
+                          + ", ".join(f"{j.spec.name}={j.status.last_error}" for j in failing) + held)
+        else:
+            svc.set_state("running", f"polling {len(active)} jobs{held}")
+
+    # ------------------------------------------------------------------ reporting
+    def detail(self) -> dict[str, Any]:
+        """Heartbeat detail: {"jobs": {name: status…}} (wall-clock ms; next_in_s from now)."""
+        now = self.clock()
+        jobs = {}
+        for j in self.jobs:
+            st = j.status
+            d = {k: v for k, v in st.__dict__.items() if v is not None}
+            d["interval_s"] = j.spec.interval_s
+            if st.state != "disabled" and j.thread is None:
+                d["next_in_s"] = round(max(0.0, j.next_start - now), 1)
+            if j.wait_reason:
+                d["waiting_for"] = j.wait_reason
+            jobs[j.spec.name] = d
+        return {"jobs": jobs}
+
+    def status(self, name: str) -> JobStatus:
+        for j in self.jobs:
+            if j.spec.name == name:
+                return j.status
+        raise KeyError(name)
+
+
+def quiet_rest_client_logs() -> None:
+    """Pollers log HTTP failures once per state change (PollLoop); the RestClient's own
+    per-request WARNING lines (429, 5xx, no answer) would repeat them on every call, so
+    they are dropped in poller processes. ERRORs (418 bans) still go through."""
+
+    class _DropWarnings(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.levelno >= logging.ERROR or record.levelno < logging.WARNING
+
+    logging.getLogger("cqt.rest").addFilter(_DropWarnings())
+
+
+# ---------------------------------------------------------------------------- HTTP outcomes
+def failure_of(resp) -> PollError | None:
+    """A RestResponse that is not a usable answer -> the PollError that describes it
+    (stable reason, Retry-After honoured), or None for a 2xx answer.
+
+    Reasons: `timeout`, `connection refused` (… the RestClient's short error),
+    `rate limited` (held back locally), `429 rate limited`, `418 banned` (ERROR),
+    `http 5xx`, `http 4xx` (+ the server's error code when the body names one).
+    """
+    status = resp.status
+    if status is not None and 200 <= status < 300:
+        return None
+    if status is None:
+        err = resp.error or "no answer"
+        if err.startswith("blocked"):
+            return PollError("rate limited", err, calls=0, deferred=True)
+        if err == "stopped":
+            return PollError("stopped", calls=0, deferred=True)
+        return PollError(err)
+    headers = resp.headers or {}
+    retry = _retry_after_s(headers)
+    if status == 429:
+        return PollError("429 rate limited", f"Retry-After {retry:g} s" if retry is not None else None,
+                         retry_after_s=retry)
+    if status == 418:
+        return PollError("418 banned", f"Retry-After {retry:g} s" if retry is not None else "no Retry-After",
+                         retry_after_s=retry, level=logging.ERROR)
+    if status >= 500:
+        return PollError(f"http {status}")
+    code = _error_code(resp.text)
+    return PollError(f"http {status}" + (f" code {code[0]}" if code else ""), code[1] if code else None)
+
+
+def _retry_after_s(headers) -> float | None:
+    v = headers.get("Retry-After") if hasattr(headers, "get") else None
+    if v is None:
+        return None
+    try:
+        s = float(str(v).strip())
+    except ValueError:
+        return None
+    return s if 0 <= s < 10 * 86400 else None
+
+
+def _error_code(text: str) -> tuple[str, str] | None:
+    """Binance {"code":-1121,"msg":…} / Coinglass {"code":"40001","msg":…} -> (code, msg)."""
+    import orjson
+
+    from .sources.common import clip, token
+    try:
+        obj = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if type(obj) is dict and "code" in obj:
+        return token(obj.get("code")), clip(obj.get("msg", ""), 160)
+    return None
