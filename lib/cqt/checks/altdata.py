@@ -1,0 +1,358 @@
+"""altdata_check: is every raw stream arriving, complete, on time and parseable?
+
+Per stream (metric names carry source and stream, e.g. `binance.aggTrade.lag_s`):
+
+- lag_s  = as-of minus the newest event time at or before as-of;
+- fill   = how much of the window has data. Three models, by the nature of the series:
+    seconds   event streams (trades, book updates): share of the window's whole
+              seconds with at least one event;
+    coverage  periodic samples (markPrice@1s, REST snapshots polled every P s): share of
+              the window during which a sample no older than 1.5 x P existed — jitter in
+              the sampling instant never costs fill, a stalled poller does;
+    slots     period-aligned REST series (5 m ratios, 8 h funding): expected aligned
+              timestamps present, in a window moved back by one period plus two polls
+              (the newest period is not published yet); the ratios' lag counts from
+              the newest period's END (cqt.timerule reads their stamp as the start);
+  sparse streams (liquidations, KRW-USDT trades) are judged on lag only, counted from
+  the collector's current start when there has been no event since;
+- skew_s = median(recv_ts_ms - event time) per WebSocket stream (clock problems);
+plus open `gaps` rows and the reject ratio (rejects / frames) per source.
+
+The fill window ends CQT_CHECK_FILL_LATENCY_S before as-of (rows still in flight).
+All queries are bounded index range scans.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from ..timeutil import fmt_ms
+from .base import CheckContext, check_command
+from .result import Metric
+
+POLLER = "cqt-poll-binance"
+UPBIT_BTC = "KRW-BTC"
+UPBIT_USDT = "KRW-USDT"
+SKEW_SAMPLE = 20_000   # newest rows per stream used for the skew median
+
+
+@dataclass(frozen=True)
+class Stream:
+    metric: str          # metric name prefix
+    key: str             # threshold stem: CQT_CHECK_<key>_LAG_MAX_S / _FILL_MIN
+    table: str
+    time_col: str
+    filter_col: str      # symbol / code column
+    filter_val: str      # "binance" -> settings.binance_symbol, else the literal value
+    fill: str | None     # seconds | coverage | None (sparse: lag only)
+    period_s: float = 1.0
+    skew_col: str | None = None   # event time column recv_ts_ms is compared with
+    service: str = ""             # the collector writing it (sparse-stream fallback)
+
+
+WS_STREAMS: tuple[Stream, ...] = (
+    Stream("binance.aggTrade", "BINANCE_AGGTRADE", "binance_agg_trades", "trade_ts_ms", "symbol", "binance",
+           "seconds", skew_col="event_ts_ms", service="cqt-collect-binance"),
+    Stream("binance.markPrice", "BINANCE_MARKPRICE", "binance_mark_price", "event_ts_ms", "symbol", "binance",
+           "coverage", 1.0, skew_col="event_ts_ms", service="cqt-collect-binance"),
+    Stream("binance.bookTicker", "BINANCE_BOOKTICKER", "binance_book_ticker", "event_ts_ms", "symbol", "binance",
+           "seconds", skew_col="event_ts_ms", service="cqt-collect-binance"),
+    Stream("binance.forceOrder", "BINANCE_FORCEORDER", "binance_liquidations", "event_ts_ms", "symbol", "binance",
+           None, service="cqt-collect-binance"),
+    Stream(f"upbit.{UPBIT_BTC}.trade", "UPBIT_KRWBTC_TRADE", "upbit_trades", "trade_ts_ms", "code", UPBIT_BTC,
+           "seconds", skew_col="trade_ts_ms", service="cqt-collect-upbit"),
+    Stream(f"upbit.{UPBIT_BTC}.orderbook", "UPBIT_KRWBTC_ORDERBOOK", "upbit_orderbook", "ts_ms", "code", UPBIT_BTC,
+           "seconds", skew_col="ts_ms", service="cqt-collect-upbit"),
+    Stream(f"upbit.{UPBIT_USDT}.trade", "UPBIT_KRWUSDT_TRADE", "upbit_trades", "trade_ts_ms", "code", UPBIT_USDT,
+           None, service="cqt-collect-upbit"),
+)
+
+
+@dataclass(frozen=True)
+class RestSeries:
+    metric: str
+    table: str
+    time_col: str
+    where: str                 # extra SQL condition (bound to `params`)
+    params: tuple
+    model: str                 # coverage (snapshot every poll) | slots (period-aligned)
+    poll_env: str              # the poller's interval variable
+    poll_default: float
+    period_s: float | None = None   # slots: data period (None = from the data)
+    stamped_at_start: bool = False  # slots: the time is the period's START (cqt.timerule's reading of
+                                    # Binance /futures/data timestamps): lag counts from the period end
+
+
+RATIO_KINDS = ("open_interest_hist", "global_long_short", "top_long_short_position", "taker_buy_sell")
+
+
+def rest_series() -> tuple[RestSeries, ...]:
+    out = [RestSeries("binance.openInterest", "binance_open_interest", "ts_ms", "", (), "coverage",
+                      "CQT_POLL_OI_S", 10.0)]
+    for kind in RATIO_KINDS:
+        out.append(RestSeries(f"binance.ratios.{kind}", "binance_ratios", "ts_ms", "kind = ?", (kind,), "slots",
+                              "CQT_POLL_RATIOS_S", 60.0, stamped_at_start=True))
+    out.append(RestSeries("binance.premiumIndex", "binance_premium_index", "ts_ms", "", (), "coverage",
+                          "CQT_POLL_PREMIUM_S", 60.0))
+    out.append(RestSeries("binance.fundingRate", "binance_funding_rate", "funding_ts_ms", "", (), "slots",
+                          "CQT_POLL_FUNDING_S", 600.0))
+    return tuple(out)
+
+
+_PERIOD_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def period_seconds(text: str | None, default: float) -> float:
+    if text and text[:-1].isdigit() and text[-1] in _PERIOD_UNITS:
+        return int(text[:-1]) * _PERIOD_UNITS[text[-1]]
+    return default
+
+
+# ------------------------------------------------------------------------------ fill models
+def coverage(times_ms: list[int], prev_ms: int | None, start_ms: int, end_ms: int, hold_ms: float) -> float:
+    """Share of (start, end] within `hold_ms` after some sample. `times_ms` sorted, in the window."""
+    span = end_ms - start_ms
+    if span <= 0:
+        return 1.0
+    covered = 0.0
+    cur_lo = cur_hi = None
+    points = ([prev_ms] if prev_ms is not None else []) + times_ms
+    for t in points:
+        lo, hi = max(t, start_ms), min(t + hold_ms, end_ms)
+        if hi <= lo:
+            continue
+        if cur_hi is None or lo > cur_hi:
+            if cur_hi is not None:
+                covered += cur_hi - cur_lo
+            cur_lo, cur_hi = lo, hi
+        else:
+            cur_hi = max(cur_hi, hi)
+    if cur_hi is not None:
+        covered += cur_hi - cur_lo
+    return covered / span
+
+
+def fill_window(ctx: CheckContext) -> tuple[int, int]:
+    """(start, end] of the fill window: the check window moved back by the commit latency,
+    aligned to whole seconds so 'seconds with data' counts exactly window_s seconds."""
+    latency_ms = int(ctx.thresholds("CQT_CHECK_FILL_LATENCY_S") * 1000)
+    end = (ctx.as_of_ms - latency_ms) // 1000 * 1000
+    return end - ctx.window_s * 1000, end
+
+
+# ------------------------------------------------------------------------------ the check
+def evaluate(ctx: CheckContext) -> list[Metric]:
+    metrics: list[Metric] = []
+    for s in WS_STREAMS:
+        metrics += ws_stream_metrics(ctx, s)
+    for r in rest_series():
+        metrics += rest_metrics(ctx, r)
+    metrics += gap_metrics(ctx)
+    metrics += reject_metrics(ctx)
+    return metrics
+
+
+def _newest(ctx: CheckContext, table: str, time_col: str, where: str, params: tuple) -> int | None:
+    row = ctx.conn.execute(f"SELECT MAX({time_col}) FROM {table} WHERE {where} AND {time_col} <= ?",
+                           (*params, ctx.as_of_ms)).fetchone()
+    return row[0]
+
+
+def _lag_metric(name: str, newest: int | None, as_of_ms: int, limit_s: float, what: str, hint: str = "") -> Metric:
+    hint = f" ({hint})" if hint else ""
+    if newest is None:
+        return Metric.judge(name, None, "<=", limit_s, none_reason=f"no {what} at or before as-of{hint}")
+    lag = (as_of_ms - newest) / 1000
+    return Metric.judge(name, round(lag, 3), "<=", limit_s, f"newest {what} at {fmt_ms(newest)}{hint}")
+
+
+def ws_stream_metrics(ctx: CheckContext, s: Stream) -> list[Metric]:
+    conn, th = ctx.conn, ctx.thresholds
+    val = ctx.settings.binance_symbol if s.filter_val == "binance" else s.filter_val
+    where, params = f"{s.filter_col} = ?", (val,)
+    out: list[Metric] = []
+    lag_limit = th(f"CQT_CHECK_{s.key}_LAG_MAX_S")
+    newest = _newest(ctx, s.table, s.time_col, where, params)
+    what = s.metric.split(".", 1)[1] + " event"
+    if s.fill is None:
+        # Sparse: silence is normal for a while; count from the collector's start if later.
+        run_start = conn.execute("SELECT MAX(start_ts_ms) FROM service_runs WHERE service = ? AND start_ts_ms <= ?",
+                                 (s.service, ctx.as_of_ms)).fetchone()[0]
+        if run_start is not None and (newest is None or run_start > newest):
+            lag = (ctx.as_of_ms - run_start) / 1000
+            out.append(Metric.judge(f"{s.metric}.lag_s", round(lag, 3), "<=", lag_limit,
+                                    f"no {what} since {s.service} started at {fmt_ms(run_start)}"))
+        else:
+            out.append(_lag_metric(f"{s.metric}.lag_s", newest, ctx.as_of_ms, lag_limit, what,
+                                   f"sparse stream; is {s.service} running?"))
+        return out
+    out.append(_lag_metric(f"{s.metric}.lag_s", newest, ctx.as_of_ms, lag_limit, what, f"is {s.service} running?"))
+
+    fs, fe = fill_window(ctx)
+    fill_min = th(f"CQT_CHECK_{s.key}_FILL_MIN")
+    if s.fill == "seconds":
+        n = conn.execute(
+            f"SELECT COUNT(DISTINCT ({s.time_col} - 1) / 1000) FROM {s.table} "
+            f"WHERE {where} AND {s.time_col} > ? AND {s.time_col} <= ?", (*params, fs, fe)).fetchone()[0]
+        fill = n / ctx.window_s
+        reason = f"{n} of {ctx.window_s} seconds have data"
+    else:
+        times = [r[0] for r in conn.execute(
+            f"SELECT {s.time_col} FROM {s.table} WHERE {where} AND {s.time_col} > ? AND {s.time_col} <= ? "
+            f"ORDER BY {s.time_col}", (*params, fs, fe))]
+        prev = conn.execute(f"SELECT MAX({s.time_col}) FROM {s.table} WHERE {where} AND {s.time_col} <= ?",
+                            (*params, fs)).fetchone()[0]
+        fill = coverage(times, prev, fs, fe, 1.5 * s.period_s * 1000)
+        reason = f"{len(times)} updates in {ctx.window_s} s"
+    out.append(Metric.judge(f"{s.metric}.fill", round(fill, 4), ">=", fill_min, reason))
+
+    if s.skew_col:
+        skews = [r[0] for r in conn.execute(
+            f"SELECT recv_ts_ms - {s.skew_col} FROM {s.table} WHERE {where} AND {s.time_col} > ? "
+            f"AND {s.time_col} <= ? AND {s.skew_col} IS NOT NULL ORDER BY {s.time_col} DESC LIMIT ?",
+            (*params, ctx.start_ms, ctx.as_of_ms, SKEW_SAMPLE))]
+        limit = th("CQT_CHECK_SKEW_MAX_S")
+        if not skews:
+            out.append(Metric.judge(f"{s.metric}.skew_s", None, "<=", limit, none_reason="no rows in the window"))
+        else:
+            med = statistics.median(skews) / 1000
+            reason = ("receive time before event time: local clock behind the exchange?" if med < 0 else
+                      "receive time far after event time: clock ahead, or data arriving late")
+            out.append(Metric.judge(f"{s.metric}.skew_s", round(abs(med), 3), "<=", limit,
+                                    f"median recv-event {med:+.3f} s over {len(skews)} rows; {reason}"))
+    return out
+
+
+def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
+    conn, th = ctx.conn, ctx.thresholds
+    sym = ctx.settings.binance_symbol
+    where = "symbol = ?" + (f" AND {r.where}" if r.where else "")
+    params = (sym, *r.params)
+    poll_s = th.poll_interval_s(r.poll_env, r.poll_default)
+    factor = th("CQT_CHECK_REST_LAG_FACTOR")
+    fill_min = th("CQT_CHECK_REST_FILL_MIN")
+    newest = _newest(ctx, r.table, r.time_col, where, params)
+    out: list[Metric] = []
+    if r.model == "coverage":
+        interval = poll_s
+        out.append(_lag_metric(f"{r.metric}.lag_s", newest, ctx.as_of_ms, factor * interval,
+                               f"{r.metric.split('.', 1)[1]} sample", f"polled every {interval:g} s, {r.poll_env}"))
+        fs, fe = fill_window(ctx)
+        span_ms = max(ctx.window_s, interval) * 1000
+        fs = fe - span_ms
+        times = [x[0] for x in conn.execute(
+            f"SELECT {r.time_col} FROM {r.table} WHERE {where} AND {r.time_col} > ? AND {r.time_col} <= ? "
+            f"ORDER BY {r.time_col}", (*params, fs, fe))]
+        prev = conn.execute(f"SELECT MAX({r.time_col}) FROM {r.table} WHERE {where} AND {r.time_col} <= ?",
+                            (*params, fs)).fetchone()[0]
+        fill = coverage(times, prev, fs, fe, 1.5 * interval * 1000)
+        out.append(Metric.judge(f"{r.metric}.fill", round(fill, 4), ">=", fill_min,
+                                f"{len(times)} samples, expected about {span_ms / 1000 / interval:.0f}"))
+        return out
+
+    # Period-aligned series: the period comes from the data (ratios: the `period` column;
+    # funding: the spacing of funding times), the poll interval from the poller's setting.
+    period_s = _series_period_s(ctx, r, where, params)
+    p_ms = int(period_s * 1000)
+    name = r.metric.split(".", 1)[1]
+    if r.stamped_at_start and newest is not None:
+        end = newest + p_ms   # the period's end; clamped: if the stamp really is the end, lag reads 0 early
+        lag = max(0.0, (ctx.as_of_ms - end) / 1000)
+        out.append(Metric.judge(f"{r.metric}.lag_s", round(lag, 3), "<=", factor * period_s,
+                                f"newest {name} period ended at {fmt_ms(end)} ({period_s:g} s periods; "
+                                f"is {POLLER} running?)"))
+    else:
+        out.append(_lag_metric(f"{r.metric}.lag_s", newest, ctx.as_of_ms, factor * period_s,
+                               f"{name} row", f"{period_s:g} s periods; is {POLLER} running?"))
+    delay_ms = p_ms + int(2 * poll_s * 1000)
+    hi = ctx.as_of_ms - delay_ms
+    lo = hi - max(ctx.window_s * 1000, p_ms)
+    expected = [t for t in range((lo // p_ms + 1) * p_ms, hi + 1, p_ms)]
+    if not expected:
+        out.append(Metric.skip(f"{r.metric}.fill", "no complete period in the window"))
+        return out
+    present = {x[0] for x in conn.execute(
+        f"SELECT {r.time_col} FROM {r.table} WHERE {where} AND {r.time_col} > ? AND {r.time_col} <= ?",
+        (*params, lo, hi))}
+    have = sum(1 for t in expected if t in present)
+    missing = [fmt_ms(t) for t in expected if t not in present]
+    reason = f"{have} of {len(expected)} periods present" + (f"; missing {', '.join(missing[:3])}" if missing else "")
+    out.append(Metric.judge(f"{r.metric}.fill", round(have / len(expected), 4), ">=", fill_min, reason))
+    return out
+
+
+def _series_period_s(ctx: CheckContext, r: RestSeries, where: str, params: tuple) -> float:
+    if r.period_s:
+        return r.period_s
+    if r.table == "binance_ratios":
+        row = ctx.conn.execute(f"SELECT period FROM binance_ratios WHERE {where} AND ts_ms <= ? "
+                               "ORDER BY ts_ms DESC LIMIT 1", (*params, ctx.as_of_ms)).fetchone()
+        return period_seconds(row[0] if row else None, 300.0)
+    rows = ctx.conn.execute(f"SELECT {r.time_col} FROM {r.table} WHERE {where} AND {r.time_col} <= ? "
+                            f"ORDER BY {r.time_col} DESC LIMIT 2", (*params, ctx.as_of_ms)).fetchall()
+    if len(rows) == 2 and rows[0][0] > rows[1][0]:
+        return (rows[0][0] - rows[1][0]) / 1000
+    return 8 * 3600.0
+
+
+def gap_metrics(ctx: CheckContext) -> list[Metric]:
+    """Gaps open at as-of (detected before it minus the grace, not resolved by then)."""
+    grace_ms = int(ctx.thresholds("CQT_CHECK_GAP_GRACE_S") * 1000)
+    limit = ctx.thresholds("CQT_CHECK_OPEN_GAPS_MAX")
+    rows = ctx.conn.execute(
+        "SELECT source, stream, COUNT(*), MIN(detected_ts_ms), MIN(from_ts_ms), MIN(from_id), MAX(to_id) "
+        "FROM gaps WHERE detected_ts_ms <= ? AND (status = 'open' OR filled_ts_ms > ?) "
+        "GROUP BY source, stream ORDER BY source, stream",
+        (ctx.as_of_ms - grace_ms, ctx.as_of_ms)).fetchall()
+    out = []
+    for source, stream, n, detected, from_ts, from_id, to_id in rows:
+        span = f"ids {from_id}-{to_id}" if from_id is not None else f"from {fmt_ms(from_ts)}"
+        out.append(Metric.judge(f"gaps.{source}.{stream}.open", n, "<=", limit,
+                                f"{n} unresolved gap(s), oldest detected {fmt_ms(detected)} ({span}); "
+                                "backfill stuck or not marked done"))
+    if not out:
+        out.append(Metric.judge("gaps.open", 0, "<=", limit))
+    lost = ctx.conn.execute(
+        "SELECT source, stream, COUNT(*) FROM gaps WHERE detected_ts_ms > ? AND detected_ts_ms <= ? "
+        "AND status IN ('partial', 'unfillable') GROUP BY source, stream", (ctx.start_ms, ctx.as_of_ms)).fetchall()
+    for source, stream, n in lost:
+        ctx.note(f"{n} gap(s) on {source} {stream} in the window could not be (fully) backfilled")
+    return out
+
+
+def reject_metrics(ctx: CheckContext) -> list[Metric]:
+    """rejects / frames per source, both from ingest_stats (per-heartbeat deltas) in the window;
+    reject_counts (hourly) names the reasons and catches rejects no frame counter saw."""
+    limit = ctx.thresholds("CQT_CHECK_REJECT_RATIO_MAX")
+    counted = {src: (frames or 0, rej or 0) for src, frames, rej in ctx.conn.execute(
+        "SELECT source, SUM(frames), SUM(rejects) FROM ingest_stats WHERE ts_ms > ? AND ts_ms <= ? GROUP BY source",
+        (ctx.start_ms, ctx.as_of_ms))}
+    reasons: dict[str, list[tuple[str, int]]] = {}
+    hour_start = ctx.start_ms - ctx.start_ms % 3_600_000
+    for src, reason, n in ctx.conn.execute(
+            "SELECT source, reason, SUM(count) FROM reject_counts WHERE hour_ms >= ? AND hour_ms <= ? "
+            "AND last_ts_ms > ? GROUP BY source, reason ORDER BY SUM(count) DESC",
+            (hour_start, ctx.as_of_ms, ctx.start_ms)):
+        reasons.setdefault(src, []).append((reason, n))
+    out = []
+    for src in sorted(set(counted) | set(reasons)):
+        frames, rej = counted.get(src, (0, 0))
+        why = ", ".join(f"{r} x{n}" for r, n in reasons.get(src, [])[:3])
+        if frames == 0:
+            if src in reasons:
+                out.append(Metric.judge(f"rejects.{src}.ratio", None, "<=", limit,
+                                        none_reason=f"rejects recorded ({why}) but no frames counted in ingest_stats"))
+            continue
+        reason = (f"{rej} of {frames} frames rejected" + (f"; top reasons (this hour): {why}" if why else "")
+                  + ("; a format change at the exchange?" if rej / frames > limit else ""))
+        out.append(Metric.judge(f"rejects.{src}.ratio", round(rej / frames, 5), "<=", limit, reason))
+    if not out:
+        out.append(Metric.judge("rejects.ratio", None, "<=", limit,
+                                none_reason="no frames counted in ingest_stats in the window: are the collectors running?"))
+    return out
+
+
+main = check_command("altdata_check", evaluate, """Raw data health: per stream lag and fill rate, clock skew,
+open gaps and reject ratio over the window ending at --as-of.
+
+Exit 0 PASS, 1 FAIL, 2 usage error, 3 could not evaluate, 78 misconfigured.""")

@@ -1,0 +1,159 @@
+"""What every check shares: the evaluation context, the exit-code wrapper and the CLI.
+
+A check is a function `evaluate(ctx: CheckContext) -> list[Metric]`. `run_check`
+opens the database read-only, calls it and turns every way of not getting an
+answer into exit 3 (could not evaluate) or 78 (misconfigured) with a one-line
+reason — the traceback only at DEBUG — so exit 1 always means "the data failed".
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from .. import db, exitcodes
+from ..config import ConfigError, Settings, load_settings
+from ..runtime import setup_logging
+from ..timeutil import fmt_ms, now_ms, parse_time_ms
+from .result import CheckResult, Metric
+from .thresholds import Thresholds
+
+log = logging.getLogger("cqt.checks")
+
+DEFAULT_WINDOW_S = 600
+
+
+@dataclass
+class CheckContext:
+    conn: sqlite3.Connection
+    settings: Settings
+    thresholds: Thresholds
+    as_of_ms: int
+    window_s: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def start_ms(self) -> int:
+        """Window is (start_ms, as_of_ms]."""
+        return self.as_of_ms - self.window_s * 1000
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+Evaluate = Callable[[CheckContext], list[Metric]]
+
+
+def run_check(name: str, evaluate: Evaluate, settings: Settings, as_of_ms: int, window_s: int,
+              conn: sqlite3.Connection | None = None) -> CheckResult:
+    """Run one check; never raises. `conn` lets the runner share one read-only connection."""
+    t0 = time.monotonic()
+    res = CheckResult(name, window_s, as_of_ms)
+    own = conn is None
+    try:
+        if own:
+            conn = open_for_check(settings.db)
+        ctx = CheckContext(conn, settings, Thresholds(settings), as_of_ms, window_s)
+        res.metrics = evaluate(ctx)
+        res.notes = ctx.notes
+        if not res.metrics:
+            res.error = "the check produced no metrics"  # a bug, but never a silent PASS
+    except ConfigError as exc:
+        res.error, res.error_code = str(exc), exitcodes.CONFIG
+    except CannotEvaluate as exc:
+        res.error = str(exc)
+    except sqlite3.Error as exc:
+        log.debug("database error in %s", name, exc_info=True)
+        res.error = f"cannot read database {settings.db}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - exit 3 with one line, never 1 and never a traceback
+        log.debug("unexpected error in %s", name, exc_info=True)
+        res.error = f"unexpected error in {name}: {type(exc).__name__}: {exc} (run with CQT_LOG_LEVEL=DEBUG for the traceback)"
+    finally:
+        if own and conn is not None:
+            conn.close()
+    if res.error:
+        res.error = " ".join(res.error.split())  # one line, whatever the exception said
+    res.elapsed_ms = int((time.monotonic() - t0) * 1000)
+    return res
+
+
+class CannotEvaluate(Exception):
+    """The database cannot answer (missing, unreadable, wrong schema): exit 3."""
+
+
+def open_for_check(path: Path) -> sqlite3.Connection:
+    try:
+        return db.open_readonly(path)
+    except db.DatabaseMissing:
+        raise CannotEvaluate(f"database not found: {path} (check CQT_DB / --db; has a collector run yet?)") from None
+    except db.SchemaTooNew as exc:
+        raise CannotEvaluate(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise CannotEvaluate(f"cannot open database {path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------ CLI
+class TimeParam(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_time_ms(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def common_options(fn):
+    """--window, --as-of, --db, --json: the same for every check and the runner."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(fn)
+    fn = click.option("--db", type=click.Path(dir_okay=False), default=None,
+                      help="Database file (default: CQT_DB).")(fn)
+    fn = click.option("--as-of", "as_of", type=TimeParam(), default=None,
+                      help="End of the window: ISO-8601 (UTC if no zone) or epoch ms. Default: now.")(fn)
+    fn = click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW_S, show_default=True,
+                      metavar="SECONDS", help="Length of the window ending at --as-of.")(fn)
+    return fn
+
+
+def settings_for_cli(name: str, db_path: str | None) -> Settings:
+    """Settings with --db applied; a bad setting is one line on stderr and exit 78."""
+    try:
+        settings = load_settings(db=db_path)
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.CONFIG)
+    setup_logging(name, settings.log_level, settings.secrets)
+    return settings
+
+
+def emit(res: CheckResult, as_json: bool) -> None:
+    if as_json:
+        click.echo(res.to_json())
+    else:
+        click.echo(res.text())
+    if res.error:
+        click.echo(f"{res.check}: {res.error}", err=True)
+
+
+def check_command(name: str, evaluate: Evaluate, help_text: str) -> click.Command:
+    """The click program for one check (`checks/<name>`)."""
+
+    @click.command(name=name, help=help_text, context_settings={"help_option_names": ["-h", "--help"]})
+    @common_options
+    def cmd(window: int, as_of: int | None, db: str | None, as_json: bool) -> None:
+        settings = settings_for_cli(name, db)
+        as_of_ms = now_ms() if as_of is None else as_of
+        res = run_check(name, evaluate, settings, as_of_ms, window)
+        emit(res, as_json)
+        log.debug("%s exit=%d elapsed_ms=%d as_of=%s", name, res.exit_code, res.elapsed_ms, fmt_ms(as_of_ms))
+        sys.exit(res.exit_code)
+
+    return cmd

@@ -1,0 +1,226 @@
+"""feature_check: are market_1s and predictions complete, sane and well-formed in the window?
+
+Per table: lag_s (as-of minus newest row), coverage (rows / seconds, in a window that
+ends CQT_CHECK_FEATURE_LATENCY_S before as-of: the aggregate writes a second only after
+its grace delay), duplicated ts_ms, ts_ms off the whole-second grid, rows stamped after
+the wall clock; per column: null_rate (with per-column overrides, thresholds.py) and
+range (violating rows: prices > 0, spread >= 0, |kimchi premium| < 0.2, |funding| <= 0.03,
+volatilities >= 0, ratios > 0, ages >= 0, imbalances in [-1, 1]; every number finite).
+Columns the aggregate adds later are covered automatically (null rate + finite).
+"""
+from __future__ import annotations
+
+from .. import timerule
+from ..timeutil import fmt_ms, now_ms
+from .base import CheckContext, check_command
+from .rawkeys import key_filter
+from .result import Metric
+from .thresholds import NULL_BY_DESIGN
+
+TABLES = ("market_1s", "predictions")
+_INF = "1e308"
+
+# (table, column) -> (violation SQL with {c} for the column, what must hold); "*" = any table.
+_POSITIVE = ("{c} <= 0", "> 0")
+_NONNEG = ("{c} < 0", ">= 0")
+_UNIT = ("({c} < -1 OR {c} > 1)", "in [-1, 1]")
+_AGE = ("{c} < 0", ">= 0 (a negative age means a value from after the row's time)")
+
+
+def range_rule(table: str, column: str, kimchi_max: float, funding_max: float) -> tuple[str, str] | None:
+    c = column
+    if c == "has_trade":
+        return "{c} NOT IN (0, 1)", "0 or 1"
+    if c.endswith("_age_ms"):
+        return _AGE
+    if c == "kimchi_premium":
+        return f"ABS({{c}}) >= {kimchi_max!r}", f"|x| < {kimchi_max:g}"
+    if c == "funding_rate":
+        return f"ABS({{c}}) > {funding_max!r}", f"|x| <= {funding_max:g}"
+    if table == "market_1s" and c in ("open", "high", "low", "close", "vwap", "best_bid", "best_ask", "mid",
+                                      "binance_last", "mark_price", "index_price", "usdt_krw"):
+        return _POSITIVE
+    if c in ("volume", "buy_volume", "sell_volume", "trade_count", "spread_bps", "liq_notional_60s") \
+            or c.startswith("rv_"):
+        return _NONNEG
+    if c in ("book_imbalance",) or c.startswith("flow_imb_"):
+        return _UNIT
+    if c in ("ls_ratio", "horizon_sec"):
+        return _POSITIVE
+    return None
+
+
+def columns(ctx: CheckContext, table: str) -> list[tuple[str, str]]:
+    """(name, declared type) of every column but ts_ms."""
+    return [(r[1], (r[2] or "").upper()) for r in ctx.conn.execute(f"PRAGMA table_info({table})") if r[1] != "ts_ms"]
+
+
+def evaluate(ctx: CheckContext) -> list[Metric]:
+    out: list[Metric] = []
+    for table in TABLES:
+        out += table_metrics(ctx, table)
+    return out
+
+
+def table_metrics(ctx: CheckContext, table: str) -> list[Metric]:
+    conn, th = ctx.conn, ctx.thresholds
+    out: list[Metric] = []
+    lo, hi = ctx.start_ms, ctx.as_of_ms
+
+    newest = conn.execute(f"SELECT MAX(ts_ms) FROM {table} WHERE ts_ms <= ?", (hi,)).fetchone()[0]
+    lag_max = th("CQT_CHECK_FEATURE_LAG_MAX_S")
+    if newest is None:
+        out.append(Metric.judge(f"{table}.lag_s", None, "<=", lag_max,
+                                none_reason=f"no {table} rows at or before as-of: is cqt-aggregate running?"))
+    else:
+        out.append(Metric.judge(f"{table}.lag_s", round((hi - newest) / 1000, 3), "<=", lag_max,
+                                f"newest row {fmt_ms(newest)}: is cqt-aggregate running and keeping up?"))
+
+    latency_ms = int(th("CQT_CHECK_FEATURE_LATENCY_S") * 1000)
+    ce = (hi - latency_ms) // 1000 * 1000
+    cs = ce - ctx.window_s * 1000
+    n_cov = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE ts_ms > ? AND ts_ms <= ? AND ts_ms % 1000 = 0",
+                         (cs, ce)).fetchone()[0]
+    cov_reason = (f"{n_cov} of {ctx.window_s} seconds have a row ({fmt_ms(cs)} .. {fmt_ms(ce)})" if n_cov else
+                  f"no {table} rows in the window: is cqt-aggregate running?")
+    out.append(Metric.judge(f"{table}.coverage", round(min(1.0, n_cov / ctx.window_s), 4), ">=",
+                            th("CQT_CHECK_COVERAGE_MIN"), cov_reason))
+
+    n, n_distinct, misaligned = conn.execute(
+        f"SELECT COUNT(*), COUNT(DISTINCT ts_ms), COALESCE(SUM(ts_ms % 1000 != 0), 0) FROM {table} "
+        "WHERE ts_ms > ? AND ts_ms <= ?", (lo, hi)).fetchone()
+    out.append(Metric.judge(f"{table}.ts_ms.duplicates", n - n_distinct, "==", 0,
+                            f"{n - n_distinct} duplicated ts_ms among {n} rows"))
+    out.append(Metric.judge(f"{table}.ts_ms.misaligned", misaligned, "==", 0,
+                            f"{misaligned} rows not on the whole-second grid (ts_ms % 1000 != 0)"))
+    wall = now_ms()
+    future, first_future = conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM {table} WHERE ts_ms > ?",
+                                        (wall + 1000,)).fetchone()
+    out.append(Metric.judge(f"{table}.ts_ms.future", future, "==", 0,
+                            f"{future} rows stamped after the wall clock (first {fmt_ms(first_future)}): "
+                            "clock problem or a row written ahead of its data"))
+
+    cols = columns(ctx, table)
+    if n == 0:
+        out.append(Metric.skip(f"{table}.columns", "no rows in the window: null rates and ranges not judged"))
+        return out
+    out += null_metrics(ctx, table, cols, n)
+    out += range_metrics(ctx, table, cols)
+    if table == "market_1s":
+        out += bar_consistency(ctx)
+    return out
+
+
+_OPTIONAL_SOURCES = {"binance_liquidations"}   # sparse: "none yet" is a value (0), not a missing input
+
+
+def warmup_starts(ctx: CheckContext) -> tuple[dict[str, int], dict[str, str]]:
+    """feature -> first bar time whose look-back is covered by collected data, and the source
+    that decides it. Before that a NULL is the aggregate's rule ("a look-back that reaches
+    before the data is NULL"), not missing data: e.g. oi_chg_300s in the first 5 minutes of a
+    collection (open interest has no history to backfill)."""
+    try:
+        from .. import features
+    except ImportError:
+        ctx.note("cqt.features not importable: null rates judged without warm-up exclusion")
+        return {}, {}
+    params = features.params_from_settings(ctx.settings)
+    first: dict[str, int | None] = {}
+
+    def first_of(table: str) -> int | None:
+        """Availability of the series' first row (the rule applied to its oldest row)."""
+        if table not in first:
+            rule = timerule.rule(table)
+            where, args = key_filter(table, params)
+            cur = ctx.conn.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY {rule.time_col} LIMIT 1", args)
+            row = cur.fetchone()
+            first[table] = None if row is None else timerule.availability_ms(
+                table, dict(zip([d[0] for d in cur.description], row)), params.cg_delay_s)
+        return first[table]
+
+    starts, why = {}, {}
+    for feat, tables in features.FEATURE_SOURCES.items():
+        known = [(first_of(t), t) for t in tables if t not in _OPTIONAL_SOURCES]
+        known = [(t, name) for t, name in known if t is not None]
+        if not known:
+            continue            # no data at all: judged on every row (and it fails, rightly)
+        t_first, name = max(known)
+        starts[feat] = -(-(t_first + features.FEATURE_WINDOW_S.get(feat, 0) * 1000) // 1000) * 1000
+        why[feat] = name
+    return starts, why
+
+
+def null_metrics(ctx: CheckContext, table: str, cols: list[tuple[str, str]], n: int) -> list[Metric]:
+    judged = [c for c, _ in cols if f"{table}.{c}" not in NULL_BY_DESIGN]
+    starts, why = warmup_starts(ctx) if table == "predictions" else ({}, {})
+    floor = ctx.start_ms + 1
+    parts, args = [], []
+    for c in judged:
+        s = max(floor, starts.get(c, floor))
+        parts.append(f"COALESCE(SUM(ts_ms >= ? AND {c} IS NULL), 0), COALESCE(SUM(ts_ms >= ?), 0)")
+        args += [s, s]
+    row = ctx.conn.execute(f"SELECT {', '.join(parts)} FROM {table} WHERE ts_ms > ? AND ts_ms <= ?",
+                           (*args, ctx.start_ms, ctx.as_of_ms)).fetchone()
+    coinglass_off = not ctx.settings.coinglass_enabled
+    out = []
+    for i, c in enumerate(judged):
+        k, n_c = row[2 * i], row[2 * i + 1]
+        name = f"{table}.{c}.null_rate"
+        if coinglass_off and c.startswith("cg_"):
+            out.append(Metric.skip(name, "Coinglass disabled (coinglass_check fails on that)"))
+            continue
+        warm = starts.get(c, floor) > floor
+        if n_c == 0:
+            out.append(Metric.skip(name, f"warming up: its look-back reaches before the first {why.get(c)} data "
+                                         f"until {fmt_ms(starts[c])}"))
+            continue
+        reason = f"{k} of {n_c} rows NULL" + (f" (the {n - n_c} rows before {fmt_ms(starts[c])} are warm-up: "
+                                              f"look-back before the first {why[c]} data)" if warm else "")
+        out.append(Metric.judge(name, round(k / n_c, 4), "<=", ctx.thresholds.null_rate_max(table, c), reason))
+    return out
+
+
+def range_metrics(ctx: CheckContext, table: str, cols: list[tuple[str, str]]) -> list[Metric]:
+    th = ctx.thresholds
+    kim, fund = th("CQT_CHECK_KIMCHI_ABS_MAX"), th("CQT_CHECK_FUNDING_ABS_MAX")
+    rules: list[tuple[str, str, str]] = []  # (column, violation sql, description)
+    for c, ctype in cols:
+        if "CHAR" in ctype or "TEXT" in ctype or "CLOB" in ctype:
+            continue
+        rule = range_rule(table, c, kim, fund)
+        finite = f"({c} > {_INF} OR {c} < -{_INF})"
+        if rule is None:
+            rules.append((c, finite, "finite"))
+        else:
+            rules.append((c, f"({rule[0].format(c=c)} OR {finite})", f"{rule[1]} and finite"))
+    if not rules:
+        return []
+    sums = ", ".join(f"COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0)" for _, cond, _ in rules)
+    counts = ctx.conn.execute(f"SELECT {sums} FROM {table} WHERE ts_ms > ? AND ts_ms <= ?",
+                              (ctx.start_ms, ctx.as_of_ms)).fetchone()
+    out = []
+    for (c, cond, desc), k in zip(rules, counts):
+        reason = f"must be {desc}"
+        if k:
+            ts, val = ctx.conn.execute(f"SELECT ts_ms, {c} FROM {table} WHERE ts_ms > ? AND ts_ms <= ? AND {cond} "
+                                       "ORDER BY ts_ms LIMIT 1", (ctx.start_ms, ctx.as_of_ms)).fetchone()
+            reason = f"{k} rows violate: must be {desc}; first at {fmt_ms(ts)}: {val!r}"
+        out.append(Metric.judge(f"{table}.{c}.range", k, "==", 0, reason))
+    return out
+
+
+def bar_consistency(ctx: CheckContext) -> list[Metric]:
+    """OHLC are NULL by design when no trade happened; then the flag and counts must agree."""
+    bad = ("(has_trade = 1 AND (open IS NULL OR high IS NULL OR low IS NULL OR close IS NULL OR vwap IS NULL "
+           "OR trade_count = 0 OR high < low OR close > high OR close < low)) "
+           "OR (has_trade = 0 AND (trade_count != 0 OR open IS NOT NULL))")
+    k, first = ctx.conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM market_1s WHERE ts_ms > ? AND ts_ms <= ? AND ({bad})",
+                                (ctx.start_ms, ctx.as_of_ms)).fetchone()
+    return [Metric.judge("market_1s.bar.consistency", k, "==", 0,
+                         f"{k} bars where has_trade, trade_count and OHLC disagree (first {fmt_ms(first)})")]
+
+
+main = check_command("feature_check", evaluate, """Derived tables: market_1s and predictions coverage,
+null rate per column, value ranges and ts_ms sanity over the window ending at --as-of.
+
+Exit 0 PASS, 1 FAIL, 2 usage error, 3 could not evaluate, 78 misconfigured.""")

@@ -1,0 +1,409 @@
+"""feature_leak_check: could any stored value have been unknown at its row's time?
+
+Structural part (time rule of cqt.timerule):
+- leak.market_1s.negative_ages   every *_age_ms in market_1s in the window is >= 0
+                                  (a negative age means a value from after the row's time);
+- leak.market_1s.provenance       for each sampled t0, every carried value (close, book,
+                                  Binance last, mark, KRW-USDT) is found in its raw table at
+                                  t0 - age with the same value and availability <= t0;
+- leak.predictions.sources        a feature that is not NULL at t0 must have at least one
+                                  row of its source tables (cqt.features.FEATURE_SOURCES)
+                                  available at t0 within the longest look-back;
+- leak.labels.violations          the newest export whose file exists: every label_ts >=
+                                  t0 + horizon (SKIP, saying so, when there is no export).
+
+Recomputation part (the strong one, in the spirit of freqtrade's lookahead analysis):
+for K sampled t0 in the window (CQT_CHECK_LEAK_SAMPLES, default 50; reproducible:
+seeded by --as-of), the ONE feature function (cqt.features.compute_range) is run on a
+view of the database truncated at t0 — temporary views that shadow every raw and
+derived table with only the rows whose availability (cqt.timerule) is <= t0, so future
+rows do not exist for it, whatever the function does — with a warm-up of x1 and x3 the
+features' longest look-back. Any stored value (predictions and market_1s) that differs
+from the recomputation beyond CQT_CHECK_LEAK_TOLERANCE is a leak, named with the
+column, t0 and both values; x1 and x3 disagreeing means a value depends on where the
+computation started.
+
+Late data is not a leak: a row that reached the database after its second was written
+live (a backfill after a reconnect) makes the live row differ from a recomputation that
+sees it. Before calling a mismatch a leak, the row is recomputed once more on the view
+of what was in the database when it was written (availability <= t0 and recv_ts_ms <=
+t0 + CQT_AGGREGATE_GRACE_S); a stored row that matches THAT view is reported as a note
+(`cqt-aggregate --rebuild` corrects it), never as a FAIL. A real leak uses rows with
+availability > t0, which neither view contains, so it cannot hide there.
+"""
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import db, timerule
+from ..timeutil import fmt_ms
+from .base import CannotEvaluate, CheckContext, check_command
+from .rawkeys import key_filter
+from .result import Metric, fmt_num
+
+DERIVED_TABLES = ("market_1s", "predictions")
+
+# market_1s carried value -> (age column, raw table, key column, params attribute, raw value column);
+# all stream tables (timerule kind "stream"): a row's availability is its time column.
+PROVENANCE = {
+    "close": ("close_age_ms", "upbit_trades", "code", "upbit_code", "price"),
+    "best_bid": ("book_age_ms", "upbit_orderbook", "code", "upbit_code", "best_bid"),
+    "binance_last": ("binance_age_ms", "binance_agg_trades", "symbol", "binance_symbol", "price"),
+    "mark_price": ("mark_age_ms", "binance_mark_price", "symbol", "binance_symbol", "mark_price"),
+    "usdt_krw": ("usdt_krw_age_ms", "upbit_trades", "code", "usdt_code", "price"),
+}
+
+
+def _features():
+    try:
+        from .. import features
+    except ImportError as exc:
+        raise CannotEvaluate(f"the feature function cqt.features cannot be imported: {exc}") from None
+    return features
+
+
+# ------------------------------------------------------------------------------ truncated view
+class TruncatedView:
+    """A read-only connection on the database in which every raw and derived table is
+    shadowed by a TEMP VIEW holding only the rows available at t0 (cqt.timerule; derived
+    rows: ts_ms <= t0). Unqualified table names resolve to temp objects first, so any code
+    given this connection sees the database "as it could be known at t0"."""
+
+    def __init__(self, path: Path, coinglass_delay_s: int):
+        self.conn = db.connect(path, readonly=True)
+        self.delay_s = coinglass_delay_s
+        self.tables = [t for t in (*timerule.RAW_TABLES, *DERIVED_TABLES) if self._exists(t)]
+
+    def _exists(self, table: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                                 (table,)).fetchone() is not None
+
+    def truncate(self, t0: int, recv_cap: int | None = None) -> None:
+        """Shadow every table with the rows available at t0 (and, with recv_cap, also
+        received by then: what the database held at that moment)."""
+        t0 = int(t0)
+        for t in self.tables:
+            if t in DERIVED_TABLES:
+                cond = f"ts_ms <= {t0}"
+            else:
+                r = timerule.rule(t)
+                cond = f"{r.time_col} <= {t0} AND {timerule.availability_sql(t, self.delay_s)} <= {t0}"
+                if recv_cap is not None:
+                    cond += f" AND recv_ts_ms <= {int(recv_cap)}"
+            self.conn.execute(f"DROP VIEW IF EXISTS temp.{t}")
+            self.conn.execute(f"CREATE TEMP VIEW {t} AS SELECT * FROM main.{t} WHERE {cond}")
+
+    def untruncate(self) -> None:
+        """Drop the views: the whole database, future included."""
+        for t in self.tables:
+            self.conn.execute(f"DROP VIEW IF EXISTS temp.{t}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ------------------------------------------------------------------------------ comparing
+def values_differ(a: Any, b: Any, tol: float) -> bool:
+    if a is None or b is None:
+        return (a is None) != (b is None)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        fa, fb = float(a), float(b)
+        if math.isnan(fa) or math.isnan(fb):
+            return math.isnan(fa) != math.isnan(fb)
+        return abs(fa - fb) > tol * max(1.0, abs(fa), abs(fb))
+    return a != b
+
+
+def diff_rows(stored: dict[str, Any], computed: dict[str, Any], columns, tol: float) -> list[str]:
+    return [c for c in columns if values_differ(stored.get(c), computed.get(c), tol)]
+
+
+LOOKAHEAD = "look-ahead: a recomputation that sees data after t0 reproduces the stored value"
+UNEXPLAINED = ("not reproducible from the data at t0 nor with later data: written from stale or missing input "
+               "(rebuild the range with cqt-aggregate --rebuild) or non-deterministic feature code")
+
+
+@dataclass
+class Mismatch:
+    table: str
+    column: str
+    t0: int
+    stored: Any
+    recomputed: Any
+    why: str = ""
+
+    def text(self, with_why: bool = True) -> str:
+        why = f" ({self.why})" if self.why and with_why else ""
+        return (f"{self.table}.{self.column} at t0={fmt_ms(self.t0)}: stored {fmt_num(self.stored)}, "
+                f"recomputed {fmt_num(self.recomputed)}{why}")
+
+
+@dataclass
+class RecomputeOutcome:
+    samples: int = 0
+    leaks: list[Mismatch] = field(default_factory=list)
+    warmup: list[Mismatch] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
+    missing_market: int = 0
+
+
+def _row(conn: sqlite3.Connection, table: str, t0: int) -> dict[str, Any] | None:
+    cur = conn.execute(f"SELECT * FROM main.{table} WHERE ts_ms = ?", (t0,))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([d[0] for d in cur.description], row))
+
+
+def _computed(features, res) -> tuple[dict[str, Any], dict[str, Any]]:
+    p = dict(zip(features.PREDICTION_COLUMNS, res.prediction_rows()[0]))
+    m = dict(zip(features.MARKET_COLUMNS, res.market_rows()[0]))
+    return p, m
+
+
+def recompute(ctx: CheckContext, features, params, sample: list[int]) -> RecomputeOutcome:
+    th = ctx.thresholds
+    tol = th("CQT_CHECK_LEAK_TOLERANCE")
+    w_short, w_long = th("CQT_CHECK_LEAK_WARMUP_SHORT"), th("CQT_CHECK_LEAK_WARMUP_LONG")
+    grace_ms = int(ctx.settings.get_float("CQT_AGGREGATE_GRACE_S", 2.0, 0.0) * 1000)
+    p_cols = [c for c in features.PREDICTION_COLUMNS if c != "ts_ms"]
+    m_cols = [c for c in features.MARKET_COLUMNS if c != "ts_ms"]
+    out = RecomputeOutcome()
+    view = TruncatedView(ctx.settings.db, params.cg_delay_s)
+    # Per-second summaries of stream tables, one cache per warm-up, kept across the sampled
+    # t0 (ascending): every row in them was read through a view truncated at or before the
+    # current t0, so reusing them never shows the function the future, and each raw row is
+    # read once instead of once per sample.
+    caches = {w: features.SecondCache() for w in (max(1.0, w_short), max(1.0, w_long))}
+    try:
+        for t0 in sorted(sample):
+            stored_p = _row(ctx.conn, "predictions", t0)
+            if stored_p is None:
+                continue
+            stored_m = _row(ctx.conn, "market_1s", t0)
+            out.samples += 1
+            if stored_m is None:
+                out.missing_market += 1
+            view.truncate(t0)
+            runs = [_computed(features, features.compute_range(view.conn, t0, t0, params, warmup=w, cache=c))
+                    for w, c in caches.items()]
+            if len(runs) == 1:  # short and long warm-up configured equal
+                runs.append(runs[0])
+            (p1, m1), (p3, m3) = runs
+            for table, a, b, cols in (("predictions", p1, p3, p_cols), ("market_1s", m1, m3, m_cols)):
+                for c in diff_rows(a, b, cols, tol):
+                    out.warmup.append(Mismatch(table, c, t0, a.get(c), b.get(c)))
+            found = [Mismatch("predictions", c, t0, stored_p.get(c), p1.get(c))
+                     for c in diff_rows(stored_p, p1, p_cols, tol)]
+            if stored_m is not None:
+                found += [Mismatch("market_1s", c, t0, stored_m.get(c), m1.get(c))
+                          for c in diff_rows(stored_m, m1, m_cols, tol)]
+            if not found:
+                continue
+            # What the database held when the row was written live: late rows excluded.
+            view.truncate(t0, recv_cap=t0 + grace_ms)
+            pl, ml = _computed(features, features.compute_range(view.conn, t0, t0, params, warmup=max(1.0, w_short)))
+            live_ok = not diff_rows(stored_p, pl, p_cols, tol) and (
+                stored_m is None or not diff_rows(stored_m, ml, m_cols, tol))
+            if live_ok:
+                out.late.append(t0)
+                continue
+            # Not late data. Does the future explain it? (a leaky function on the whole
+            # database reproduces what it stored; stale input reproduces under no view)
+            view.untruncate()
+            pf, mf = _computed(features, features.compute_range(view.conn, t0, t0, params, warmup=max(1.0, w_short)))
+            for mm in found:
+                seen = (pf if mm.table == "predictions" else mf).get(mm.column)
+                mm.why = LOOKAHEAD if not values_differ(mm.stored, seen, tol) else UNEXPLAINED
+            out.leaks += found
+    finally:
+        view.close()
+    return out
+
+
+# ------------------------------------------------------------------------------ the parts
+def sample_t0(ctx: CheckContext) -> tuple[list[int], int]:
+    """Up to K predictions ts_ms in the window, reproducibly chosen (seeded by as-of)."""
+    k = int(ctx.thresholds("CQT_CHECK_LEAK_SAMPLES"))
+    all_t = [r[0] for r in ctx.conn.execute("SELECT ts_ms FROM predictions WHERE ts_ms > ? AND ts_ms <= ? "
+                                            "ORDER BY ts_ms", (ctx.start_ms, ctx.as_of_ms))]
+    if len(all_t) <= k:
+        return all_t, len(all_t)
+    return sorted(random.Random(ctx.as_of_ms).sample(all_t, k)), len(all_t)
+
+
+def negative_ages(ctx: CheckContext) -> Metric:
+    cols = [r[1] for r in ctx.conn.execute("PRAGMA table_info(market_1s)") if r[1].endswith("_age_ms")]
+    if not cols:
+        return Metric.skip("leak.market_1s.negative_ages", "market_1s has no *_age_ms columns")
+    cond = " OR ".join(f"{c} < 0" for c in cols)
+    n, first = ctx.conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM market_1s WHERE ts_ms > ? AND ts_ms <= ? "
+                                f"AND ({cond})", (ctx.start_ms, ctx.as_of_ms)).fetchone()
+    reason = f"{n} rows use a value from after their own time (first {fmt_ms(first)})" if n else f"columns: {', '.join(cols)}"
+    return Metric.judge("leak.market_1s.negative_ages", n, "==", 0, reason)
+
+
+def provenance(ctx: CheckContext, params, sample: list[int]) -> Metric:
+    bad: list[str] = []
+    checked = 0
+    for t0 in sample:
+        m = _row(ctx.conn, "market_1s", t0)
+        if m is None:
+            continue
+        for col, (age_col, table, key_col, key_attr, raw_col) in PROVENANCE.items():
+            value, age = m.get(col), m.get(age_col)
+            if value is None or age is None:
+                continue
+            checked += 1
+            src_t = t0 - int(age)
+            rule = timerule.rule(table)
+            # Stream tables: availability IS the time column (cqt.timerule), so the source row is
+            # available at t0 iff src_t <= t0. BETWEEN, not `=`: with `time_col = ?` SQLite's
+            # planner prefers scanning the (code, id) primary key of these WITHOUT ROWID tables.
+            assert rule.kind == "stream", table
+            hit = src_t <= t0 and ctx.conn.execute(
+                f"SELECT 1 FROM main.{table} WHERE {key_col} = ? AND {rule.time_col} BETWEEN ? AND ? "
+                f"AND {raw_col} = ? LIMIT 1", (getattr(params, key_attr), src_t, src_t, value)).fetchone() is not None
+            if not hit:
+                bad.append(f"market_1s.{col} at {fmt_ms(t0)} = {fmt_num(value)} (age {age} ms): no {table} row "
+                           f"available at t0 with that time and value")
+    reason = "; ".join(bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "") if bad else \
+        f"{checked} carried values traced to their raw rows"
+    return Metric.judge("leak.market_1s.provenance", len(bad), "==", 0, reason)
+
+
+def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> Metric:
+    """A non-NULL feature needs a source row available at t0 within the longest look-back."""
+    lookback = int(features.max_lookback_ms(params) * max(1.0, ctx.thresholds("CQT_CHECK_LEAK_WARMUP_LONG")))
+    delay = params.cg_delay_s
+    cache: dict[tuple[str, int], bool] = {}
+    bad: list[str] = []
+
+    def available(table: str, t0: int) -> bool:
+        key = (table, t0)
+        if key not in cache:
+            r = timerule.rule(table)
+            where, args = key_filter(table, params)
+            cache[key] = ctx.conn.execute(
+                f"SELECT 1 FROM main.{table} WHERE {where} AND {r.time_col} <= ? AND {r.time_col} > ? "
+                f"AND {timerule.availability_sql(table, delay)} <= ? LIMIT 1",
+                (*args, t0, t0 - lookback, t0)).fetchone() is not None
+        return cache[key]
+
+    for t0 in sample:
+        p = _row(ctx.conn, "predictions", t0)
+        if p is None:
+            continue
+        for feat, tables in features.FEATURE_SOURCES.items():
+            if p.get(feat) is not None and not any(available(t, t0) for t in tables):
+                bad.append(f"predictions.{feat} at {fmt_ms(t0)} = {fmt_num(p.get(feat))} but no "
+                           f"{'/'.join(tables)} row was available then")
+    reason = "; ".join(bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "") if bad else \
+        f"{len(sample)} sampled rows x {len(features.FEATURE_SOURCES)} features"
+    return Metric.judge("leak.predictions.sources", len(bad), "==", 0, reason)
+
+
+def newest_export(ctx: CheckContext) -> tuple[Path, int] | None:
+    for output, horizon in ctx.conn.execute("SELECT output, horizon_sec FROM export_runs "
+                                            "ORDER BY ts_ms DESC, id DESC LIMIT 50"):
+        p = ctx.settings.resolve_path(output)
+        if p.is_file():
+            return p, int(horizon)
+    return None
+
+
+def label_metric(ctx: CheckContext) -> Metric:
+    found = newest_export(ctx)
+    if found is None:
+        return Metric.skip("leak.labels.violations", "no export yet (no export_runs entry whose file exists): "
+                                                     "label part skipped")
+    path, horizon = found
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=["t0", "label_ts"])
+
+        def ms(col):  # epoch ms as float64, NaN where NULL
+            arr = pc.cast(pc.cast(table.column(col), pa.timestamp("ms", tz="UTC")), pa.int64())
+            return arr.to_numpy(zero_copy_only=False).astype("float64")
+
+        t0, lab = ms("t0"), ms("label_ts")
+    except Exception as exc:  # noqa: BLE001 - an unreadable export is a failed check, said plainly
+        return Metric.judge("leak.labels.violations", None, "==", 0,
+                            none_reason=f"cannot read t0/label_ts from {path}: {type(exc).__name__}: {exc}")
+    import numpy as np
+
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(lab < t0 + horizon * 1000)   # NaN (no label) compares False
+    if len(bad):
+        i = int(bad[0])
+        reason = (f"{len(bad)} of {len(t0)} rows in {path.name} have label_ts < t0 + {horizon} s "
+                  f"(first t0={fmt_ms(int(t0[i]))} label_ts={fmt_ms(int(lab[i]))})")
+    else:
+        reason = f"{len(t0)} rows in {path.name}, horizon {horizon} s"
+    return Metric.judge("leak.labels.violations", int(len(bad)), "==", 0, reason)
+
+
+def mismatch_metrics(prefix: str, items: list[Mismatch], samples: int, what: str) -> list[Metric]:
+    by_col: dict[str, list[Mismatch]] = {}
+    for mm in items:
+        by_col.setdefault(f"{mm.table}.{mm.column}", []).append(mm)
+    kinds = {LOOKAHEAD: "look-ahead", UNEXPLAINED: "not reproducible"}
+    counts = {}
+    for mm in items:
+        if mm.why in kinds:
+            counts[kinds[mm.why]] = counts.get(kinds[mm.why], 0) + 1
+    split = f" [{', '.join(f'{n} {k}' for k, n in counts.items())}]" if counts else ""
+    total = Metric.judge(f"{prefix}.mismatches", len(items), "==", 0,
+                         f"{len(by_col)} columns {what}{split}: " +
+                         "; ".join(v[0].text(with_why=False) for v in list(by_col.values())[:3])
+                         if items else f"{samples} sampled t0")
+    out = [total]
+    for col, v in by_col.items():
+        out.append(Metric.judge(f"{prefix}.{col}", len(v), "==", 0,
+                                f"{len(v)} of {samples} samples; e.g. {v[0].text()}"))
+    return out
+
+
+def evaluate(ctx: CheckContext) -> list[Metric]:
+    features = _features()
+    params = features.params_from_settings(ctx.settings)
+    sample, n_rows = sample_t0(ctx)
+    out = [negative_ages(ctx)]
+    if not sample:
+        out.append(Metric.judge("leak.recompute.samples", 0, ">=", 1,
+                                f"no predictions rows in the {ctx.window_s} s window: "
+                                                       "nothing to check (is cqt-aggregate running?)"))
+        out.append(label_metric(ctx))
+        return out
+    out.append(provenance(ctx, params, sample))
+    out.append(source_presence(ctx, features, params, sample))
+    out.append(label_metric(ctx))
+    res = recompute(ctx, features, params, sample)
+    out.append(Metric.judge("leak.recompute.samples", res.samples, ">=", 1,
+                            f"{res.samples} of {n_rows} rows recomputed on the database truncated at t0"))
+    out += mismatch_metrics("leak.recompute", res.leaks, res.samples,
+                            "differ from a recomputation that cannot see the future")
+    out += mismatch_metrics("leak.warmup", res.warmup, res.samples,
+                            "depend on the warm-up (x1 vs x3 the longest look-back)")
+    if res.missing_market:
+        ctx.note(f"{res.missing_market} sampled predictions rows have no market_1s row")
+    if res.late:
+        ctx.note(f"{len(res.late)} sampled second(s) differ only by data that arrived after they were written "
+                 f"(late data, not a leak; first {fmt_ms(res.late[0])}): "
+                 f"bin/cqt-aggregate --rebuild --from {res.late[0]} --to {res.late[-1]} corrects them")
+    return out
+
+
+main = check_command("feature_leak_check", evaluate, """Look-ahead leaks: the time rule on market_1s and
+predictions, label_ts >= t0 + horizon in the newest export, and a recomputation of
+sampled rows on the database truncated at t0 (warm-up x1 and x3).
+
+Exit 0 PASS, 1 FAIL, 2 usage error, 3 could not evaluate, 78 misconfigured.""")
