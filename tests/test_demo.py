@@ -1,0 +1,105 @@
+"""`bin/cqt demo`: a short run against cqt-sim leaves a dataset and a filled report, and
+nothing running; Ctrl-C (SIGINT) stops everything in order."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import BIN, ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not (k.startswith("CQT_") or k.startswith("COINGLASS_") or k in ("NOTIFY_SOCKET", "WATCHDOG_USEC"))}
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention path (the demo passes it to every child)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(path) in cmd and state != "Z":
+            found.append(f"{d.name}: {cmd}")
+    return found
+
+
+def child_pids(demo_dir: Path) -> list[int]:
+    """PIDs the children wrote into the database (service_runs) - all must be gone."""
+    import sqlite3
+    db = demo_dir / "cqt.db"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return [r[0] for r in conn.execute("SELECT pid FROM service_runs")]
+    finally:
+        conn.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(150)
+def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
+    out = tmp_path / "demo"
+    t = time.monotonic()
+    p = subprocess.run([str(BIN / "cqt"), "demo", "--seconds", "60", "--dir", str(out)], capture_output=True,
+                       text=True, timeout=140, env=clean_env(), cwd=str(tmp_path))
+    elapsed = time.monotonic() - t
+    print(p.stdout[-6000:], p.stderr[-3000:], f"elapsed {elapsed:.0f} s")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    dataset = out / "datasets" / "btc_demo.parquet"
+    import pyarrow.parquet as pq
+    assert pq.read_metadata(dataset).num_rows > 0
+    report = out / "reports" / "step-alt-5.md"
+    template = (ROOT / "lib" / "cqt" / "templates" / "step-alt-5.md").read_text()
+    assert report.exists() and report.read_text() != template
+    assert list((out / "reports").glob("*.png")), "no plots next to the report"
+    for line in ("dataset:  " + str(dataset), "report:   " + str(report), "EXIT_CODE=0"):
+        assert line in p.stdout
+    assert (out / "logs" / "cqt-collect-binance.log").stat().st_size > 0
+    assert (out / "demo.env").stat().st_mode & 0o077 == 0          # holds the (demo) key: 0600
+    pids = child_pids(out)
+    assert len(pids) >= 6 and not [x for x in pids if alive(x)]
+    assert not processes_using(out), processes_using(out)
+
+
+@pytest.mark.timeout(60)
+def test_demo_ctrl_c_stops_everything_in_order(tmp_path):
+    out = tmp_path / "demo"
+    p = subprocess.Popen([str(BIN / "cqt"), "demo", "--minutes", "3", "--dir", str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=clean_env(), cwd=str(tmp_path),
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(child_pids(out)) < 4:
+            time.sleep(0.5)
+        assert len(child_pids(out)) >= 4, "the collectors did not start"
+        os.killpg(p.pid, signal.SIGINT)          # what the terminal's Ctrl-C does
+        text, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    print(text[-3000:])
+    assert p.returncode == 130, text[-3000:]
+    assert "interrupted (SIGINT)" in text
+    assert not [x for x in child_pids(out) if alive(x)]
+    assert not processes_using(out), processes_using(out)
