@@ -249,7 +249,16 @@ class ExportResult:
 def settings_request(settings: Settings, output: Path, **kw: Any) -> ExportRequest:
     """An ExportRequest with the limits from the settings (CQT_LABEL_MAX_DELAY_S, CQT_EXPORT_MAX_AGE_*)."""
     limits = {name: settings.get_float(var, default, minimum=0) for name, _col, var, default in STALE_SOURCES}
+    # Defaults an operator (or the nightly unit) can set once in .env instead of on every command line.
+    if kw.get("allow_missing") is None:
+        kw["allow_missing"] = split_columns(settings.get_str("CQT_EXPORT_ALLOW_MISSING", ""))
+    if kw.get("horizon_sec") is None:
+        kw["horizon_sec"] = settings.get_int("CQT_EXPORT_HORIZON_S", DEFAULT_HORIZON_S, minimum=1)
     return ExportRequest(output=output, max_delay_s=settings.label_max_delay_s, stale_limits_s=limits, **kw)
+
+
+def split_columns(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
 # ------------------------------------------------------------------------------ reading
@@ -783,8 +792,8 @@ def _last_opt(ctx, param, value):
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Parquet file to write (e.g. data/datasets/btc_24h.parquet).")
-@click.option("--horizon", default=DEFAULT_HORIZON_S, show_default=True, type=click.IntRange(min=1),
-              help="Label horizon in seconds.")
+@click.option("--horizon", default=None, type=click.IntRange(min=1),
+              help=f"Label horizon in seconds [default: CQT_EXPORT_HORIZON_S or {DEFAULT_HORIZON_S}].")
 @click.option("--from", "from_ms", callback=_time_opt, help="First t0 (ISO-8601 or epoch ms, inclusive).")
 @click.option("--to", "to_ms", callback=_time_opt,
               help="Last t0 (inclusive). Default: the newest predictions row (not the wall clock).")
@@ -792,8 +801,9 @@ def _last_opt(ctx, param, value):
               help="Range length ending at --to (default 24h); e.g. 1h, 24h.")
 @click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, callback=_threshold_opt,
               help="fixed:RETURN or dynamic:cost=C,k=K,vol_window=SECONDS (r_t = cost + k*sigma*sqrt(horizon)).")
-@click.option("--allow-missing", default="", metavar="COLS",
-              help="Feature columns that may be NULL (comma-separated, or 'all'); default: every feature required.")
+@click.option("--allow-missing", default=None, metavar="COLS",
+              help="Feature columns that may be NULL (comma-separated, or 'all'); "
+                   "default: CQT_EXPORT_ALLOW_MISSING, else every feature required.")
 @click.option("--db", type=click.Path(dir_okay=False), help="Database file (default CQT_DB).")
 @click.option("--no-record", is_flag=True, help="Do not add an export_runs row (ad-hoc exports).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
@@ -807,7 +817,7 @@ def main(output, horizon, from_ms, to_ms, last_ms, threshold, allow_missing, db,
 
     settings = load_settings_or_exit(db=db)
     try:
-        allow = tuple(c.strip() for c in allow_missing.split(",") if c.strip())
+        allow = None if allow_missing is None else split_columns(allow_missing)
         req = settings_request(settings, Path(output).expanduser().absolute(), horizon_sec=horizon,
                                from_ms=from_ms, to_ms=to_ms, last_ms=last_ms, threshold=threshold,
                                allow_missing=allow, record=not no_record)

@@ -101,7 +101,7 @@ def step_checks(settings: Settings, window: int, timeout_s: float) -> Step:
     return Step("checks", r.returncode, f"EXIT_CODE={r.returncode} {last.strip()[:200]}", {"exit_code": r.returncode})
 
 
-def step_export(settings: Settings, name: str, output: Path, last: str, horizon: int, threshold: str) -> tuple[Step, Any]:
+def step_export(settings: Settings, name: str, output: Path, last: str, horizon: int | None, threshold: str) -> tuple[Step, Any]:
     from .dataset import ExportError, Threshold, parse_duration_ms, run_export, settings_request
 
     try:
@@ -337,7 +337,7 @@ def step_retention(settings: Settings) -> Step:
 
 
 # ------------------------------------------------------------------------------ the job
-def run_nightly(settings: Settings, window: int = 600, horizon: int = 120, threshold: str = "fixed:0.001",
+def run_nightly(settings: Settings, window: int = 600, horizon: int | None = None, threshold: str = "fixed:0.001",
                 do_retention: bool = True, check_timeout_s: float = 900.0) -> list[Step]:
     steps: list[Step] = []
 
@@ -391,7 +391,8 @@ def summary_line(steps: list[Step], elapsed_s: float) -> str:
 @click.option("--db", type=click.Path(dir_okay=False), help="Database file (default CQT_DB).")
 @click.option("--window", default=600, show_default=True, type=click.IntRange(min=1),
               help="Window of the pipeline checks, seconds.")
-@click.option("--horizon", default=120, show_default=True, type=click.IntRange(min=1), help="Export label horizon, s.")
+@click.option("--horizon", default=None, type=click.IntRange(min=1),
+              help="Export label horizon, s [default: CQT_EXPORT_HORIZON_S or 120].")
 @click.option("--threshold", default="fixed:0.001", show_default=True, help="Export threshold policy (see cqt-export).")
 @click.option("--no-retention", is_flag=True, help="Skip the retention step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the steps as one JSON object instead of the summary line.")
