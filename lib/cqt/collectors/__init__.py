@@ -1,0 +1,71 @@
+"""Collector programs: one process per source, each a thin program over a shared loop.
+
+WebSocket collectors (`upbit`, `binance`) run over `cqt.stream.StreamLoop` with REST
+backfill (`backfill`); REST pollers (`binance_rest`, `coinglass`) run over `cqt.poll`.
+`replay` pushes a capture file through the same parsers into a database.
+
+This module keeps the pieces both WebSocket collectors share; heavy imports stay inside
+the functions so the REST pollers, which live in the same package, do not pay for them.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable
+
+log = logging.getLogger("cqt.collectors")
+
+
+def config_or_exit(build: Callable[[], Any]) -> Any:
+    """Build a config object; a bad setting is one line on stderr and exit 78."""
+    from ..config import ConfigError
+    from ..exitcodes import CONFIG
+    try:
+        return build()
+    except ConfigError as exc:
+        print(f"cqt: {exc}", file=sys.stderr)
+        sys.exit(CONFIG)
+
+
+def read_positions(db_path, service: str) -> dict[str, tuple[int | None, int | None]]:
+    """resume_state rows of `service`: stream -> (last_id, last_ts_ms)."""
+    from ..db import connect
+    conn = connect(db_path, readonly=True)
+    try:
+        rows = conn.execute("SELECT stream, last_id, last_ts_ms FROM resume_state WHERE service = ?",
+                            (service,)).fetchall()
+    finally:
+        conn.close()
+    return {s: (i, t) for s, i, t in rows}
+
+
+def run_ws_collector(svc: Any, loop: Any, backfiller: Any, *, capture: Any = None, rest: Any = None,
+                     on_stop: Callable[[], None] | None = None) -> int:
+    """Main loop shared by the WebSocket collectors: start the receive threads and the
+    backfill worker, keep the systemd watchdog fed while every receive thread cycles,
+    mirror the connection state into the heartbeat, and on stop flush everything."""
+    import time
+    loop.start()
+    backfiller.start()
+    svc.ready(", ".join(f"{c.ep.name} connecting" for c in loop.conns))
+    last_state = None
+    try:
+        while not svc.stopping.is_set():
+            if loop.healthy():
+                svc.alive()
+            state, line = loop.status_line()
+            if (state, line) != last_state:
+                svc.set_state(state, line)
+                last_state = (state, line)
+            svc.stopping.wait(0.5)
+    finally:
+        t0 = time.monotonic()
+        loop.stop(timeout=2.5)
+        backfiller.stop(timeout=max(0.1, 3.0 - (time.monotonic() - t0)))
+        if on_stop is not None:
+            on_stop()
+        if rest is not None:
+            rest.close()
+        if capture is not None:
+            capture.close()
+    return 0

@@ -1,0 +1,210 @@
+"""`bin/cqt-collect-binance`: Binance USD-M futures WebSocket -> SQLite, zero-loss.
+
+Two combined-stream connections on the routed entry points (never the legacy un-routed
+path, where market streams are acknowledged and then stay silent):
+
+    <CQT_BINANCE_WS_URL>/market/stream?streams=<sym>@aggTrade/<sym>@markPrice@1s/<sym>@forceOrder
+    <CQT_BINANCE_WS_URL>/public/stream?streams=<sym>@bookTicker
+
+aggTrade ids are consecutive: any id jump (including the one a reconnect, a stall or a
+restart leaves) is a `gaps` row and a REST backfill of exactly the missing ids
+(`/fapi/v1/aggTrades?fromId=`). markPrice and bookTicker windows longer than
+CQT_GAP_MIN_MS after a reconnect are recorded as `unfillable` gaps (no REST history).
+bookTicker is thinned to one row per CQT_BOOKTICKER_MIN_MS per symbol (the last in
+each slot); forceOrder is stored as it comes and never used as a liveness signal.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+import click
+
+from . import config_or_exit, read_positions, run_ws_collector
+
+log = logging.getLogger("cqt.collect.binance")
+
+SERVICE = "cqt-collect-binance"
+SOURCE = "binance_ws"
+
+
+@dataclass(frozen=True)
+class BinanceConfig:
+    symbol: str
+    ws_base: str
+    rest_base: str
+    loop: object                  # cqt.stream.LoopSettings
+    stall_aggtrade_s: float
+    stall_markprice_s: float
+    stall_bookticker_s: float
+    gap_min_ms: int
+    bookticker_min_ms: int
+    backfill_s: int
+    rest_timeout_s: float
+
+    @classmethod
+    def from_settings(cls, settings) -> "BinanceConfig":
+        from ..stream import LoopSettings
+        return cls(
+            symbol=settings.binance_symbol.upper(),
+            ws_base=settings.binance_ws_url.rstrip("/"),
+            rest_base=settings.binance_rest_url,
+            loop=LoopSettings.from_settings(settings),
+            stall_aggtrade_s=settings.get_float("CQT_STALL_AGGTRADE_S", 60.0, 0.0),
+            stall_markprice_s=settings.get_float("CQT_STALL_MARKPRICE_S", 5.0, 0.0),
+            stall_bookticker_s=settings.get_float("CQT_STALL_BOOKTICKER_S", 30.0, 0.0),
+            gap_min_ms=settings.get_int("CQT_GAP_MIN_MS", 3000, 0),
+            bookticker_min_ms=settings.bookticker_min_ms,
+            backfill_s=settings.backfill_s,
+            rest_timeout_s=settings.get_float("CQT_REST_TIMEOUT_S", 10.0, 0.1),
+        )
+
+
+def endpoints(cfg: BinanceConfig):
+    """The two connections: /market (aggTrade, markPrice@1s, forceOrder) and /public (bookTicker)."""
+    from ..sources import parse_binance_frame
+    from ..stream import Endpoint, StreamRule
+    sym = cfg.symbol
+    low = sym.lower()
+    market = Endpoint(
+        name="market",
+        url=f"{cfg.ws_base}/market/stream?streams={low}@aggTrade/{low}@markPrice@1s/{low}@forceOrder",
+        source=SOURCE, parse=parse_binance_frame,
+        rules={
+            f"{sym}@aggTrade": StreamRule(stall_s=cfg.stall_aggtrade_s or None),
+            f"{sym}@markPrice": StreamRule(stall_s=cfg.stall_markprice_s or None, gap_min_ms=cfg.gap_min_ms),
+            # forceOrder: silent when nobody is liquidated -> never a liveness signal
+        })
+    public = Endpoint(
+        name="public",
+        url=f"{cfg.ws_base}/public/stream?streams={low}@bookTicker",
+        source=SOURCE, parse=parse_binance_frame,
+        rules={f"{sym}@bookTicker": StreamRule(stall_s=cfg.stall_bookticker_s or None, gap_min_ms=cfg.gap_min_ms,
+                                               thin_ms=cfg.bookticker_min_ms)})
+    return [market, public]
+
+
+class BinanceGapHandler:
+    """Gap hook: aggTrade id gaps are backfilled by id; other windows are recorded as unfillable."""
+
+    def __init__(self, svc, loop_ref, gaps, backfiller, rest):
+        self.svc = svc
+        self.loop_ref = loop_ref
+        self.gaps = gaps
+        self.backfiller = backfiller
+        self.rest = rest
+        self.fillers: dict = {}
+        self.detected = 0
+
+    def filler(self, symbol: str):
+        from .backfill import AggTradeFill
+        f = self.fillers.get(symbol)
+        if f is None:
+            st = self.loop_ref[0].state(f"{symbol}@aggTrade", SOURCE)
+            f = self.fillers[symbol] = AggTradeFill(self.svc, self.rest, self.gaps, symbol, st)
+        return f
+
+    def on_gap(self, gap) -> None:
+        self.detected += 1
+        if gap.stream.endswith("@aggTrade") and (gap.from_id is not None or gap.reason == "initial"):
+            log.warning("gap detected source=%s stream=%s reason=%s; backfilling by id", gap.source, gap.stream,
+                        gap.reason)
+            log.info("gap stream=%s reason=%s from_id=%s to_id=%s ids=%s", gap.stream, gap.reason,
+                     gap.from_id, gap.to_id, gap.n_ids)
+            self.gaps.open(gap)
+            self.backfiller.submit(self.filler(gap.stream.split("@", 1)[0]), gap)
+        else:
+            log.warning("gap detected source=%s stream=%s reason=%s; no REST history, recorded as unfillable",
+                        gap.source, gap.stream, gap.reason)
+            log.info("gap stream=%s reason=%s from_ts_ms=%s to_ts_ms=%s window_ms=%s", gap.stream, gap.reason,
+                     gap.from_ts_ms, gap.to_ts_ms,
+                     None if gap.from_ts_ms is None or gap.to_ts_ms is None else gap.to_ts_ms - gap.from_ts_ms)
+            self.gaps.open(gap, status="unfillable")
+
+    def snapshot(self) -> dict:
+        d = {"gaps_detected": self.detected, **self.backfiller.snapshot()}
+        for sym, f in self.fillers.items():
+            d[sym] = f.snapshot()
+        return d
+
+
+def _agg_fallback(db_path, symbol: str):
+    """Resume position from the table when resume_state has none (older database)."""
+    from ..db import connect
+    conn = connect(db_path, readonly=True)
+    try:
+        row = conn.execute("SELECT MAX(agg_id) FROM binance_agg_trades WHERE symbol = ?", (symbol,)).fetchone()
+        if row[0] is None:
+            return None
+        ts = conn.execute("SELECT trade_ts_ms FROM binance_agg_trades WHERE symbol = ? AND agg_id = ?",
+                          (symbol, row[0])).fetchone()
+        return row[0], ts[0] if ts else None
+    finally:
+        conn.close()
+
+
+def run(svc, cfg: BinanceConfig, capture_path: str | None) -> int:
+    from ..capture import CaptureWriter
+    from ..db import connect
+    from ..rest import RestClient
+    from ..stream import Gap, StreamLoop
+    from ..timeutil import now_ms
+    from .backfill import Backfiller, GapBook
+
+    settings = svc.settings
+    capture = CaptureWriter(capture_path, secrets=settings.secrets) if capture_path else None
+    rest = RestClient(cfg.rest_base, name="binance_rest", timeout_s=cfg.rest_timeout_s, capture=capture,
+                      sleep=svc.stopping.wait, max_wait_s=7 * 86400.0)   # a ban is waited out, not a failure
+    gaps = GapBook(svc.writer)
+    backfiller = Backfiller(svc, "backfill")
+    loop_ref: list = [None]
+    handler = BinanceGapHandler(svc, loop_ref, gaps, backfiller, rest)
+    loop = StreamLoop(svc, endpoints(cfg), handler, cfg.loop, service=SERVICE, capture=capture)
+    loop_ref[0] = loop
+    svc.detail_fn = lambda: {"symbol": cfg.symbol, **loop.snapshot(), "backfill": handler.snapshot(),
+                             "rest": rest.rate.snapshot(),
+                             **({"capture_records": capture.records} if capture else {})}
+
+    # resume: positions, open gaps, or a first-start backfill
+    agg_stream = f"{cfg.symbol}@aggTrade"
+    positions = read_positions(settings.db, SERVICE)
+    if positions.get(agg_stream, (None, None))[0] is None:
+        fb = _agg_fallback(settings.db, cfg.symbol)
+        if fb is not None:
+            positions[agg_stream] = fb
+    loop.seed(positions)
+    conn = connect(settings.db, readonly=True)
+    try:
+        open_gaps = GapBook.load_open(conn, SOURCE)
+    finally:
+        conn.close()
+    for g in open_gaps:
+        if g.stream.endswith("@aggTrade"):
+            log.info("resuming open gap id=%s stream=%s from_id=%s to_id=%s", g.row_id, g.stream, g.from_id, g.to_id)
+            backfiller.submit(handler.filler(g.stream.split("@", 1)[0]), g)
+    if positions.get(agg_stream, (None, None))[0] is None and cfg.backfill_s > 0 \
+            and not any(g.stream == agg_stream for g in open_gaps):
+        now = now_ms()
+        log.info("empty database: backfilling the last %d s of %s", cfg.backfill_s, agg_stream)
+        handler.on_gap(Gap(SOURCE, agg_stream, "initial", now, None, None, now - cfg.backfill_s * 1000, None))
+    log.info("streaming symbol=%s market=%s public=%s resume_id=%s", cfg.symbol, loop.conns[0].ep.url.split("?")[0],
+             loop.conns[1].ep.url.split("?")[0], positions.get(agg_stream, (None, None))[0])
+    return run_ws_collector(svc, loop, backfiller, capture=capture, rest=rest)
+
+
+@click.command("cqt-collect-binance", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database (default: CQT_DB).")
+@click.option("--capture", "capture_path", type=click.Path(dir_okay=False),
+              help="Also record every frame and REST answer here (JSON Lines; .gz compresses; rotated daily).")
+@click.option("--symbol", help="USD-M futures symbol (default: CQT_BINANCE_SYMBOL).")
+def main(db: str | None, capture_path: str | None, symbol: str | None) -> None:
+    """Collect Binance USD-M futures aggTrade, markPrice@1s, bookTicker and forceOrder.
+
+    Runs until SIGTERM; reconnects on every close, error or stall; backfills missed
+    aggTrade ids over REST. See docs/collectors.md.
+    """
+    from ..runtime import load_settings_or_exit, run_service
+    settings = load_settings_or_exit(db=db, binance_symbol=symbol)
+    cfg = config_or_exit(lambda: BinanceConfig.from_settings(settings))
+    sys.exit(run_service(SERVICE, lambda svc: run(svc, cfg, capture_path), settings))

@@ -1,0 +1,318 @@
+"""`bin/cqt replay FILE [--db PATH]`: push a capture through the live parsers and writer.
+
+Every WebSocket frame goes through the same parser as live (`parse_ws_frame`), every
+recorded REST answer with status 200 through the matching REST parser
+(`parse_rest_answer`: aggTrades, Upbit ticks, the pollers' endpoints, Coinglass), and
+the rows through the same `BatchWriter` with the same idempotent statements — as fast
+as the machine allows. "Now" for every sanity rule is the record's `recv_ts_ms`, so an
+old capture replays cleanly; symbols and codes are taken as they come.
+
+Differences from the live path, by design: bookTicker frames are not thinned (a capture
+keeps every frame, and so does its replay); no gaps are detected or backfilled (there is
+no network); Coinglass answers also get their `coinglass_call_status` row, with
+`latency_ms` NULL (not recorded in captures).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Callable
+
+from ..capture import CaptureLineError, iter_lines, parse_line
+from ..sources import Reject, parse_rest_answer
+from ..sources.binance import parse_binance_frame
+from ..sources.upbit import parse_upbit_frame
+from ..stream import pack_rows
+
+import click
+
+log = logging.getLogger("cqt.replay")
+
+WS_SOURCES = ("upbit", "binance_ws")
+REST_SOURCES = ("binance_rest", "upbit_rest", "coinglass")
+CHUNK_ROWS = 20_000
+CALL_STATUS_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok, latency_ms, rows, error) "
+                   "VALUES (?, ?, ?, ?, NULL, ?, ?)")
+
+
+class ReplayStats:
+    __slots__ = ("records", "frames", "rest", "rows", "rejects", "skipped", "bad_lines", "seconds")
+
+    def __init__(self):
+        self.records = self.frames = self.rest = self.rows = self.rejects = self.skipped = self.bad_lines = 0
+        self.seconds = 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["seconds"] = round(self.seconds, 3)
+        d["records_per_s"] = int(self.records / self.seconds) if self.seconds > 0 else None
+        return d
+
+
+UPSERT_ORDERED = frozenset({"binance_ratios", "coinglass_open_interest", "coinglass_funding",
+                            "coinglass_liquidations", "coinglass_long_short"})
+
+
+class RecordProcessor:
+    """Parse capture lines; `emit(kind, payload)` gets, in file order:
+    ("rows", [(sql, params), …]) packed inserts, ("put", (sql, params)) one row,
+    ("reject", (source, reason, raw, ts_ms)). Pure apart from `emit`."""
+
+    def __init__(self, emit: Callable[[str, Any], None], stats: ReplayStats):
+        self.emit = emit
+        self.stats = stats
+        self.ws_parsers = {"upbit": parse_upbit_frame, "binance_ws": parse_binance_frame}
+        self.buf: dict[str, list] = {}
+        self.nbuf = 0
+
+    def flush(self) -> None:
+        if self.nbuf:
+            self.emit("rows", [item for sql, rows in self.buf.items() for item in pack_rows(sql, rows)])
+            self.stats.rows += self.nbuf
+            self.buf, self.nbuf = {}, 0
+
+    def line(self, line: bytes, lineno: int) -> None:
+        if not line.strip():
+            return
+        try:
+            rec = parse_line(line, lineno)
+        except CaptureLineError as err:
+            self.stats.bad_lines += 1
+            self.emit("reject", ("capture", err.reason, err.line[:4096].decode("utf-8", "replace"), None))
+            return
+        self.record(rec)
+
+    def record(self, rec: dict) -> None:
+        stats = self.stats
+        stats.records += 1
+        src = rec["source"]
+        raw = rec["raw"]
+        ts = rec["recv_ts_ms"]
+        parser = self.ws_parsers.get(src)
+        try:
+            if parser is not None:
+                stats.frames += 1
+                p = parser(raw, ts)
+            elif src in REST_SOURCES:
+                stats.rest += 1
+                p = self._rest(rec, src, raw, ts)
+                if p is None:
+                    stats.skipped += 1
+                    return
+            else:
+                stats.skipped += 1
+                return
+        except Reject as r:
+            stats.rejects += 1
+            self.emit("reject", (r.source or src, r.reason, raw, ts))
+            return
+        except ValueError as exc:      # e.g. a REST record whose params name an unknown period
+            stats.rejects += 1
+            self.emit("reject", (src, "bad_capture_record", f"{exc}: {str(raw)[:1000]}", ts))
+            return
+        rows = p.rows
+        if not rows:
+            return
+        sql = p.sql
+        if p.table in UPSERT_ORDERED:
+            self.flush()               # upserts: later answers must win, so keep file order
+            self.emit("rows", [(sql, rows)])
+            stats.rows += len(rows)
+            return
+        lst = self.buf.get(sql)
+        if lst is None:
+            self.buf[sql] = lst = []
+        lst.extend(rows)
+        self.nbuf += len(rows)
+        if self.nbuf >= CHUNK_ROWS:
+            self.flush()
+
+    def _rest(self, rec: dict, src: str, raw, ts: int):
+        status = rec.get("status")
+        path = str(rec.get("path") or "")
+        cg = src == "coinglass"
+        if status != 200:
+            if cg:
+                self._call_status(ts, path, status, 0, 0, f"http {status}")
+            return None
+        try:
+            p = parse_rest_answer(src, path, rec.get("params"), raw, ts)
+        except Reject as r:
+            if cg:
+                self._call_status(ts, path, status, 0, 0, r.reason)
+            raise
+        if cg:
+            self._call_status(ts, path, status, 1, len(p.rows) if p else 0, None)
+        return p
+
+    def _call_status(self, *row) -> None:
+        self.flush()                   # keep call-status rows in file order with the data
+        self.emit("put", (CALL_STATUS_SQL, row))
+
+
+def apply(writer, rejects, kind: str, payload) -> None:
+    if kind == "rows":
+        for sql, params in payload:
+            writer.put_many(sql, params)
+    elif kind == "put":
+        writer.put(*payload)
+    elif kind == "reject":
+        source, reason, raw, ts = payload
+        rejects.record(source, reason, raw, ts)
+
+
+def _child(path: str, conn, index: int, nproc: int, block: int) -> None:
+    """Parser process `index` of `nproc`: parses lines of blocks b with b % nproc == index
+    and sends one message per own block, then ("done", stats)."""
+    stats = ReplayStats()
+    out: list = []
+    proc = RecordProcessor(lambda k, p: out.append((k, p)), stats)
+    try:
+        b = 0
+        mine = index == 0
+        for lineno, line in enumerate(iter_lines(path)):
+            bn = lineno // block
+            if bn != b:
+                if mine:
+                    proc.flush()
+                    conn.send(("block", b, out))
+                    out = []
+                    proc.emit = lambda k, p: out.append((k, p))
+                b = bn
+                mine = bn % nproc == index
+            if mine:
+                proc.line(line, lineno + 1)
+        if mine:
+            proc.flush()
+            conn.send(("block", b, out))
+        conn.send(("done", 0, stats.as_dict()))
+    except BaseException as exc:  # noqa: BLE001 - report to the parent, which exits non-zero
+        try:
+            conn.send(("error", 0, f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def replay_file(path: str, writer, rejects, *, processes: int = 2, block: int = 4000) -> ReplayStats:
+    """Replay one capture into `writer` (a BatchWriter); rejects into `rejects` (a RejectLog).
+
+    With `processes` >= 1, forked children read and parse blocks of `block` lines round-robin
+    while this process only writes, in exact file order (the GIL would otherwise serialise
+    parsing with the writer thread's inserts). `processes=0` does everything in-process."""
+    t0 = time.monotonic()
+    stats = ReplayStats()
+    if processes <= 0:
+        proc = RecordProcessor(lambda k, p: apply(writer, rejects, k, p), stats)
+        for lineno, line in enumerate(iter_lines(path), 1):
+            proc.line(line, lineno)
+        proc.flush()
+        stats.seconds = time.monotonic() - t0
+        return stats
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    pipes, procs = [], []
+    for i in range(processes):
+        r, w = ctx.Pipe(duplex=False)
+        pr = ctx.Process(target=_child, args=(path, w, i, processes, block), name=f"replay-parser-{i}", daemon=True)
+        pr.start()
+        w.close()
+        pipes.append(r)
+        procs.append(pr)
+    try:
+        b = 0
+        finished = None
+        while finished is None:
+            kind, bn, payload = _recv(pipes[b % processes])
+            if kind == "error":
+                raise RuntimeError(payload)
+            if kind == "done":
+                finished = b % processes
+                _merge(stats, payload)
+                break
+            for k, p in payload:
+                apply(writer, rejects, k, p)
+            b += 1
+        for i, conn in enumerate(pipes):
+            if i != finished:
+                kind, _, payload = _recv(conn)
+                if kind == "error":
+                    raise RuntimeError(payload)
+                _merge(stats, payload)
+        for pr in procs:
+            pr.join(5)
+    finally:
+        for pr in procs:
+            if pr.is_alive():
+                pr.kill()
+        for conn in pipes:
+            conn.close()
+    stats.seconds = time.monotonic() - t0
+    return stats
+
+
+def _recv(conn):
+    try:
+        return conn.recv()
+    except EOFError:
+        raise RuntimeError("a parser process ended without finishing") from None
+
+
+def _merge(stats: ReplayStats, d: dict) -> None:
+    for k in ("records", "frames", "rest", "rows", "rejects", "skipped", "bad_lines"):
+        setattr(stats, k, getattr(stats, k) + d.get(k, 0))
+
+
+@click.command("replay", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database to write (default: CQT_DB).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--processes", type=click.IntRange(0, 16), default=2, show_default=True,
+              help="Parser processes (0 = parse in this process; file order is kept either way).")
+def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
+    """Push a capture FILE (JSON Lines, .gz too) through the parsers into the database.
+
+    Same parsers, statements and writer as the live collectors; "now" for every sanity
+    rule is each record's recv_ts_ms. Exit 0 when the file was replayed (rejects are
+    counted in the summary and stored in `rejects`), 74 when the database cannot be written.
+    """
+    import json
+
+    from .. import exitcodes
+    from ..db import BatchWriter, RejectLog, SchemaTooNew
+    from ..runtime import load_settings_or_exit, setup_logging
+
+    settings = load_settings_or_exit(db=db)
+    setup_logging("cqt-replay", settings.log_level, settings.secrets)
+    try:
+        writer = BatchWriter(settings.db, service="cqt-replay", max_rows=CHUNK_ROWS * 2, max_delay_s=0.5,
+                             queue_max=64)
+    except SchemaTooNew as exc:
+        print(f"cqt replay: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.CONFIG)
+    except Exception as exc:  # noqa: BLE001 - unwritable path, not a database …
+        print(f"cqt replay: cannot open database {settings.db}: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.IOERR)
+    rejects = RejectLog(writer, secrets=settings.secrets)
+    t0 = time.monotonic()
+    try:
+        stats = replay_file(file, writer, rejects, processes=processes)
+    except (OSError, RuntimeError) as exc:
+        writer.close()
+        print(f"cqt replay: cannot replay {file}: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.IOERR)
+    ok = writer.close(timeout=600)
+    stats.seconds = time.monotonic() - t0
+    if writer.fatal is not None or not ok:
+        print(f"cqt replay: database write failed: {writer.fatal or 'flush timed out'}", file=sys.stderr)
+        sys.exit(exitcodes.IOERR)
+    d = stats.as_dict()
+    if as_json:
+        print(json.dumps(d))
+    else:
+        print(f"replayed {stats.records} records ({stats.frames} frames, {stats.rest} REST answers) into "
+              f"{settings.db}: rows={stats.rows} rejects={stats.rejects} skipped={stats.skipped} "
+              f"bad_lines={stats.bad_lines} seconds={d['seconds']} records_per_s={d['records_per_s']}")
+    sys.exit(exitcodes.OK)
