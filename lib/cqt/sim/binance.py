@@ -1,0 +1,368 @@
+"""Binance USD-M futures: REST answers (pure, from the model) and WebSocket routing rules.
+
+Answers follow the real service: prices and quantities as JSON strings, times as
+integer ms, errors as ``{"code": -XXXX, "msg": "..."}`` with HTTP 400.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from .model import (AGG, BOOK, FORCE, FUNDING_MS, MARK1, MARK3, SYMBOL, MarketModel, px2, qty3)
+
+# ------------------------------------------------------------------ WebSocket routing
+# Since April 2026 the service is split into routed entry points: /market carries
+# regular market data, /public the high-frequency book streams.  The legacy
+# un-routed /ws and /stream paths still ACK any SUBSCRIBE but only deliver
+# /public streams (the trap a collector on the wrong URL falls into).
+_MARKET_RE = re.compile(r"^[a-z0-9]+@(aggTrade|trade|markPrice(@1s)?|kline_\w+|continuousKline_\w+|"
+                        r"ticker|miniTicker|forceOrder|compositeIndex|assetIndex)$|^!forceOrder@arr$|"
+                        r"^!contractInfo$|^!(mini)?[tT]icker@arr$|^!markPrice@arr(@1s)?$")
+_PUBLIC_RE = re.compile(r"^[a-z0-9]+@(bookTicker|depth(5|10|20)?(@100ms|@500ms)?|rpiDepth(@500ms)?)$|"
+                        r"^!bookTicker$")
+MODEL_STREAMS = {AGG, MARK1, MARK3, BOOK, FORCE}
+
+
+def stream_route(stream: str) -> str | None:
+    """'market', 'public' or None (a name the real service does not know)."""
+    if _MARKET_RE.match(stream):
+        return "market"
+    if _PUBLIC_RE.match(stream):
+        return "public"
+    return None
+
+
+def delivers(route: str, stream: str) -> bool:
+    """Whether a connection on `route` ('market' | 'public' | 'legacy') gets data for stream."""
+    r = stream_route(stream)
+    if route == "market":
+        return r == "market"
+    return r == "public"          # /public and the legacy paths
+
+
+def ws_error(code: int, msg: str, req_id=None) -> str:
+    d = {"code": code, "msg": msg}
+    if req_id is not None:
+        d["id"] = req_id
+    return json.dumps(d, separators=(",", ":"))
+
+
+# ------------------------------------------------------------------ REST helpers
+class BinanceError(Exception):
+    def __init__(self, code: int, msg: str, status: int = 400):
+        super().__init__(msg)
+        self.code, self.msg, self.status = code, msg, status
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _err(code: int, msg: str, status: int = 400) -> tuple[int, str]:
+    return status, _dump({"code": code, "msg": msg})
+
+
+def _mandatory(p: dict, name: str) -> str:
+    v = p.get(name)
+    if v is None or v == "":
+        raise BinanceError(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+    return v
+
+
+def _int(p: dict, name: str, default=None):
+    v = p.get(name)
+    if v is None or v == "":
+        return default
+    if not re.fullmatch(r"-?[0-9]{1,20}", v):
+        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
+    return int(v)
+
+
+def _symbol(p: dict) -> str:
+    s = _mandatory(p, "symbol")
+    if s != SYMBOL:
+        raise BinanceError(-1121, "Invalid symbol.")
+    return s
+
+
+def _limit(p: dict, default: int, maximum: int) -> int:
+    n = _int(p, "limit", default)
+    if n < 1 or n > maximum:
+        raise BinanceError(-1130, "Data sent for parameter 'limit' is not valid.")
+    return n
+
+
+def _agg_rest(tr) -> dict:
+    a, pc, qm, f, l, T, m, _e = tr
+    q = qty3(qm)
+    return {"a": a, "p": px2(pc), "q": q, "nq": q, "f": f, "l": l, "T": T, "m": m}
+
+
+def _latest_mark(m: MarketModel, now: int):
+    k = (now - 1) // 1000
+    for kk in (k, k - 1):
+        b = m.block(kk)
+        if b is not None and b.bn_mark[0] < now:
+            return b.bn_mark
+    b = m.block(max(m.k0, k))
+    return b.bn_mark
+
+
+# ------------------------------------------------------------------ endpoints
+def time_(m: MarketModel, p: dict, now: int):
+    return 200, _dump({"serverTime": now})
+
+
+def ping(m: MarketModel, p: dict, now: int):
+    return 200, "{}"
+
+
+def exchange_info(m: MarketModel, p: dict, now: int):
+    return 200, _dump({
+        "timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+        ],
+        "exchangeFilters": [], "assets": [],
+        "symbols": [{
+            "symbol": SYMBOL, "pair": SYMBOL, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
+            "onboardDate": 1569398400000, "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT",
+            "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3, "baseAssetPrecision": 8,
+            "quotePrecision": 8, "underlyingType": "COIN",
+            "filters": [
+                {"filterType": "PRICE_FILTER", "minPrice": "261.10", "maxPrice": "809484", "tickSize": "0.10"},
+                {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+            ],
+        }],
+    })
+
+
+def agg_trades(m: MarketModel, p: dict, now: int):
+    _symbol(p)
+    limit = _limit(p, 500, 1000)
+    from_id = _int(p, "fromId")
+    start = _int(p, "startTime")
+    end = _int(p, "endTime")
+    if start is not None and end is not None:
+        if start > end:
+            raise BinanceError(-1023, "Start time is greater than end time.")
+        if end - start > 3_600_000:
+            raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
+    out = []
+    if from_id is not None:
+        for tr in m.agg_trades_from(from_id, now):
+            if (start is not None and tr[5] < start) or (end is not None and tr[5] > end):
+                continue
+            out.append(tr)
+            if len(out) >= limit:
+                break
+    elif start is not None:
+        hi = end if end is not None else start + 3_600_000
+        for tr in m.agg_trades_between(start, hi, now):
+            out.append(tr)
+            if len(out) >= limit:
+                break
+    else:
+        hi = end if end is not None else now
+        lo = hi - 3_600_000
+        # newest `limit` trades at or before hi, walking back a second at a time
+        k = min(hi, now - 1) // 1000
+        acc = []
+        floor_k = max(m.k0, m.retain_start_ms(now) // 1000, lo // 1000)
+        while k >= floor_k and len(acc) < limit:
+            b = m.block(k)
+            blk = [tr for tr in b.bn_trades if tr[5] <= hi and tr[7] < now and tr[5] >= lo]
+            acc[:0] = blk
+            k -= 1
+        out = acc[-limit:]
+    return 200, _dump([_agg_rest(tr) for tr in out])
+
+
+def open_interest(m: MarketModel, p: dict, now: int):
+    _symbol(p)
+    t = now - now % 10          # the real value refreshes in steps, not every ms
+    return 200, _dump({"openInterest": f"{m.open_interest(t):.3f}", "symbol": SYMBOL, "time": t})
+
+
+PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000,
+           "4h": 14_400_000, "6h": 21_600_000, "12h": 43_200_000, "1d": 86_400_000}
+_THIRTY_DAYS = 30 * 86_400_000
+
+
+def _period_times(p: dict, now: int) -> tuple[str, int, list[int]]:
+    """Row timestamps of a /futures/data endpoint: period boundaries <= now (the
+    row stamped t covers the period that ends at t), last 30 days only."""
+    _symbol(p)
+    period = _mandatory(p, "period")
+    if period not in PERIODS:
+        raise BinanceError(-1120, "Invalid interval.")
+    P = PERIODS[period]
+    limit = _limit(p, 30, 500)
+    start = _int(p, "startTime")
+    end = _int(p, "endTime")
+    if start is not None and end is not None and start > end:
+        raise BinanceError(-1023, "Start time is greater than end time.")
+    latest = now - now % P
+    earliest = now - _THIRTY_DAYS
+    hi = min(latest, end - end % P) if end is not None else latest
+    if start is not None:
+        t = max(start, earliest)
+        t = -(-t // P) * P
+        times = []
+        while t <= hi and len(times) < limit:
+            times.append(t)
+            t += P
+    else:
+        times = [t for t in range(hi - (limit - 1) * P, hi + 1, P) if t >= earliest]
+    return period, P, times
+
+
+def _supply(t: int) -> float:
+    return 19_850_000.0 + (t - 1_767_225_600_000) / 600_000 * 3.125
+
+
+def open_interest_hist(m: MarketModel, p: dict, now: int):
+    _period, _P, times = _period_times(p, now)
+    rows = []
+    for t in times:
+        oi = m.open_interest(t)
+        rows.append({"symbol": SYMBOL, "sumOpenInterest": f"{oi:.8f}",
+                     "sumOpenInterestValue": f"{oi * m.price_at(t):.8f}",
+                     "CMCCirculatingSupply": f"{_supply(t):.3f}", "timestamp": t})
+    return 200, _dump(rows)
+
+
+def global_ls_ratio(m: MarketModel, p: dict, now: int):
+    _period, _P, times = _period_times(p, now)
+    rows = []
+    for t in times:
+        la = round(m.long_account(t), 4)
+        sa = round(1 - la, 4)
+        rows.append({"symbol": SYMBOL, "longShortRatio": f"{la / sa:.4f}", "longAccount": f"{la:.4f}",
+                     "shortAccount": f"{sa:.4f}", "timestamp": t})
+    return 200, _dump(rows)
+
+
+def top_ls_position_ratio(m: MarketModel, p: dict, now: int):
+    _period, _P, times = _period_times(p, now)
+    rows = []
+    for t in times:
+        la = round(m.top_long_position(t), 4)
+        sa = round(1 - la, 4)
+        rows.append({"symbol": SYMBOL, "longShortRatio": f"{la / sa:.4f}", "longAccount": f"{la:.4f}",
+                     "shortAccount": f"{sa:.4f}", "timestamp": t})
+    return 200, _dump(rows)
+
+
+def taker_ls_ratio(m: MarketModel, p: dict, now: int):
+    _period, P, times = _period_times(p, now)
+    rows = []
+    for t in times:
+        buy, sell = m.taker_volume(t - P, t)
+        rows.append({"buySellRatio": f"{buy / sell if sell else 0.0:.4f}", "buyVol": f"{buy:.4f}",
+                     "sellVol": f"{sell:.4f}", "timestamp": t})
+    return 200, _dump(rows)
+
+
+def _premium_row(m: MarketModel, now: int) -> dict:
+    e, mark, index, settle, rate, next_t = _latest_mark(m, now)
+    return {"symbol": SYMBOL, "markPrice": f"{mark:.8f}", "indexPrice": f"{index:.8f}",
+            "estimatedSettlePrice": f"{settle:.8f}", "lastFundingRate": f"{rate:.8f}",
+            "interestRate": "0.00010000", "nextFundingTime": next_t, "time": e}
+
+
+def premium_index(m: MarketModel, p: dict, now: int):
+    if p.get("symbol"):
+        _symbol(p)
+        return 200, _dump(_premium_row(m, now))
+    return 200, _dump([_premium_row(m, now)])
+
+
+def funding_rate(m: MarketModel, p: dict, now: int):
+    if p.get("symbol"):
+        _symbol(p)
+    limit = _limit(p, 100, 1000)
+    start = _int(p, "startTime")
+    end = _int(p, "endTime")
+    if start is not None and end is not None and start > end:
+        raise BinanceError(-1023, "Start time is greater than end time.")
+    hi = min(now, end) if end is not None else now
+    hi = hi - hi % FUNDING_MS
+    if start is not None:
+        t = -(-start // FUNDING_MS) * FUNDING_MS
+        times = []
+        while t <= hi and len(times) < limit:
+            times.append(t)
+            t += FUNDING_MS
+    else:
+        times = list(range(hi - (limit - 1) * FUNDING_MS, hi + 1, FUNDING_MS))
+    rows = [{"symbol": SYMBOL, "fundingRate": f"{m.funding(t - 1):.8f}", "fundingTime": t,
+             "markPrice": f"{m.price_at(t):.8f}", "rateType": "Regular"} for t in times]
+    return 200, _dump(rows)
+
+
+def book_ticker(m: MarketModel, p: dict, now: int):
+    if p.get("symbol"):
+        _symbol(p)
+    k = (now - 1) // 1000
+    row = None
+    while row is None and k >= m.k0:
+        for bt in reversed(m.block(k).bn_books):
+            if bt[0] < now:
+                e, T, u, bc, bq, ac, aq = bt
+                row = {"symbol": SYMBOL, "bidPrice": px2(bc), "bidQty": qty3(bq), "askPrice": px2(ac),
+                       "askQty": qty3(aq), "time": T}
+                break
+        k -= 1
+    if row is None:
+        return 200, "[]" if not p.get("symbol") else "{}"
+    return 200, _dump(row if p.get("symbol") else [row])
+
+
+def _wrap(fn):
+    def handler(m, p, now):
+        try:
+            return fn(m, p, now)
+        except BinanceError as e:
+            return _err(e.code, e.msg, e.status)
+    handler.__name__ = fn.__name__
+    return handler
+
+
+REST = {path: _wrap(fn) for path, fn in {
+    "/fapi/v1/time": time_,
+    "/fapi/v1/ping": ping,
+    "/fapi/v1/exchangeInfo": exchange_info,
+    "/fapi/v1/aggTrades": agg_trades,
+    "/fapi/v1/openInterest": open_interest,
+    "/futures/data/openInterestHist": open_interest_hist,
+    "/futures/data/globalLongShortAccountRatio": global_ls_ratio,
+    "/futures/data/topLongShortPositionRatio": top_ls_position_ratio,
+    "/futures/data/takerlongshortRatio": taker_ls_ratio,
+    "/fapi/v1/premiumIndex": premium_index,
+    "/fapi/v1/fundingRate": funding_rate,
+    "/fapi/v1/ticker/bookTicker": book_ticker,
+}.items()}
+
+
+def weight(path: str, params: dict) -> int:
+    """Request weight per the official docs (IP limits)."""
+    if path == "/fapi/v1/aggTrades":
+        return 20
+    if path == "/fapi/v1/premiumIndex":
+        return 1 if params.get("symbol") else 10
+    if path == "/fapi/v1/ticker/bookTicker":
+        return 2 if params.get("symbol") else 5
+    if path.startswith("/futures/data/"):
+        return 0
+    return 1
+
+
+def owns(path: str) -> bool:
+    return path.startswith("/fapi/") or path.startswith("/futures/data/")
+
+
+def not_found(path: str) -> tuple[int, str]:
+    return 404, _dump({"code": -5000, "msg": f"Path {path}, Method GET is invalid"})

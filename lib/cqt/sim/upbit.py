@@ -1,0 +1,305 @@
+"""Upbit quotation: REST answers (pure, from the model), WebSocket subscription
+parsing and the SIMPLE format.
+
+Wire facts reproduced: subscriptions are a JSON array (ticket, type objects,
+format); both `is_only_snapshot`/`is_only_realtime` and the older camelCase
+spellings are accepted; unknown or lower-case codes get nothing, silently; a bad
+request gets ``{"error":{"name":…,"message":…}}`` and the socket is closed with
+1000; REST errors are ``{"error":{"name":<int>,"message":…}}``.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from .model import DAY_MS, UPBIT_CODES, MarketModel, utc_parts
+
+TYPES = ("trade", "orderbook", "ticker")
+
+# ------------------------------------------------------------------ WebSocket subscription
+ERRORS = {
+    "WRONG_FORMAT": "Format 이 맞지 않습니다.",
+    "NO_TICKET": "티켓이 존재하지 않거나, 유효하지 않습니다.",
+    "NO_TYPE": "type 필드가 존재하지 않습니다.",
+    "NO_CODES": "codes 필드가 존재하지 않습니다.",
+}
+
+
+def ws_error(name: str, message: str | None = None) -> str:
+    return json.dumps({"error": {"name": name, "message": message or ERRORS.get(name, name)}},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+class SubscriptionError(Exception):
+    def __init__(self, name: str, message: str | None = None):
+        super().__init__(name)
+        self.name = name
+        self.message = message or ERRORS.get(name, name)
+
+
+def _flag(obj: dict, snake: str, camel: str) -> bool:
+    v = obj.get(snake, obj.get(camel, False))
+    return v is True or (isinstance(v, str) and v.lower() == "true")
+
+
+def parse_subscription(text: str) -> dict:
+    """Parse a subscription request -> {"format": F, "subs": {stream: (snapshot, realtime)},
+    "ignored": [codes the model does not have]}; raises SubscriptionError."""
+    try:
+        req = json.loads(text)
+    except ValueError:
+        raise SubscriptionError("WRONG_FORMAT") from None
+    if not isinstance(req, list) or not req or not all(isinstance(o, dict) for o in req):
+        raise SubscriptionError("WRONG_FORMAT")
+    if not any(isinstance(o.get("ticket"), str) and o.get("ticket") for o in req):
+        raise SubscriptionError("NO_TICKET")
+    fmt = "DEFAULT"
+    types = []
+    for o in req:
+        if "format" in o:
+            f = str(o.get("format")).upper()
+            fmt = f if f in ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST") else "DEFAULT"
+        elif "ticket" in o:
+            continue
+        else:
+            types.append(o)
+    if not types:
+        raise SubscriptionError("NO_TYPE")
+    subs: dict[str, tuple[bool, bool]] = {}
+    ignored = []
+    for o in types:
+        t = o.get("type")
+        if t is None:
+            raise SubscriptionError("NO_TYPE")
+        if t not in TYPES:
+            raise SubscriptionError("INVALID_PARAM", f"{t} 은 지원하지 않는 타입입니다.")
+        if "codes" not in o:
+            raise SubscriptionError("NO_CODES")
+        codes = o.get("codes")
+        if not isinstance(codes, list):
+            raise SubscriptionError("WRONG_FORMAT")
+        if not codes:
+            raise SubscriptionError("INVALID_PARAM", "codes 필드가 비어 있습니다.")
+        only_snap = _flag(o, "is_only_snapshot", "isOnlySnapshot")
+        only_real = _flag(o, "is_only_realtime", "isOnlyRealtime")
+        for c in codes:
+            code = str(c)
+            if t == "orderbook" and "." in code:      # "KRW-BTC.15": depth suffix
+                code = code.split(".", 1)[0]
+            if code not in UPBIT_CODES:               # unknown or lower case: nothing, silently
+                ignored.append(str(c))
+                continue
+            subs[f"{code}@{t}"] = (not only_real, not only_snap)
+    return {"format": fmt, "subs": subs, "ignored": ignored}
+
+
+SIMPLE_KEYS = {
+    "type": "ty", "code": "cd", "timestamp": "tms", "stream_type": "st",
+    # trade
+    "trade_date": "td", "trade_time": "ttm", "trade_timestamp": "ttms", "trade_price": "tp",
+    "trade_volume": "tv", "ask_bid": "ab", "prev_closing_price": "pcp", "change": "c",
+    "change_price": "cp", "sequential_id": "sid", "best_ask_price": "bap", "best_ask_size": "bas",
+    "best_bid_price": "bbp", "best_bid_size": "bbs",
+    # orderbook
+    "total_ask_size": "tas", "total_bid_size": "tbs", "orderbook_units": "obu", "ask_price": "ap",
+    "bid_price": "bp", "ask_size": "as", "bid_size": "bs", "level": "lv",
+    # ticker
+    "opening_price": "op", "high_price": "hp", "low_price": "lp", "signed_change_price": "scp",
+    "change_rate": "cr", "signed_change_rate": "scr", "acc_trade_volume": "atv",
+    "acc_trade_volume_24h": "atv24h", "acc_trade_price": "atp", "acc_trade_price_24h": "atp24h",
+    "acc_ask_volume": "aav", "acc_bid_volume": "abv", "highest_52_week_price": "h52wp",
+    "highest_52_week_date": "h52wdt", "lowest_52_week_price": "l52wp", "lowest_52_week_date": "l52wdt",
+    "market_state": "ms", "is_trading_suspended": "its", "delisting_date": "dd",
+    "market_warning": "mw",
+}
+
+
+def _simple(obj):
+    if isinstance(obj, dict):
+        return {SIMPLE_KEYS.get(k, k): _simple(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_simple(v) for v in obj]
+    return obj
+
+
+def to_format(raw: str, fmt: str) -> str:
+    """A DEFAULT frame in another format (SIMPLE renames keys; *_LIST wraps in an array)."""
+    if fmt == "DEFAULT":
+        return raw
+    if fmt == "JSON_LIST":
+        return "[" + raw + "]"
+    s = json.dumps(_simple(json.loads(raw)), separators=(",", ":"), ensure_ascii=False)
+    return "[" + s + "]" if fmt == "SIMPLE_LIST" else s
+
+
+def as_snapshot(raw: str) -> str:
+    return raw.replace('"stream_type":"REALTIME"', '"stream_type":"SNAPSHOT"')
+
+
+# ------------------------------------------------------------------ REST
+class UpbitError(Exception):
+    def __init__(self, status: int, message: str, name=None):
+        super().__init__(message)
+        self.status, self.message, self.name = status, message, name if name is not None else status
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+_MISSING = "Missing request parameter error. Check the required parameters!"
+_TYPE = "Type mismatch error. Check the parameters type!"
+
+
+def _market(p: dict, name: str = "market") -> str:
+    v = p.get(name)
+    if not v:
+        raise UpbitError(400, _MISSING)
+    code = v.upper()
+    if code not in UPBIT_CODES:
+        raise UpbitError(404, "Code not found")
+    return code
+
+
+def _int(p: dict, name: str, default=None):
+    v = p.get(name)
+    if v is None or v == "":
+        return default
+    if not re.fullmatch(r"-?\d+", v):
+        raise UpbitError(400, _TYPE)
+    return int(v)
+
+
+def trades_ticks(m: MarketModel, p: dict, now: int):
+    """GET /v1/trades/ticks: market, to (HHmmss | HH:mm:ss, UTC), count (<= 500),
+    cursor (sequential_id), days_ago (1..7); newest first."""
+    code = _market(p)
+    count = _int(p, "count", 1)
+    count = max(1, min(500, count))
+    days_ago = _int(p, "days_ago")
+    if days_ago is not None and not 1 <= days_ago <= 7:
+        raise UpbitError(400, "days_ago must be between 1 and 7")
+    day0 = now - now % DAY_MS - (days_ago or 0) * DAY_MS
+    before = now if days_ago is None else day0 + DAY_MS
+    to = p.get("to")
+    if to:
+        mt = re.fullmatch(r"(\d{2}):?(\d{2}):?(\d{2})", to)
+        if not mt:
+            raise UpbitError(400, _TYPE)
+        h, mi, s = (int(x) for x in mt.groups())
+        before = min(before, day0 + (h * 3600 + mi * 60 + s) * 1000 + 1000)   # inclusive of that second
+    cursor = _int(p, "cursor")
+    after_sid = None
+    if cursor is not None:
+        t_c = m.upbit_find_sid(code, cursor, now)
+        if t_c is not None:
+            after_sid = cursor
+            before = min(before, t_c + 1)
+        else:
+            before = min(before, cursor // 1000)
+    out = []
+    for tr in m.upbit_trades_before(code, before, now, after_sid):
+        if days_ago is not None and tr[1] < day0:
+            break
+        out.append(tr)
+        if len(out) >= count:
+            break
+    rows = []
+    for tms, ttms, price, vol, ab, sid, _bap, _bas, _bbp, _bbs, tk in out:
+        d, t, _d8, _t6 = utc_parts(ttms)
+        pcl = tk[3]
+        rows.append({"market": code, "trade_date_utc": d, "trade_time_utc": t, "timestamp": ttms,
+                     "trade_price": price, "trade_volume": vol, "prev_closing_price": pcl,
+                     "change_price": round(price - pcl, 8), "ask_bid": ab, "sequential_id": sid})
+    return 200, _dump(rows)
+
+
+_KST_MS = 9 * 3600 * 1000
+
+
+def ticker(m: MarketModel, p: dict, now: int):
+    v = p.get("markets")
+    if not v:
+        raise UpbitError(400, _MISSING)
+    codes = [c.strip().upper() for c in v.split(",") if c.strip()]
+    if not codes or any(c not in UPBIT_CODES for c in codes):
+        raise UpbitError(404, "Code not found")
+    last = m.last_frames("upbit", now, [f"{c}@ticker" for c in codes], max_back_s=3600)
+    rows = []
+    for c in codes:
+        raw = last.get(f"{c}@ticker")
+        if raw is None:
+            continue
+        t = json.loads(raw)
+        kd, kt, kd8, kt6 = utc_parts(t["trade_timestamp"] + _KST_MS)
+        rows.append({
+            "market": c, "trade_date": t["trade_date"], "trade_time": t["trade_time"],
+            "trade_date_kst": kd8, "trade_time_kst": kt6, "trade_timestamp": t["trade_timestamp"],
+            "opening_price": t["opening_price"], "high_price": t["high_price"], "low_price": t["low_price"],
+            "trade_price": t["trade_price"], "prev_closing_price": t["prev_closing_price"],
+            "change": t["change"], "change_price": t["change_price"], "change_rate": t["change_rate"],
+            "signed_change_price": t["signed_change_price"], "signed_change_rate": t["signed_change_rate"],
+            "trade_volume": t["trade_volume"], "acc_trade_price": t["acc_trade_price"],
+            "acc_trade_price_24h": t["acc_trade_price_24h"], "acc_trade_volume": t["acc_trade_volume"],
+            "acc_trade_volume_24h": t["acc_trade_volume_24h"],
+            "highest_52_week_price": t["highest_52_week_price"], "highest_52_week_date": t["highest_52_week_date"],
+            "lowest_52_week_price": t["lowest_52_week_price"], "lowest_52_week_date": t["lowest_52_week_date"],
+            "timestamp": t["timestamp"]})
+    return 200, _dump(rows)
+
+
+def orderbook(m: MarketModel, p: dict, now: int):
+    v = p.get("markets")
+    if not v:
+        raise UpbitError(400, _MISSING)
+    codes = [c.strip().upper() for c in v.split(",") if c.strip()]
+    if not codes or any(c not in UPBIT_CODES for c in codes):
+        raise UpbitError(404, "Code not found")
+    count = max(1, min(30, _int(p, "count", 30)))
+    last = m.last_frames("upbit", now, [f"{c}@orderbook" for c in codes], max_back_s=600)
+    rows = []
+    for c in codes:
+        raw = last.get(f"{c}@orderbook")
+        if raw is None:
+            continue
+        ob = json.loads(raw)
+        rows.append({"market": c, "timestamp": ob["timestamp"], "total_ask_size": ob["total_ask_size"],
+                     "total_bid_size": ob["total_bid_size"],
+                     "orderbook_units": [{"ask_price": u["ask_price"], "bid_price": u["bid_price"],
+                                          "ask_size": u["ask_size"], "bid_size": u["bid_size"]}
+                                         for u in ob["orderbook_units"][:count]], "level": 0})
+    return 200, _dump(rows)
+
+
+def market_all(m: MarketModel, p: dict, now: int):
+    return 200, _dump([{"market": "KRW-BTC", "korean_name": "비트코인", "english_name": "Bitcoin"},
+                       {"market": "KRW-USDT", "korean_name": "테더", "english_name": "Tether"}])
+
+
+def _wrap(fn):
+    def handler(m, p, now):
+        try:
+            return fn(m, p, now)
+        except UpbitError as e:
+            return e.status, _dump({"error": {"name": e.name, "message": e.message}})
+    handler.__name__ = fn.__name__
+    return handler
+
+
+REST = {path: _wrap(fn) for path, fn in {
+    "/v1/trades/ticks": trades_ticks,
+    "/v1/ticker": ticker,
+    "/v1/orderbook": orderbook,
+    "/v1/market/all": market_all,
+}.items()}
+
+GROUPS = {"/v1/trades/ticks": "trade", "/v1/ticker": "ticker", "/v1/orderbook": "orderbook",
+          "/v1/market/all": "market"}
+
+
+def owns(path: str) -> bool:
+    return path.startswith("/v1/")
+
+
+def not_found(path: str) -> tuple[int, str]:
+    return 404, _dump({"error": {"name": "not_found", "message": "no Route matched with those values"}})
