@@ -150,3 +150,15 @@ def test_wal_bounded_by_checkpoint(tmp_path):
     time.sleep(1.0)
     w.close()
     assert cdb.wal_size(path) <= cdb.WAL_LIMIT_BYTES
+
+
+def test_row_counts_follow_declared_nrows(tmp_path):
+    """Packed multi-row statements: the writer's counters count table rows, not tuples."""
+    w = cdb.BatchWriter(tmp_path / "n.db")
+    packed = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?),(?,?,?,?,?,?,?,?,?,?)"
+    params = [("BTCUSDT", 2 * i, 1, 1.0, 1.0, "buy", 0, 0, None, 1, "BTCUSDT", 2 * i + 1, 1, 1.0, 1.0, "buy", 0, 0, None, 1)
+              for i in range(50)]
+    w.put_many(packed, params, nrows=100)
+    assert w.flush(10)
+    assert w.stats()["committed_rows"] == 100
+    w.close()

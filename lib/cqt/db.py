@@ -260,17 +260,20 @@ class BatchWriter:
         """Queue one row. With block=False a full queue drops it (returns False): for
         log events, which the writer thread itself may emit and must never wait on."""
         try:
-            self._enqueue(("rows", sql, [tuple(params)], time.monotonic()), 1, block=block)
+            self._enqueue(("rows", sql, [tuple(params)], time.monotonic(), 1), 1, block=block)
             return True
         except queue.Full:
             return False
 
-    def put_many(self, sql: str, rows: list[tuple]) -> None:
+    def put_many(self, sql: str, rows: list[tuple], nrows: int | None = None) -> None:
+        """Queue one statement over many parameter tuples. `nrows` is the number of table
+        rows they stand for when each tuple packs several rows (multi-row VALUES)."""
         if rows:
-            self._enqueue(("rows", sql, rows, time.monotonic()), len(rows))
+            self._enqueue(("rows", sql, rows, time.monotonic(), len(rows) if nrows is None else nrows),
+                          len(rows) if nrows is None else nrows)
 
     def call(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        self._enqueue(("call", fn, None, time.monotonic()), 1)
+        self._enqueue(("call", fn, None, time.monotonic(), 1), 1)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until everything queued before this call is committed."""
@@ -283,7 +286,7 @@ class BatchWriter:
             ev = threading.Event()
             self._flush_waiters.append((target, ev))
         try:
-            self._q.put_nowait(("flush", None, None, time.monotonic()))
+            self._q.put_nowait(("flush", None, None, time.monotonic(), 0))
         except queue.Full:
             pass
         return ev.wait(timeout)
@@ -291,7 +294,7 @@ class BatchWriter:
     def close(self, timeout: float = 5.0) -> bool:
         ok = self.flush(timeout)
         try:
-            self._q.put(("stop", None, None, 0.0), timeout=1)
+            self._q.put(("stop", None, None, 0.0, 0), timeout=1)
         except queue.Full:
             pass
         self._thread.join(timeout=max(0.1, timeout))
@@ -335,7 +338,7 @@ class BatchWriter:
                     stop = True
                 else:
                     batch.append(first)
-                    nrows += len(first[2]) if first[0] == "rows" else 0
+                    nrows += first[4] if first[0] == "rows" else 0
                     self._oldest_enqueued = first[3]
                     deadline = time.monotonic() + self.max_delay_s
                     while nrows < self.max_rows:
@@ -349,7 +352,7 @@ class BatchWriter:
                             break
                         batch.append(item)
                         if item[0] == "rows":
-                            nrows += len(item[2])
+                            nrows += item[4]
                         if item[0] == "flush":
                             break
             if batch and self.fatal is None:
@@ -373,7 +376,7 @@ class BatchWriter:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for kind, a, b, _ in batch:
+                    for kind, a, b, _, _n in batch:
                         if kind == "rows":
                             if len(b) == 1:
                                 self._conn.execute(a, b[0])

@@ -176,6 +176,10 @@ class Service:
         if changed:
             self.notifier.send(f"STATUS={status}")
 
+    def set_detail(self, fn: Callable[[], dict]) -> None:
+        """Extra heartbeat detail, for objects the main loop creates after start-up."""
+        self.detail_fn = fn
+
     def count(self, source: str, frames: int = 0, rows: int = 0, rejects: int = 0) -> None:
         with self._count_lock:
             c = self._counters.setdefault(source, [0, 0, 0])

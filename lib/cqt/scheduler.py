@@ -316,9 +316,9 @@ def serve(svc: Service) -> int:
         svc.set_state("running", f"running {', '.join(running)}" if running else "idle")
 
     sched.add_job(alive, "interval", seconds=ALIVE_EVERY_S, id="_alive", max_instances=1, coalesce=True)
-    svc.detail_fn = lambda: {"jobs": {name: {"running": name in state.running, "last": state.last.get(name),
+    svc.set_detail(lambda: {"jobs": {name: {"running": name in state.running, "last": state.last.get(name),
                                              "skipped": state.skipped.get(name, 0)} for name in BY_NAME},
-                             "next_runs": next_runs(sched)}
+                             "next_runs": next_runs(sched)})
 
     def stop_when_asked() -> None:
         svc.stopping.wait()

@@ -257,6 +257,15 @@ def pack_rows(sql: str, rows: list[tuple], k: int = PACK_ROWS) -> list[tuple[str
 
 
 _MULTI: dict[str, str] = {}
+_ROWS_PER_STMT: dict[str, int] = {}
+
+
+def rows_per_statement(stmt: str) -> int:
+    """How many table rows one parameter tuple of `stmt` carries (k for a packed statement)."""
+    n = _ROWS_PER_STMT.get(stmt)
+    if n is None:
+        n = _ROWS_PER_STMT[stmt] = stmt.partition(" VALUES ")[2].count("),(") + 1
+    return n
 
 
 class RowBuffer:
@@ -288,7 +297,7 @@ class RowBuffer:
             by_sql, self.by_sql, self.n = self.by_sql, {}, 0
             for sql, rows in by_sql.items():
                 for stmt, params in pack_rows(sql, rows):
-                    self.writer.put_many(stmt, params)
+                    self.writer.put_many(stmt, params, nrows=len(params) * rows_per_statement(stmt))
         if resume_rows:
             self.writer.put_many(RESUME_SQL, resume_rows)
         return n

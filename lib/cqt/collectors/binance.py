@@ -162,9 +162,9 @@ def run(svc, cfg: BinanceConfig, capture_path: str | None) -> int:
     handler = BinanceGapHandler(svc, loop_ref, gaps, backfiller, rest)
     loop = StreamLoop(svc, endpoints(cfg), handler, cfg.loop, service=SERVICE, capture=capture)
     loop_ref[0] = loop
-    svc.detail_fn = lambda: {"symbol": cfg.symbol, **loop.snapshot(), "backfill": handler.snapshot(),
+    svc.set_detail(lambda: {"symbol": cfg.symbol, **loop.snapshot(), "backfill": handler.snapshot(),
                              "rest": rest.rate.snapshot(),
-                             **({"capture_records": capture.records} if capture else {})}
+                             **({"capture_records": capture.records} if capture else {})})
 
     # resume: positions, open gaps, or a first-start backfill
     agg_stream = f"{cfg.symbol}@aggTrade"

@@ -23,7 +23,7 @@ from ..capture import CaptureLineError, iter_lines, parse_line
 from ..sources import Reject, parse_rest_answer
 from ..sources.binance import parse_binance_frame
 from ..sources.upbit import parse_upbit_frame
-from ..stream import pack_rows
+from ..stream import pack_rows, rows_per_statement
 
 import click
 
@@ -154,7 +154,7 @@ class RecordProcessor:
 def apply(writer, rejects, kind: str, payload) -> None:
     if kind == "rows":
         for sql, params in payload:
-            writer.put_many(sql, params)
+            writer.put_many(sql, params, nrows=len(params) * rows_per_statement(sql))
     elif kind == "put":
         writer.put(*payload)
     elif kind == "reject":

@@ -151,9 +151,9 @@ def run(svc, cfg: UpbitConfig, capture_path: str | None) -> int:
     filler = UpbitTradeFill(svc, rest, gaps)
     handler = UpbitGapHandler(gaps, backfiller, filler)
     loop = StreamLoop(svc, [endpoint(cfg)], handler, cfg.loop, service=SERVICE, capture=capture)
-    svc.detail_fn = lambda: {"codes": list(cfg.codes), **loop.snapshot(), "backfill": handler.snapshot(),
+    svc.set_detail(lambda: {"codes": list(cfg.codes), **loop.snapshot(), "backfill": handler.snapshot(),
                              "rest": rest.rate.snapshot(),
-                             **({"capture_records": capture.records} if capture else {})}
+                             **({"capture_records": capture.records} if capture else {})})
 
     positions = read_positions(settings.db, SERVICE)
     for code in cfg.codes:
