@@ -14,7 +14,7 @@ import pytest
 from helpers import query, run_bin, wait_for
 from simproc import start_sim
 from test_collect_support import (
-    agg_ids, collector_env, count, no_traceback, quiesce, range_ids, collectors, read_log, stop,
+    agg_ids, collector_env, count, no_traceback, quiesce, range_ids, collectors, read_log, sent_ranges, stop,
     wait_log, wait_rows,
 )
 
@@ -88,6 +88,13 @@ def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):
         wait_rows(db, "binance_agg_trades", 1, where=f"WHERE agg_id > {before + 20}")
         wait_for(lambda: _open_gaps(db) == 0, 20, what="no open gaps")
         assert p2.poll() is None, "collector exited on its own:\n" + read_log(log2)[-3000:]
+        # Stop the flow first: frames the sim wrote but the collector had not read when SIGTERM
+        # came would be fetched by the next start's backfill, not by this process.
+        sim.fault("stall", seconds=4, source="binance")
+        time.sleep(0.3)
+        top_sent = max(range_ids(sent_ranges(sim, AGG)))
+        wait_for(lambda: count(db, "SELECT MAX(agg_id) FROM binance_agg_trades") >= top_sent, 10,
+                 what="collector caught up with the sim before the stop")
         rc, took = stop(p2)
         assert rc == 0 and took < 5, (rc, took)
 

@@ -83,3 +83,17 @@ def test_every_variable_documented():
         assert f"`{v.name}`" in readme, f"{v.name} missing from README"
     for name in re.findall(r"^([A-Z_]+)=", example, re.M):
         assert any(v.name == name for v in VARIABLES), f"{name} in .env.example is not a known variable"
+
+
+def test_every_variable_read_in_code_is_in_readme():
+    """Any CQT_*/COINGLASS_* name the code reads appears in the README's configuration tables."""
+    readme = (ROOT / "README.md").read_text()
+    patterns = re.findall(r"`((?:CQT|COINGLASS)_[A-Z0-9_]*)<[A-Z]+>", readme)   # e.g. CQT_CHECK_NULL_RATE_MAX_<TABLE>_<COLUMN>
+    missing = set()
+    for f in (ROOT / "lib" / "cqt").rglob("*.py"):
+        for name in re.findall(r'"((?:CQT|COINGLASS)_[A-Z0-9_]+)"', f.read_text()):
+            if name.endswith("_") or name == "COINGLASS_ENDPOINTS":      # prefixes and a constant, not variables
+                continue
+            if f"`{name}`" not in readme and not any(name.startswith(p) for p in patterns):
+                missing.add(f"{name} ({f.relative_to(ROOT)})")
+    assert not missing, f"undocumented variables: {sorted(missing)}"
