@@ -324,8 +324,8 @@ class Sim:
                 if venue == "binance":
                     if isinstance(raw, bytes):
                         raw = raw.decode("utf-8", "replace")
-                    stream, inner, _wrapped = split_binance(raw)
-                    self._dispatch_replay_binance(stream, inner, raw)
+                    stream, inner, wrapped = split_binance(raw)
+                    self._dispatch_replay_binance(stream, inner, raw, wrapped)
                 else:
                     stream = upbit_stream(raw)
                     if stream is not None:
@@ -364,8 +364,11 @@ class Sim:
         except (ValueError, TypeError):
             return None
 
-    def _dispatch_replay_binance(self, stream, inner: str, raw: str) -> None:
-        if stream is None:
+    def _dispatch_replay_binance(self, stream, inner: str, raw: str, wrapped: bool) -> None:
+        """A captured Binance frame to every connection subscribed to its stream: a
+        combined connection gets the captured envelope as is (or one made for it), a
+        raw connection the bare event."""
+        if stream is None or self.stall_until["binance"] > time.monotonic():
             return
         fid = None
         if stream.endswith("@aggTrade"):
@@ -378,26 +381,23 @@ class Sim:
             aliases.add(stream[: -len("@1s")])
         if stream.endswith("@depth"):
             aliases.update({stream + "@100ms", stream + "@500ms"})
+        frames: dict[tuple[str, bool], bytes] = {}
         delivered = 0
-        bare = comb = None
         for c in self.conns["binance"]:
-            match = next((s for s in aliases if s in c.active), None)
-            if match is None:
+            name = stream if stream in c.active else next((s for s in aliases if s in c.active), None)
+            if name is None:
                 continue
-            if c.combined:
-                if comb is None or match != stream:
-                    text = raw if (match == stream and raw is not inner) else \
-                        '{"stream":"' + match + '","data":' + inner + "}"
-                    fr = ws_frame(text.encode(), TEXT)
-                    if match == stream:
-                        comb = fr
-                    c.push(fr)
+            key = (name, c.combined)
+            fr = frames.get(key)
+            if fr is None:
+                if not c.combined:
+                    text = inner
+                elif wrapped and name == stream:
+                    text = raw
                 else:
-                    c.push(comb)
-            else:
-                if bare is None:
-                    bare = ws_frame(inner.encode(), TEXT)
-                c.push(bare)
+                    text = '{"stream":"' + name + '","data":' + inner + "}"
+                fr = frames[key] = ws_frame(text.encode(), TEXT)
+            self._push(c, fr)
             delivered += 1
         if delivered:
             self._stat("binance:" + stream).sent(delivered, fid)
