@@ -45,6 +45,8 @@ def child_pids(demo_dir: Path) -> list[int]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         return [r[0] for r in conn.execute("SELECT pid FROM service_runs")]
+    except sqlite3.OperationalError:       # created, not migrated yet: nobody has registered
+        return []
     finally:
         conn.close()
 

@@ -59,7 +59,9 @@ _JUMP_STD = 1.5e-3
 _BN_RATE = 12.0                         # base aggTrades per second
 _BN_BOOK_RATE = 3.0                     # extra bookTicker updates per second
 _UP_RATE = {"KRW-BTC": 2.2, "KRW-USDT": 0.45}
-_UP_OB_P = {"KRW-BTC": 0.24, "KRW-USDT": 0.07}    # chance per 100 ms slot
+# chance per 100 ms slot: the real KRW-BTC book publishes several times a second even when
+# quiet (altdata_check holds its fill to >= 0.9 of seconds), KRW-USDT far less often
+_UP_OB_P = {"KRW-BTC": 0.5, "KRW-USDT": 0.07}
 _UP_OB_PHASE = {"KRW-BTC": 6, "KRW-USDT": 38}    # the real books publish on a 100 ms grid
 _UP_TICK = {"KRW-BTC": 1000, "KRW-USDT": 1}
 _UP_LEVELS = 30
@@ -561,7 +563,7 @@ class MarketModel:
                 t -= log(1.0 - rnd()) * inv
             up_trades[code] = out
             obs = []
-            p_ob = _UP_OB_P[code] * (min(act, 1.6) if is_btc else 1.0)
+            p_ob = _UP_OB_P[code] * (min(max(act, 0.6), 1.6) if is_btc else 1.0)
             phase = _UP_OB_PHASE[code]
             for s in range(10):
                 if rnd() < p_ob:
