@@ -67,7 +67,7 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     elapsed = time.monotonic() - t
     print(p.stdout[-6000:], p.stderr[-3000:], f"elapsed {elapsed:.0f} s")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    dataset = out / "datasets" / "btc_demo.parquet"
+    dataset = out / "datasets" / "btc_1h.parquet"
     import pyarrow.parquet as pq
     assert pq.read_metadata(dataset).num_rows > 0
     report = out / "reports" / "step-alt-5.md"

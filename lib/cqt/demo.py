@@ -406,8 +406,9 @@ def demo(minutes: float, out_dir: Path | None, seed: int, seconds: float | None)
         checks_rc, _ = run_step("pipeline checks", [str(ROOT / "checks" / "run_pipeline_checks.sh"),
                                                     "--window", str(window)], env, out, logs / "checks.log", stopper)
         click.echo(f"   EXIT_CODE={checks_rc}")
-        dataset = datasets / "btc_demo.parquet"
-        export_rc, _ = run_step("export", [str(ROOT / "bin" / "cqt-export"), "--output", str(dataset), "--last", "24h",
+        # Named like the nightly's 1-hour export, so the report's "1시간 Export" table is filled.
+        dataset = datasets / "btc_1h.parquet"
+        export_rc, _ = run_step("export", [str(ROOT / "bin" / "cqt-export"), "--output", str(dataset), "--last", "1h",
                                            "--horizon", str(DEMO_HORIZON_S), "--allow-missing", ",".join(DEMO_ALLOW_MISSING)],
                                 env, out, logs / "export.log", stopper)
         # Stop the services first, so the report shows this run's stop time and reasons.
