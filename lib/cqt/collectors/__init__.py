@@ -69,3 +69,20 @@ def run_ws_collector(svc: Any, loop: Any, backfiller: Any, *, capture: Any = Non
         if capture is not None:
             capture.close()
     return 0
+
+
+def open_capture_and_rest(svc, base_url: str, name: str, timeout_s: float, capture_path: str | None):
+    """The capture file (if asked for) and the REST client a WebSocket collector backfills with."""
+    from ..capture import CaptureWriter
+    from ..rest import RestClient
+    capture = CaptureWriter(capture_path, secrets=svc.settings.secrets) if capture_path else None
+    rest = RestClient(base_url, name=name, timeout_s=timeout_s, capture=capture,
+                      sleep=svc.stopping.wait, max_wait_s=7 * 86400.0)   # a ban is waited out, not a failure
+    return capture, rest
+
+
+def report_in_heartbeat(svc, head: dict, loop, handler, rest, capture) -> None:
+    """Heartbeat detail of a WebSocket collector: its loop, backfill, REST limits and capture."""
+    svc.set_detail(lambda: {**head, **loop.snapshot(), "backfill": handler.snapshot(),
+                            "rest": rest.rate.snapshot(),
+                            **({"capture_records": capture.records} if capture else {})})

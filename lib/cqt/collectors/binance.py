@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import click
 
-from . import config_or_exit, read_positions, run_ws_collector
+from . import config_or_exit, open_capture_and_rest, read_positions, report_in_heartbeat, run_ws_collector
 
 log = logging.getLogger("cqt.collect.binance")
 
@@ -145,26 +145,20 @@ def _agg_fallback(db_path, symbol: str):
 
 
 def run(svc, cfg: BinanceConfig, capture_path: str | None) -> int:
-    from ..capture import CaptureWriter
     from ..db import connect
-    from ..rest import RestClient
     from ..stream import Gap, StreamLoop
     from ..timeutil import now_ms
     from .backfill import Backfiller, GapBook
 
     settings = svc.settings
-    capture = CaptureWriter(capture_path, secrets=settings.secrets) if capture_path else None
-    rest = RestClient(cfg.rest_base, name="binance_rest", timeout_s=cfg.rest_timeout_s, capture=capture,
-                      sleep=svc.stopping.wait, max_wait_s=7 * 86400.0)   # a ban is waited out, not a failure
+    capture, rest = open_capture_and_rest(svc, cfg.rest_base, "binance_rest", cfg.rest_timeout_s, capture_path)
     gaps = GapBook(svc.writer)
     backfiller = Backfiller(svc, "backfill")
     loop_ref: list = [None]
     handler = BinanceGapHandler(svc, loop_ref, gaps, backfiller, rest)
     loop = StreamLoop(svc, endpoints(cfg), handler, cfg.loop, service=SERVICE, capture=capture)
     loop_ref[0] = loop
-    svc.set_detail(lambda: {"symbol": cfg.symbol, **loop.snapshot(), "backfill": handler.snapshot(),
-                             "rest": rest.rate.snapshot(),
-                             **({"capture_records": capture.records} if capture else {})})
+    report_in_heartbeat(svc, {"symbol": cfg.symbol}, loop, handler, rest, capture)
 
     # resume: positions, open gaps, or a first-start backfill
     agg_stream = f"{cfg.symbol}@aggTrade"

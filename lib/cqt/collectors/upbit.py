@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import click
 
-from . import config_or_exit, read_positions, run_ws_collector
+from . import config_or_exit, open_capture_and_rest, read_positions, report_in_heartbeat, run_ws_collector
 
 log = logging.getLogger("cqt.collect.upbit")
 
@@ -134,26 +134,20 @@ def _trade_fallback(db_path, code: str):
 
 
 def run(svc, cfg: UpbitConfig, capture_path: str | None) -> int:
-    from ..capture import CaptureWriter
     from ..db import connect
-    from ..rest import RestClient
     from ..stream import Gap, StreamLoop
     from ..timeutil import now_ms
     from .backfill import Backfiller, GapBook, UpbitTradeFill
 
     settings = svc.settings
-    capture = CaptureWriter(capture_path, secrets=settings.secrets) if capture_path else None
     # Upbit REST allows 10 requests/s per group; Remaining-Req is honoured by the client.
-    rest = RestClient(cfg.rest_base, name="upbit_rest", timeout_s=cfg.rest_timeout_s, capture=capture,
-                      sleep=svc.stopping.wait, max_wait_s=7 * 86400.0)   # a ban is waited out, not a failure
+    capture, rest = open_capture_and_rest(svc, cfg.rest_base, "upbit_rest", cfg.rest_timeout_s, capture_path)
     gaps = GapBook(svc.writer)
     backfiller = Backfiller(svc, "backfill")
     filler = UpbitTradeFill(svc, rest, gaps)
     handler = UpbitGapHandler(gaps, backfiller, filler)
     loop = StreamLoop(svc, [endpoint(cfg)], handler, cfg.loop, service=SERVICE, capture=capture)
-    svc.set_detail(lambda: {"codes": list(cfg.codes), **loop.snapshot(), "backfill": handler.snapshot(),
-                             "rest": rest.rate.snapshot(),
-                             **({"capture_records": capture.records} if capture else {})})
+    report_in_heartbeat(svc, {"codes": list(cfg.codes)}, loop, handler, rest, capture)
 
     positions = read_positions(settings.db, SERVICE)
     for code in cfg.codes:
