@@ -64,7 +64,7 @@ def poller(tmp_path):
     now = [T0 + 30 * 60_000]
     client = ScriptedClient(lambda: now[0])
     p = CoinglassPoller(svc, CoinglassConfig.from_settings(svc.settings), client, clock=lambda: now[0])
-    p.newest = {}
+    p.newest.clear()
     yield p, svc, client, now
     svc.writer.close()
 
@@ -108,7 +108,8 @@ def test_forming_bar_skipped_closed_bar_upserted_only_when_revised(poller):
 
 def test_restart_catches_up_from_the_newest_stored_bar(poller):
     p, svc, client, now = poller
-    p.newest = {"funding": T0 - 5 * H}
+    p.newest.clear()
+    p.newest["funding"] = T0 - 5 * H
     now[0] = T0 + 10 * 60_000
     client.script.append(answer(*[bar(T0 - k * H, 1, 1) for k in range(5, -1, -1)]))
     p.poll("funding")

@@ -559,3 +559,19 @@ def _error_code(text: str) -> tuple[str, str] | None:
     if type(obj) is dict and "code" in obj:
         return token(obj.get("code")), clip(obj.get("msg", ""), 160)
     return None
+
+
+class NewestTimes(dict):
+    """Per job, the newest stored time (the resume point), advanced from several job threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def advance(self, key: str, ts: int | None) -> None:
+        if ts is None:
+            return
+        with self._lock:
+            cur = self.get(key)
+            if cur is None or ts > cur:
+                self[key] = ts

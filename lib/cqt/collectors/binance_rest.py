@@ -32,7 +32,7 @@ import click
 from .. import exitcodes
 from ..config import ConfigError, Settings
 from ..db import connect
-from ..poll import PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of, quiet_rest_client_logs
+from ..poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
 from ..rest import RestClient
 from ..runtime import Service, load_settings_or_exit, run_service
 from ..sources import Reject
@@ -112,7 +112,7 @@ class BinanceRestPoller:
         self.data_limit = WindowLimit("futures_data", cfg.data_limit_5m, 300.0, clock=mono)
         self.funding_limit = WindowLimit("fundingRate", cfg.funding_limit_5m, 300.0, clock=mono)
         self._lock = threading.Lock()
-        self.newest: dict[str, int | None] = {}    # job -> newest stored time (resume point)
+        self.newest = NewestTimes()    # job -> newest stored time (resume point)
         self.backfilled: dict[str, int] = {}
         self.loop = PollLoop(self.jobs(), workers=2)
 
@@ -214,7 +214,7 @@ class BinanceRestPoller:
                 calls += 1
                 pages += 1
                 rows += n
-                self._advance(name, res.event_ts_ms)
+                self.newest.advance(name, res.event_ts_ms)
                 if n < HIST_MAX_LIMIT or res.event_ts_ms is None:
                     break
                 start = res.event_ts_ms + 1
@@ -222,7 +222,7 @@ class BinanceRestPoller:
             log.info("job=%s caught up from %d rows=%d pages=%d", name, since, rows, pages)
             return RunResult(rows=rows, calls=calls, note=f"caught up {rows} periods")
         res, n = self._get(path, {**base, "limit": self.cfg.refetch}, (self.data_limit,))
-        self._advance(name, res.event_ts_ms)
+        self.newest.advance(name, res.event_ts_ms)
         return RunResult(rows=n)
 
     def poll_funding(self) -> RunResult:
@@ -235,16 +235,9 @@ class BinanceRestPoller:
         else:
             params = {"symbol": self.cfg.symbol, "startTime": newest, "limit": 1000}
         res, n = self._get("/fapi/v1/fundingRate", params, (self.funding_limit,))
-        self._advance("funding", res.event_ts_ms)
+        self.newest.advance("funding", res.event_ts_ms)
         return RunResult(rows=n)
 
-    def _advance(self, name: str, ts: int | None) -> None:
-        if ts is None:
-            return
-        with self._lock:
-            cur = self.newest.get(name)
-            if cur is None or ts > cur:
-                self.newest[name] = ts
 
     def detail(self) -> dict:
         d = self.loop.detail()
@@ -281,7 +274,6 @@ def main(db: str | None, capture_path: str | None) -> None:
     holder: dict[str, BinanceRestPoller] = {}
 
     def main_loop(svc: Service) -> int:
-        quiet_rest_client_logs()
         capture = open_capture(capture_path, settings)
         client = RestClient(settings.binance_rest_url, name=SOURCE, timeout_s=cfg.timeout_s,
                             capture=capture, secrets=settings.secrets, sleep=svc.sleep)

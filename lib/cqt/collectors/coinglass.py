@@ -39,7 +39,7 @@ import click
 from .. import exitcodes
 from ..config import ConfigError, Settings
 from ..db import connect, redact
-from ..poll import PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of, quiet_rest_client_logs
+from ..poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
 from ..rest import RestClient
 from ..runtime import Service, load_settings_or_exit, run_service
 from ..sources import COINGLASS_ENDPOINTS, Reject, interval_ms
@@ -230,7 +230,7 @@ class CoinglassPoller:
         self.clock = clock
         self.step_ms = interval_ms(cfg.interval)
         self.limit = WindowLimit("coinglass_per_minute", cfg.per_minute, 60.0, clock=mono)
-        self.newest: dict[str, int | None] = {}
+        self.newest = NewestTimes()    # job -> newest stored time (resume point)
         self.backfilled: set[str] = set()
         self.calls = {"total": 0, "ok": 0, "failed": 0}
         self._lock = threading.Lock()
@@ -313,7 +313,7 @@ class CoinglassPoller:
             if parsed.rows:
                 self.svc.writer.put_many(store_sql(parsed.table), parsed.rows)
             rows = len(parsed.rows)
-            self._advance(key, parsed.event_ts_ms)
+            self.newest.advance(key, parsed.event_ts_ms)
             self.backfilled.add(key)
         elif isinstance(parsed, Reject) and not parsed.reason.startswith("api_error"):
             self.svc.rejects.record(SOURCE, parsed.reason, r.text)
@@ -334,13 +334,6 @@ class CoinglassPoller:
             self.calls["total"] += 1
             self.calls["ok" if ok else "failed"] += 1
 
-    def _advance(self, key: str, ts: int | None) -> None:
-        if ts is None:
-            return
-        with self._lock:
-            cur = self.newest.get(key)
-            if cur is None or ts > cur:
-                self.newest[key] = ts
 
     def detail(self) -> dict:
         d = self.loop.detail()
@@ -379,7 +372,6 @@ def main(db: str | None, capture_path: str | None) -> None:
 
     def main_loop(svc: Service) -> int:
         from .binance_rest import open_capture
-        quiet_rest_client_logs()
         capture = open_capture(capture_path, settings)
         client = RestClient(settings.coinglass_url, name=SOURCE, timeout_s=cfg.timeout_s, capture=capture,
                             headers={"CG-API-KEY": settings.coinglass_api_key}, secrets=settings.secrets,
