@@ -36,7 +36,8 @@ import click
 from . import __version__, exitcodes
 from .config import ROOT, ConfigError, Settings
 from .db import DatabaseMissing, SchemaTooNew, connect, iter_keyset, open_readonly
-from .timeutil import fmt_ms, now_ms, parse_time_ms
+from .clicktypes import TIME
+from .timeutil import fmt_ms, now_ms
 
 METADATA_KEY = b"cqt"
 FORMAT = "cqt-dataset/1"
@@ -764,15 +765,6 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ CLI
-def _time_opt(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_time_ms(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 def _threshold_opt(ctx, param, value):
     try:
         return Threshold.parse(value)
@@ -794,8 +786,8 @@ def _last_opt(ctx, param, value):
               help="Parquet file to write (e.g. data/datasets/btc_24h.parquet).")
 @click.option("--horizon", default=None, type=click.IntRange(min=1),
               help=f"Label horizon in seconds [default: CQT_EXPORT_HORIZON_S or {DEFAULT_HORIZON_S}].")
-@click.option("--from", "from_ms", callback=_time_opt, help="First t0 (ISO-8601 or epoch ms, inclusive).")
-@click.option("--to", "to_ms", callback=_time_opt,
+@click.option("--from", "from_ms", type=TIME, help="First t0 (ISO-8601 or epoch ms, inclusive).")
+@click.option("--to", "to_ms", type=TIME,
               help="Last t0 (inclusive). Default: the newest predictions row (not the wall clock).")
 @click.option("--last", "last_ms", callback=_last_opt,
               help="Range length ending at --to (default 24h); e.g. 1h, 24h.")

@@ -33,7 +33,8 @@ import click
 from . import exitcodes, journal
 from .config import ConfigError, Settings
 from .db import DatabaseMissing, SchemaTooNew, open_readonly, redact
-from .timeutil import now_ms, parse_time_ms
+from .clicktypes import TIME
+from .timeutil import now_ms
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "step-alt-5.md"
 COLLECTORS = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "cqt-poll-coinglass")
@@ -683,20 +684,11 @@ def update_report(settings: Settings, out: Path | None = None, as_of_ms: int | N
     return ReportOutcome(path, written, sorted(bodies), missing, date, [p.path for p in made], as_of)
 
 
-def _time_opt(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_time_ms(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", type=click.Path(dir_okay=False), help="Database file (default CQT_DB).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Report file (default CQT_REPORT).")
-@click.option("--as-of", "as_of", callback=_time_opt, help="Report time (ISO-8601 or epoch ms; default now).")
-@click.option("--start", "start", callback=_time_opt,
+@click.option("--as-of", "as_of", type=TIME, help="Report time (ISO-8601 or epoch ms; default now).")
+@click.option("--start", "start", type=TIME,
               help="Collection start (default: the first collector heartbeat).")
 @click.option("--no-plots", is_flag=True, help="Do not (re)draw the PNG plots.")
 @click.option("--journal-json", type=click.Path(exists=True, dir_okay=False),

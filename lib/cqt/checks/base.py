@@ -20,7 +20,8 @@ import click
 from .. import db, exitcodes
 from ..config import ConfigError, Settings, load_settings
 from ..runtime import setup_logging
-from ..timeutil import fmt_ms, now_ms, parse_time_ms
+from ..clicktypes import TIME
+from ..timeutil import fmt_ms, now_ms
 from .result import CheckResult, Metric
 from .thresholds import Thresholds
 
@@ -99,24 +100,12 @@ def open_for_check(path: Path) -> sqlite3.Connection:
 
 
 # ------------------------------------------------------------------------------ CLI
-class TimeParam(click.ParamType):
-    name = "TIME"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_time_ms(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 def common_options(fn):
     """--window, --as-of, --db, --json: the same for every check and the runner."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(fn)
     fn = click.option("--db", type=click.Path(dir_okay=False), default=None,
                       help="Database file (default: CQT_DB).")(fn)
-    fn = click.option("--as-of", "as_of", type=TimeParam(), default=None,
+    fn = click.option("--as-of", "as_of", type=TIME, default=None,
                       help="End of the window: ISO-8601 (UTC if no zone) or epoch ms. Default: now.")(fn)
     fn = click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW_S, show_default=True,
                       metavar="SECONDS", help="Length of the window ending at --as-of.")(fn)

@@ -19,6 +19,7 @@ import sys
 import click
 
 from .. import exitcodes
+from ..clicktypes import TIME
 
 log = logging.getLogger("cqt-sim")
 
@@ -40,16 +41,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _time_ms(ctx, param, value):
-    if value is None:
-        return None
-    from ..timeutil import parse_time_ms
-    try:
-        return parse_time_ms(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 def _faults(ctx, param, values):
@@ -75,7 +66,7 @@ def _faults(ctx, param, values):
 @click.option("--seed", default=1, show_default=True, type=int, help="Market model seed.")
 @click.option("--ports-file", type=click.Path(dir_okay=False), default=None,
               help="Write the endpoint URLs here (JSON, atomically) once listening.")
-@click.option("--start", "start_ms", callback=_time_ms, default=None, metavar="T",
+@click.option("--start", "start_ms", type=TIME, default=None, metavar="T",
               help="Model clock origin (ISO-8601, UTC when no zone, or epoch ms); default: now. "
                    "Seed + start reproduce every message byte for byte.")
 @click.option("--history", "history_s", default=3600, show_default=True, type=click.IntRange(0),

@@ -1,0 +1,23 @@
+"""click parameter types shared by every CLI, so options are named and parsed alike."""
+from __future__ import annotations
+
+import click
+
+from .timeutil import parse_time_ms
+
+
+class TimeParam(click.ParamType):
+    """A time option: ISO-8601 (UTC when no zone is given) or epoch milliseconds -> epoch ms."""
+
+    name = "TIME"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_time_ms(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = TimeParam()
