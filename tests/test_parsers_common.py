@@ -63,6 +63,12 @@ def test_upsert_revises_a_bar(db):
     db.execute(sql, ("BTC", "1h", 1000, 3601000, 1.0, 2.5, 0.5, 2.0, 6))
     assert db.execute("SELECT high, close, recv_ts_ms FROM coinglass_open_interest").fetchall() \
         == [(2.5, 2.0, 6)]
+    db.execute(sql, ("BTC", "1h", 1000, 3601000, 1.0, 2.5, 0.5, 2.0, 9))   # identical re-fetch
+    assert db.execute("SELECT high, close, recv_ts_ms FROM coinglass_open_interest").fetchall() \
+        == [(2.5, 2.0, 6)], "an unchanged re-fetch must not move recv_ts_ms"
+    from cqt.collectors.rest_parsers import store_sql
+    assert store_sql("coinglass_open_interest") == sql                 # one implementation
+    assert store_sql("binance_open_interest") == insert_sql("binance_open_interest")
     assert UPSERT_TABLES == {"binance_ratios", "coinglass_open_interest", "coinglass_funding",
                              "coinglass_liquidations", "coinglass_long_short"}
 

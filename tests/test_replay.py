@@ -148,3 +148,148 @@ def test_replay_errors_are_plain(tmp_path):
     assert r.returncode == 74 and "Traceback" not in r.stderr, r.stderr
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(bad_db).execute("SELECT 1 FROM sqlite_master").fetchall()
+
+
+def _agg_raw(agg_id: int, event_ms: int, wrapped: bool = True, **over) -> str:
+    a, e = agg_id, event_ms
+    d = {"e": "aggTrade", "E": e, "a": a, "s": "BTCUSDT", "p": f"{90000 + a % 7}.5", "q": "0.010",
+         "f": 2 * a, "l": 2 * a + 1, "T": e - 2, "m": bool(a & 1)}
+    d.update(over)
+    d = {k: v for k, v in d.items() if v is not _DROP}
+    return json.dumps({"stream": "btcusdt@aggTrade", "data": d} if wrapped else d, separators=(",", ":"))
+
+
+_DROP = object()
+
+
+def _fast_path_records() -> list[dict]:
+    """Mostly well-formed aggTrade frames (the fast path), with malformed and odd ones mixed in."""
+    t0 = 1_700_000_000_000
+    recs = []
+    bad = [
+        "{not json", "[1,2]", '"text"', '{"stream":"x","data":[1]}', '{"stream":"btcusdt@aggTrade"}',
+        _agg_raw(10, t0, p="NaN"), _agg_raw(11, t0, p="0"), _agg_raw(12, t0, q="-1"), _agg_raw(13, t0, p=5),
+        _agg_raw(14, t0, p="1_0"), _agg_raw(15, t0, a=-1), _agg_raw(16, t0, a=1.0), _agg_raw(17, t0, f=9, l=3),
+        _agg_raw(18, t0, m="true"), _agg_raw(19, t0, T=t0 - 2 * 86_400_000), _agg_raw(20, t0, E=True),
+        _agg_raw(21, t0, s=""), _agg_raw(22, t0, s=["x"]), _agg_raw(23, t0, s=_DROP), _agg_raw(24, t0, a=2**63),
+        _agg_raw(25, t0, e="aggTrad"), _agg_raw(26, t0) + "x", _agg_raw(27, t0).replace('"p":"', '"p":"\\u0031'),
+        _agg_raw(28, t0).replace("}}", ',"x":1e400}}'),
+    ]
+    for i in range(3000):
+        a = 1000 + i
+        e = t0 + i
+        recs.append({"recv_ts_ms": e + 30, "source": "binance_ws", "raw": _agg_raw(a, e, wrapped=bool(i % 3))})
+        if i % 100 == 7:
+            recs.append({"recv_ts_ms": e + 30, "source": "binance_ws", "raw": bad[(i // 100) % len(bad)]})
+    for j, raw in enumerate(bad):
+        recs.append({"recv_ts_ms": t0 + 30, "source": "binance_ws", "raw": raw})
+    # the same agg id again with other values: file order decides (INSERT OR IGNORE keeps the first)
+    recs.append({"recv_ts_ms": t0 + 40, "source": "binance_ws", "raw": _agg_raw(1000, t0, p="1.25")})
+    # an aggTrade frame recorded under another source is not a Binance row
+    recs.append({"recv_ts_ms": t0 + 40, "source": "upbit", "raw": _agg_raw(5000, t0)})
+    recs.append({"recv_ts_ms": t0 + 40, "source": "binance_ws", "raw": _agg_raw(5001, t0), "raw_b64": ""})
+    return recs
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name,processes", [("fast.jsonl", "2"), ("fast.jsonl.gz", "2"), ("fast.jsonl", "0")])
+def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_path, name, processes):
+    import cqt.collectors.replay as replay_mod
+    from cqt.capture import parse_line
+    from cqt.sources.binance import agg_trade_capture_row
+    recs = _fast_path_records()
+    lines = [json.dumps(r).encode() for r in recs]
+    # unit level: the fast path returns exactly the full path's row, or declines
+    taken = 0
+    for line in lines:
+        row = agg_trade_capture_row(line)
+        rec = parse_line(line)
+        if row is None:
+            continue
+        taken += 1
+        from cqt.sources import parse_ws_frame
+        assert [row] == parse_ws_frame(rec["source"], rec["raw"], rec["recv_ts_ms"]).rows
+    assert taken >= 3000
+    # end to end, with many small blocks so rows, rejects and block edges interleave
+    cap = tmp_path / name
+    _write(cap, recs, extra_lines=["this line is not json"])
+    db = tmp_path / "out.db"
+    env = cqt_env(tmp_path)
+    assert replay_mod.BLOCK_BYTES >= 1 << 16
+    r = run_bin("cqt", "replay", str(cap), "--db", str(db), "--json", "--processes", processes, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    from cqt.sources import Reject, parse_ws_frame
+    _, n_rejects = _expected(recs)
+    assert summary["rejects"] == n_rejects and summary["records"] == len(recs) and summary["bad_lines"] == 1
+    first: dict = {}                                  # INSERT OR IGNORE: the first row of a key wins
+    for rec in recs:
+        try:
+            for row in parse_ws_frame(rec["source"], rec["raw"], rec["recv_ts_ms"]).rows:
+                if len(row) == 10:
+                    first.setdefault(row[:2], row)
+        except Reject:
+            pass
+    assert set(query(db, "SELECT * FROM binance_agg_trades")) == set(first.values())
+    assert query(db, "SELECT price FROM binance_agg_trades WHERE agg_id=1000")[0][0] != 1.25   # first wins
+    # the same reasons, counted alike, as parsing every frame with the full parser
+    want: dict = {}
+    for rec in recs:
+        try:
+            parse_ws_frame(rec["source"], rec["raw"], rec["recv_ts_ms"])
+        except Reject as rej:
+            want[(rej.source, rej.reason)] = want.get((rej.source, rej.reason), 0) + 1
+    got = {(s, rs): n for s, rs, n in query(db, "SELECT source, reason, SUM(count) FROM reject_counts "
+                                                "WHERE source != 'capture' GROUP BY source, reason")}
+    assert got == want
+
+
+@pytest.mark.timeout(60)
+def test_fast_path_block_edges(tmp_path, monkeypatch):
+    """Byte-range blocks: every line in exactly one block, whatever the block size."""
+    from cqt.collectors import replay as rp
+    recs = _fast_path_records()[:400]
+    cap = tmp_path / "c.jsonl"
+    _write(cap, recs, extra_lines=["", "tail without newline"])
+    data = cap.read_bytes()[:-1]                      # drop the final newline
+    cap.write_bytes(data)
+    want = data.split(b"\n")
+    for size in (1, 7, 100, 333, 4096, len(data), len(data) + 10):
+        monkeypatch.setattr(rp, "BLOCK_BYTES", size)
+        nblocks = -(-len(data) // size)
+        got = []
+        for i in range(3):
+            for b, lines in rp._blocks(str(cap), i, 3, nblocks):
+                got.append((b, lines))
+        got.sort(key=lambda x: x[0])
+        assert [ln for _, lines in got for ln in lines] == want, size
+
+
+@pytest.mark.timeout(60)
+def test_replay_of_revisable_rows_matches_the_live_upsert(tmp_path):
+    """A ratio / Coinglass bar fetched again unchanged keeps the first recv_ts_ms (as the
+    pollers store it); a revised value moves it."""
+    t = 1_700_000_100_000
+    body = json.dumps([{"symbol": "BTCUSDT", "longShortRatio": "1.5", "longAccount": "0.6", "shortAccount": "0.4",
+                        "timestamp": t}])
+    revised = body.replace('"1.5"', '"1.6"')
+    params = {"symbol": "BTCUSDT", "period": "5m", "limit": 2}
+    path = "/futures/data/globalLongShortAccountRatio"
+    recs = [{"recv_ts_ms": t + d, "source": "binance_rest", "path": path, "params": params, "status": 200, "raw": b}
+            for d, b in ((1000, body), (301_000, body), (601_000, revised), (901_000, revised))]
+    cap = tmp_path / "r.jsonl"
+    _write(cap, recs)
+    db = tmp_path / "out.db"
+    r = run_bin("cqt", "replay", str(cap), "--db", str(db), "--json", env=cqt_env(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert query(db, "SELECT value, recv_ts_ms FROM binance_ratios") == [(1.6, t + 601_000)]
+    # the live poller's statement gives the same row
+    from cqt.collectors.rest_parsers import parse_rest_answer, store_sql
+    live = sqlite3.connect(tmp_path / "live.db")
+    from cqt.db import migrate
+    migrate(live)
+    for rec in recs:
+        p = parse_rest_answer(rec["source"], rec["path"], rec["params"], rec["raw"], rec["recv_ts_ms"])
+        live.executemany(store_sql(p.table), p.rows)
+    live.commit()
+    assert live.execute("SELECT * FROM binance_ratios").fetchall() == query(db, "SELECT * FROM binance_ratios")

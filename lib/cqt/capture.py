@@ -17,8 +17,10 @@ Request headers are never written (the Coinglass key travels in a header), and v
 listed in `secrets` are masked wherever they appear. A binary frame that is not UTF-8
 is written with `raw` decoded leniently plus `raw_b64` holding the exact bytes.
 
-The writer flushes at least once a second, so a `kill -9` loses at most about a second
-of capture; the reader tolerates the truncated tail such a kill leaves.
+Every record reaches the file at most about a second after it was written (`FLUSH_EVERY_S`):
+a busy capture is flushed by the writes themselves, an idle one (e.g. during a 418 ban) by
+the writer's own flusher thread. So a `kill -9` loses at most about a second of capture;
+the reader tolerates the truncated tail such a kill leaves.
 """
 from __future__ import annotations
 
@@ -71,9 +73,16 @@ class CaptureWriter:
         self._fh: Any = None
         self._day: str | None = None
         self._last_flush = time.monotonic()
+        self._dirty = False                  # written since the last flush
+        self._closed = False
+        self._wake = threading.Event()       # set when a write left data unflushed
+        self._stop = threading.Event()
         self.records = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rotate_stale()
+        self._flusher = threading.Thread(target=self._flush_loop, name=f"capture-flush:{self.path.name}",
+                                         daemon=True)
+        self._flusher.start()
 
     # -- records ------------------------------------------------------------------------
     def ws(self, source: str, raw: str | bytes, recv_ts_ms: int) -> None:
@@ -112,6 +121,11 @@ class CaptureWriter:
                 text = text.replace(s, "***")
             line = text.encode("utf-8")
         with self._lock:
+            if self._closed:                 # written again after close(): reopen, flusher too
+                self._closed = False
+                self._stop.clear()
+                self._flusher = threading.Thread(target=self._flush_loop, name=self._flusher.name, daemon=True)
+                self._flusher.start()
             day = _day(ts_ms)
             if self._fh is None:
                 self._open(day)
@@ -121,10 +135,27 @@ class CaptureWriter:
                 self._open(day)
             self._fh.write(line + b"\n")
             self.records += 1
-            t = time.monotonic()
-            if t - self._last_flush >= FLUSH_EVERY_S:
+            if time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
                 self._flush_locked()
-                self._last_flush = t
+            elif not self._dirty:
+                self._dirty = True
+                self._wake.set()
+
+    def _flush_loop(self) -> None:
+        """Flush data a write left behind at most FLUSH_EVERY_S after the previous flush,
+        even when no further record arrives."""
+        while True:
+            self._wake.wait()
+            with self._lock:
+                if self._closed:
+                    return
+                self._wake.clear()
+                delay = self._last_flush + FLUSH_EVERY_S - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return                       # closing: close() flushes
+            with self._lock:
+                if self._dirty and not self._closed:
+                    self._flush_locked()
 
     # -- file handling ----------------------------------------------------------------------
     def _open(self, day: str) -> None:
@@ -153,6 +184,8 @@ class CaptureWriter:
         log.info("capture rotated to %s", target)
 
     def _flush_locked(self) -> None:
+        self._dirty = False
+        self._last_flush = time.monotonic()
         if self._fh is None:
             return
         try:
@@ -179,7 +212,12 @@ class CaptureWriter:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._close_locked()
+        self._stop.set()
+        self._wake.set()
+        if self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=2)
 
 
 def _plain(v: Any) -> Any:

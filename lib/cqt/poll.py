@@ -491,18 +491,6 @@ class PollLoop:
         raise KeyError(name)
 
 
-def quiet_rest_client_logs() -> None:
-    """Pollers log HTTP failures once per state change (PollLoop); the RestClient's own
-    per-request WARNING lines (429, 5xx, no answer) would repeat them on every call, so
-    they are dropped in poller processes. ERRORs (418 bans) still go through."""
-
-    class _DropWarnings(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return record.levelno >= logging.ERROR or record.levelno < logging.WARNING
-
-    logging.getLogger("cqt.rest").addFilter(_DropWarnings())
-
-
 # ---------------------------------------------------------------------------- HTTP outcomes
 def failure_of(resp) -> PollError | None:
     """A RestResponse that is not a usable answer -> the PollError that describes it

@@ -244,6 +244,9 @@ class RestClient:
         self._stop = threading.Event()
         if self.sleep is None:
             self.sleep = self._stop.wait
+        self._failures = 0                    # consecutive failed calls (429, 5xx, no answer)
+        self._failing_since = 0.0
+        self._last_failure = ""
 
     def close(self) -> None:
         self._stop.set()
@@ -297,25 +300,53 @@ class RestClient:
         error = None
         if status == 429:
             error = f"429 rate limited, retry after {imposed:.0f} s"
-            log.warning("rate limited (429) name=%s path=%s retry_after_s=%.0f", self.name, path, imposed)
+            self._failed(path, f"rate limited (429) retry_after_s={imposed:.0f}")
         elif status == 418:
             error = f"418 banned for {imposed:.0f} s"
             log.error("IP BANNED (418) by %s: no requests for %.0f s; path=%s — requests went on after 429s",
                       self.name, imposed, path)
+            self._failed(path, f"banned (418) for {imposed:.0f} s", logged=True)
         elif status >= 500:
             error = f"http {status}"
-            log.warning("server error name=%s path=%s status=%d backoff_s=%.1f", self.name, path, status, imposed)
-        elif status >= 300:
-            error = f"http {status}"
+            self._failed(path, f"server error status={status} backoff_s={imposed:.1f}")
+        else:
+            if status >= 300:
+                error = f"http {status}"
+            self._answered()
         if self.capture is not None:
             self.capture.rest(self.name, path, params, status, text, recv)
         return RestResponse(status, hdrs, text, elapsed_ms, recv, path, params, error, waited)
 
     def _no_answer(self, path: str, params: dict, reason: str, t0: float, waited: float) -> RestResponse:
         delay = self.rate.note_no_answer(reason)
-        log.warning("no answer name=%s path=%s error=%s backoff_s=%.1f", self.name, path, reason, delay)
+        self._failed(path, f"no answer error={reason} backoff_s={delay:.1f}")
         return RestResponse(None, {}, "", int((self.clock() - t0) * 1000), self.wall_ms(), path, params,
                             reason, waited)
+
+    # Failure logging: every failed call at DEBUG; a WARNING only when the state changes —
+    # the first failure after a success, and the recovery (with how many calls failed).
+    # The 418 ban is an ERROR every time. The pollers' loops log their own job states.
+    def _failed(self, path: str, what: str, logged: bool = False) -> None:
+        self._last_failure = what
+        if self._failures == 0:
+            self._failing_since = self.clock()
+            if not logged:
+                log.warning("requests failing name=%s path=%s %s (further failures at DEBUG until one succeeds)",
+                            self.name, path, what)
+        elif not logged:
+            log.debug("request failed name=%s path=%s %s failures=%d", self.name, path, what, self._failures + 1)
+        self._failures += 1
+
+    def _answered(self) -> None:
+        if self._failures:
+            log.warning("requests recovered name=%s failed_calls=%d failing_s=%.0f last=%s", self.name,
+                        self._failures, self.clock() - self._failing_since, self._last_failure)
+            self._failures = 0
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed calls (429, 418, 5xx, no answer) since the last answer that was not one."""
+        return self._failures
 
     def _synthetic(self, path: str, params: dict, reason: str, waited: float) -> RestResponse:
         return RestResponse(None, {}, "", 0, self.wall_ms(), path, params, reason, waited)

@@ -243,10 +243,10 @@ def pack_rows(sql: str, rows: list[tuple], k: int = PACK_ROWS) -> list[tuple[str
     n = len(rows)
     if n < k or not sql.startswith("INSERT OR IGNORE") or " ON CONFLICT" in sql:
         return [(sql, rows)]
-    multi = _MULTI.get(sql)
+    multi = _MULTI.get((sql, k))
     if multi is None:
         head, _, values = sql.partition(" VALUES ")
-        multi = _MULTI[sql] = f"{head} VALUES {','.join([values] * k)}"
+        multi = _MULTI[(sql, k)] = f"{head} VALUES {','.join([values] * k)}"
     full = n - n % k
     chain = itertools.chain.from_iterable
     params = [tuple(chain(rows[i:i + k])) for i in range(0, full, k)]
@@ -256,7 +256,7 @@ def pack_rows(sql: str, rows: list[tuple], k: int = PACK_ROWS) -> list[tuple[str
     return out
 
 
-_MULTI: dict[str, str] = {}
+_MULTI: dict[tuple[str, int], str] = {}
 _ROWS_PER_STMT: dict[str, int] = {}
 
 

@@ -6,6 +6,7 @@
     .venv/bin/python tests/bench/ingest.py --part collect --seconds 60
     .venv/bin/python tests/bench/ingest.py --part replay --frames 1000000
     .venv/bin/python tests/bench/ingest.py --part cryptofeed --cryptofeed-python /tmp/cfvenv/bin/python
+    .venv/bin/python tests/bench/ingest.py --part compare --rounds 3   # replay vs cryptofeed, alternating
 
 Parts:
   raw        cqt-sim --flood -> one websocket-client connection, recv_data() in a loop, for
@@ -20,6 +21,8 @@ Parts:
   cryptofeed the same frames through cryptofeed's BinanceFutures.message_handler (no
              storage), in a venv that has cryptofeed (`--cryptofeed-python`); skipped when
              that interpreter is missing.
+  compare    replay and cryptofeed alternately, `--rounds` times, with the ratio of each
+             round (the machine's load changes between runs; a ratio within a round is fair).
 Prints one JSON object with every figure (and the machine's CPU count / load).
 """
 from __future__ import annotations
@@ -232,7 +235,8 @@ def cryptofeed(tmp: Path, frames: int, python: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "raw", "collect", "replay", "cryptofeed"], default="all")
+    ap.add_argument("--part", choices=["all", "raw", "collect", "replay", "cryptofeed", "compare"], default="all")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --part compare")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--raw-seconds", type=float, default=10.0)
     ap.add_argument("--frames", type=int, default=1_000_000)
@@ -242,6 +246,15 @@ def main() -> None:
     tmp = Path(a.workdir or tempfile.mkdtemp(prefix="cqt-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     res: dict = {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
+    if a.part == "compare":
+        res["rounds"] = []
+        for _ in range(a.rounds):
+            cf = cryptofeed(tmp, a.frames, a.cryptofeed_python)
+            rp = replay(tmp, a.frames)
+            rnd = {"cryptofeed_frames_per_s": cf.get("frames_per_s"), "replay": rp}
+            if cf.get("frames_per_s") and rp.get("frames_per_s"):
+                rnd["replay_vs_cryptofeed"] = round(rp["frames_per_s"] / cf["frames_per_s"], 2)
+            res["rounds"].append(rnd)
     if a.part in ("all", "raw"):
         res["raw_websocket_client"] = raw_ceiling(tmp, a.raw_seconds)
     if a.part in ("all", "collect"):

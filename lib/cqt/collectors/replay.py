@@ -7,6 +7,12 @@ the rows through the same `BatchWriter` with the same idempotent statements — 
 as the machine allows. "Now" for every sanity rule is the record's `recv_ts_ms`, so an
 old capture replays cleanly; symbols and codes are taken as they come.
 
+Binance aggTrade lines (most of a busy capture) take a fast path that yields exactly the
+row the full path would (`cqt.sources.binance.agg_trade_capture_row`); any line it
+declines goes through the full path, so rejects are the same too. Revisable rows
+(binance_ratios, Coinglass bars) are written with the pollers' revise-only upsert
+(`Parsed.sql` = `store_sql`), so a re-fetched unchanged answer keeps its first recv_ts_ms.
+
 Differences from the live path, by design: bookTicker frames are not thinned (a capture
 keeps every frame, and so does its replay); no gaps are detected or backfilled (there is
 no network); Coinglass answers also get their `coinglass_call_status` row, with
@@ -14,16 +20,18 @@ no network); Coinglass answers also get their `coinglass_call_status` row, with
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sys
 import time
 from typing import Any, Callable
 
 from ..capture import CaptureLineError, iter_lines, parse_line
-from ..sources import Reject, parse_rest_answer
-from ..sources.binance import parse_binance_frame
+from ..sources import Reject, insert_sql, parse_rest_answer
+from ..sources.binance import agg_trade_capture_row, parse_binance_frame
 from ..sources.upbit import parse_upbit_frame
-from ..stream import pack_rows, rows_per_statement
+from ..stream import rows_per_statement
 
 import click
 
@@ -32,8 +40,46 @@ log = logging.getLogger("cqt.replay")
 WS_SOURCES = ("upbit", "binance_ws")
 REST_SOURCES = ("binance_rest", "upbit_rest", "coinglass")
 CHUNK_ROWS = 20_000
+PACK_ROWS = 2_000      # rows per multi-row INSERT here (live: 256); 20 000 parameters < SQLite's 32 766
+BLOCK_BYTES = 1 << 20  # a parser process's unit of work in a plain capture (gzip: BLOCK_LINES)
+BLOCK_LINES = 4_000
+AGG_SQL = insert_sql("binance_agg_trades")
 CALL_STATUS_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok, latency_ms, rows, error) "
                    "VALUES (?, ?, ?, ?, NULL, ?, ?)")
+
+
+def _pack(sql: str, rows: list) -> list[tuple[str, list]]:
+    """Rows of one `INSERT OR IGNORE … VALUES (?,…)` -> multi-row statements: PACK_ROWS
+    rows each, the rest in packs of 1024, 512 … rows (few statement shapes, so they stay
+    in the statement cache). Same rows, same order; upserts pass through unchanged.
+    (Not `cqt.stream.pack_rows`: its statement cache is keyed by the SQL alone, so it
+    only serves one pack size per process.)"""
+    if len(rows) < 2 or not sql.startswith("INSERT OR IGNORE") or " ON CONFLICT" in sql:
+        return [(sql, rows)]
+    out = []
+    chain = itertools.chain.from_iterable
+    i, n, k = 0, len(rows), PACK_ROWS
+    while k >= 2:
+        full = (n - i) // k * k
+        if full:
+            stmt = _multi(sql, k)
+            out.append((stmt, [tuple(chain(rows[j:j + k])) for j in range(i, i + full, k)]))
+            i += full
+        k = 1024 if k > 1024 else k // 2
+    if i < n:
+        out.append((sql, rows[i:]))
+    return out
+
+
+_MULTI: dict[tuple[str, int], str] = {}
+
+
+def _multi(sql: str, k: int) -> str:
+    stmt = _MULTI.get((sql, k))
+    if stmt is None:
+        head, _, values = sql.partition(" VALUES ")
+        stmt = _MULTI[(sql, k)] = f"{head} VALUES {','.join([values] * k)}"
+    return stmt
 
 
 class ReplayStats:
@@ -68,9 +114,42 @@ class RecordProcessor:
 
     def flush(self) -> None:
         if self.nbuf:
-            self.emit("rows", [item for sql, rows in self.buf.items() for item in pack_rows(sql, rows)])
+            self.emit("rows", [item for sql, rows in self.buf.items() for item in _pack(sql, rows)])
             self.stats.rows += self.nbuf
             self.buf, self.nbuf = {}, 0
+
+    def lines(self, lines: list[bytes], lineno: int = 0) -> None:
+        """Lines in file order (`lineno`: the first one's number - 1). Binance aggTrade
+        frames, most of a busy capture, take the fast path (`agg_trade_capture_row`: the
+        row the full path would store, without its per-frame objects); everything else,
+        and every aggTrade line that path declines (malformed, a reject …), the full one."""
+        fast = agg_trade_capture_row
+        stats = self.stats
+        agg = self.buf.get(AGG_SQL)
+        if agg is None:
+            agg = self.buf[AGG_SQL] = []
+        n0 = len(agg)
+        for i, line in enumerate(lines, lineno + 1):
+            row = fast(line)
+            if row is not None:
+                agg.append(row)
+                continue
+            k = len(agg) - n0
+            if k:   # count the fast rows so far before the full path may flush the buffer
+                stats.records += k
+                stats.frames += k
+                self.nbuf += k
+            self.line(line, i)
+            agg = self.buf.get(AGG_SQL)
+            if agg is None:
+                agg = self.buf[AGG_SQL] = []
+            n0 = len(agg)
+        k = len(agg) - n0
+        stats.records += k
+        stats.frames += k
+        self.nbuf += k
+        if self.nbuf >= CHUNK_ROWS:
+            self.flush()
 
     def line(self, line: bytes, lineno: int) -> None:
         if not line.strip():
@@ -162,30 +241,78 @@ def apply(writer, rejects, kind: str, payload) -> None:
         rejects.record(source, reason, raw, ts)
 
 
-def _child(path: str, conn, index: int, nproc: int, block: int) -> None:
-    """Parser process `index` of `nproc`: parses lines of blocks b with b % nproc == index
-    and sends one message per own block, then ("done", stats)."""
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _byte_block(fh, start: int, size: int) -> list[bytes]:
+    """Lines that START in [start, start + size) of a plain capture (the last one read to
+    its end). Blocks tile the file, so every line falls in exactly one block."""
+    if start:
+        fh.seek(start - 1)
+        data = fh.read(size + 1)
+        if data[:1] == b"\n":
+            data = data[1:]
+        else:
+            cut = data.find(b"\n")
+            if cut < 0 or cut >= size:      # no line starts in this block
+                return []
+            data = data[cut + 1:]
+    else:
+        fh.seek(0)
+        data = fh.read(size)
+    if data and not data.endswith(b"\n"):
+        rest = [data]
+        while True:
+            more = fh.read(1 << 16)
+            if not more:
+                break
+            nl = more.find(b"\n")
+            if nl >= 0:
+                rest.append(more[:nl + 1])
+                break
+            rest.append(more)
+        data = b"".join(rest)
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _blocks(path: str, index: int, nproc: int, nblocks: int):
+    """(block number, lines) of parser `index`'s own blocks: b % nproc == index."""
+    if nblocks >= 0:                       # plain file: byte ranges, read only one's own
+        with open(path, "rb") as fh:
+            for b in range(index, nblocks, nproc):
+                yield b, _byte_block(fh, b * BLOCK_BYTES, BLOCK_BYTES)
+        return
+    buf: list[bytes] = []                  # gzip: every parser decompresses, keeps its own
+    b = 0
+    for n, line in enumerate(iter_lines(path)):
+        if n // BLOCK_LINES != b:
+            if b % nproc == index:
+                yield b, buf
+            buf = []
+            b = n // BLOCK_LINES
+        if b % nproc == index:
+            buf.append(line)
+    if b % nproc == index:
+        yield b, buf
+
+
+def _child(path: str, conn, index: int, nproc: int, nblocks: int) -> None:
+    """Parser process `index` of `nproc`: sends ("block", b, items) for each of its own
+    blocks, in order, then ("done", stats). `nblocks` < 0: a gzip capture (line blocks)."""
     stats = ReplayStats()
     out: list = []
     proc = RecordProcessor(lambda k, p: out.append((k, p)), stats)
     try:
-        b = 0
-        mine = index == 0
-        for lineno, line in enumerate(iter_lines(path)):
-            bn = lineno // block
-            if bn != b:
-                if mine:
-                    proc.flush()
-                    conn.send(("block", b, out))
-                    out = []
-                    proc.emit = lambda k, p: out.append((k, p))
-                b = bn
-                mine = bn % nproc == index
-            if mine:
-                proc.line(line, lineno + 1)
-        if mine:
+        for b, lines in _blocks(path, index, nproc, nblocks):
+            proc.lines(lines)
             proc.flush()
             conn.send(("block", b, out))
+            out = []
         conn.send(("done", 0, stats.as_dict()))
     except BaseException as exc:  # noqa: BLE001 - report to the parent, which exits non-zero
         try:
@@ -196,51 +323,68 @@ def _child(path: str, conn, index: int, nproc: int, block: int) -> None:
         conn.close()
 
 
-def replay_file(path: str, writer, rejects, *, processes: int = 2, block: int = 4000) -> ReplayStats:
+def replay_file(path: str, writer, rejects, *, processes: int = 2) -> ReplayStats:
     """Replay one capture into `writer` (a BatchWriter); rejects into `rejects` (a RejectLog).
 
-    With `processes` >= 1, forked children read and parse blocks of `block` lines round-robin
-    while this process only writes, in exact file order (the GIL would otherwise serialise
-    parsing with the writer thread's inserts). `processes=0` does everything in-process."""
+    With `processes` >= 1, forked children parse blocks of the file round-robin (byte
+    ranges of a plain capture, so each reads only its own; line blocks of a gzip one)
+    while this process only writes, in exact file order (the GIL would otherwise
+    serialise parsing with the writer thread's inserts). `processes=0` does everything
+    in-process."""
     t0 = time.monotonic()
     stats = ReplayStats()
     if processes <= 0:
         proc = RecordProcessor(lambda k, p: apply(writer, rejects, k, p), stats)
-        for lineno, line in enumerate(iter_lines(path), 1):
-            proc.line(line, lineno)
+        buf: list[bytes] = []
+        for line in iter_lines(path):
+            buf.append(line)
+            if len(buf) >= BLOCK_LINES:
+                proc.lines(buf)
+                buf = []
+        proc.lines(buf)
         proc.flush()
         stats.seconds = time.monotonic() - t0
         return stats
     import multiprocessing as mp
+    nblocks = -1 if _is_gzip(path) else -(-os.path.getsize(path) // BLOCK_BYTES)
     ctx = mp.get_context("fork")
     pipes, procs = [], []
     for i in range(processes):
         r, w = ctx.Pipe(duplex=False)
-        pr = ctx.Process(target=_child, args=(path, w, i, processes, block), name=f"replay-parser-{i}", daemon=True)
+        pr = ctx.Process(target=_child, args=(path, w, i, processes, nblocks), name=f"replay-parser-{i}",
+                         daemon=True)
         pr.start()
         w.close()
         pipes.append(r)
         procs.append(pr)
     try:
         b = 0
-        finished = None
-        while finished is None:
-            kind, bn, payload = _recv(pipes[b % processes])
+        done: set[int] = set()
+        while len(done) < processes:     # blocks in file order; a parser says "done" after its last
+            i = b % processes
+            kind, bn, payload = _recv(pipes[i])
             if kind == "error":
                 raise RuntimeError(payload)
             if kind == "done":
-                finished = b % processes
                 _merge(stats, payload)
+                done.add(i)
+                if nblocks >= 0 and b < nblocks:
+                    raise RuntimeError(f"parser {i} ended before block {b}")
+                for j in range(processes):   # every later block's parser must be done too
+                    if j not in done:
+                        kind, _, payload = _recv(pipes[j])
+                        if kind == "error":
+                            raise RuntimeError(payload)
+                        if kind != "done":
+                            raise RuntimeError(f"parser {j} sent block {_} after the end")
+                        _merge(stats, payload)
+                        done.add(j)
                 break
+            if bn != b:
+                raise RuntimeError(f"block {bn} arrived where block {b} was due")
             for k, p in payload:
                 apply(writer, rejects, k, p)
             b += 1
-        for i, conn in enumerate(pipes):
-            if i != finished:
-                kind, _, payload = _recv(conn)
-                if kind == "error":
-                    raise RuntimeError(payload)
-                _merge(stats, payload)
         for pr in procs:
             pr.join(5)
     finally:

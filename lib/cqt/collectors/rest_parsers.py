@@ -17,10 +17,9 @@ live pollers always send it, so their answers never need it.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, Mapping
 
-from ..sources import TABLE_COLUMNS, TABLE_PK, UPSERT_TABLES, Parsed, Reject, insert_sql
+from ..sources import UPSERT_TABLES, Parsed, Reject, insert_sql
 from ..sources import parse_rest_answer as _dispatch
 
 __all__ = ["parse_rest_answer", "rest_context", "store_sql", "Parsed", "Reject", "DATA_PATHS"]
@@ -89,22 +88,11 @@ def parse_rest_answer(source: str, path: str, params: Mapping[str, Any] | None, 
     return res
 
 
-@lru_cache(maxsize=None)
 def store_sql(table: str) -> str:
-    """The statement pollers, synth and replay store a parsed REST answer with.
-
-    Append-only tables: INSERT OR IGNORE. Tables whose rows a later answer can revise
-    (`binance_ratios`, Coinglass bars — re-fetched on every poll): an upsert that changes a
-    stored row **only when a value differs**, and then also moves its `recv_ts_ms` to the
-    revision's receive time. An unchanged re-fetch leaves the row — and so the time it
-    first became known, which features use — exactly as it was.
-    """
-    if table not in UPSERT_TABLES:
-        return insert_sql(table)
-    cols = TABLE_COLUMNS[table]
-    pk = TABLE_PK[table]
-    values = [c for c in cols if c not in pk and c != "recv_ts_ms"]
-    sets = ", ".join(f"{c}=excluded.{c}" for c in values + ["recv_ts_ms"])
-    changed = " OR ".join(f"{c} IS NOT excluded.{c}" for c in values)
-    return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-            f"ON CONFLICT({', '.join(pk)}) DO UPDATE SET {sets} WHERE {changed}")
+    """The statement pollers, synth and replay store a parsed REST answer with:
+    INSERT OR IGNORE for append-only tables; for tables whose rows a later answer can
+    revise (`binance_ratios`, Coinglass bars — re-fetched on every poll) the revise-only
+    upsert of `cqt.sources.insert_sql(table, upsert=True)` (= `Parsed.sql`): a stored row
+    changes only when a value differs, and then its `recv_ts_ms` moves to the revision's
+    receive time; an unchanged re-fetch leaves the row exactly as it was."""
+    return insert_sql(table, table in UPSERT_TABLES)

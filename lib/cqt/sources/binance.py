@@ -40,7 +40,7 @@ from .common import (
 
 __all__ = [
     "parse_binance_frame", "parse_agg_trades_rest", "parse_open_interest", "parse_ratio",
-    "parse_premium_index", "parse_funding_rate", "RATIO_KINDS",
+    "parse_premium_index", "parse_funding_rate", "RATIO_KINDS", "agg_trade_capture_row",
 ]
 
 WS = "binance_ws"
@@ -85,17 +85,39 @@ def parse_binance_frame(raw, recv_ts_ms: int, now_ms: int | None = None, *,
             raise bad_type("e", e, WS)
         raise Reject(f"unknown_event:{token(e)}", WS)
 
-    # aggTrade, the hot path: checks inlined, helpers only to name what is wrong
+    r = _new(Parsed)
+    r.rows = [row := _agg_row(d, recv_ts_ms, lo, hi)]
+    s = row[0]
+    try:
+        r.stream = _AGG_STREAMS[s]
+    except KeyError:
+        r.stream = _agg_stream(s)
+    r.table = _AGG
+    r.event_ts_ms = row[8]
+    r.ids = (row[1], row[1])
+    r.kind = "aggTrade"
+    r.source = WS
+    r.detail = None
+    r.skipped_forming = 0
+    return r
+
+
+def _agg_row(d: dict, recv_ts_ms: int, lo: int, hi: int) -> tuple:
+    """The aggTrade hot path: event dict -> binance_agg_trades row, or raise Reject.
+    Checks inlined, helpers only to name what is wrong. Shared by
+    :func:`parse_binance_frame` and the replay fast path :func:`agg_trade_capture_row`,
+    so both validate alike by construction."""
     try:
         s = d["s"]; a = d["a"]; p = d["p"]; q = d["q"]  # noqa: E702
         f = d["f"]; l = d["l"]; T = d["T"]; E = d["E"]; m = d["m"]  # noqa: E702,E741
     except KeyError as exc:
         raise missing(exc, WS) from None
+    try:  # memo hits are valid symbols; a miss is checked (type included) on the side
+        if s not in _AGG_STREAMS:
+            _agg_stream(s)
+    except TypeError:          # unhashable (array/object)
+        raise bad_type("s", s, WS) from None
     try:  # memo hits are valid values; a miss is checked (type included) on the side
-        stream = _AGG_STREAMS[s]
-    except (KeyError, TypeError):
-        stream = _agg_stream(s)
-    try:
         price = _PQ.get(p)
         qty = _PQ.get(q)
     except TypeError:  # unhashable value (array/object): let the checks name it
@@ -116,17 +138,38 @@ def parse_binance_frame(raw, recv_ts_ms: int, now_ms: int | None = None, *,
     if not (type(T) is type(E) is int and lo <= T <= hi and lo <= E <= hi):
         to_time(T, "T", WS, lo, hi)
         to_time(E, "E", WS, lo, hi)
-    r = _new(Parsed)
-    r.table = _AGG
-    r.rows = [(s, a, T, price, qty, side, f, l, E, recv_ts_ms)]
-    r.stream = stream
-    r.event_ts_ms = E
-    r.ids = (a, a)
-    r.kind = "aggTrade"
-    r.source = WS
-    r.detail = None
-    r.skipped_forming = 0
-    return r
+    return (s, a, T, price, qty, side, f, l, E, recv_ts_ms)
+
+
+# A capture line of a Binance aggTrade frame holds this (the frame is a JSON string in it).
+_AGG_MARK = b'\\"e\\":\\"aggTrade\\"'
+
+
+def agg_trade_capture_row(line: bytes) -> tuple | None:
+    """Replay fast path: one capture line (bytes) that records a Binance aggTrade frame
+    (source ``binance_ws``) -> the binance_agg_trades row :func:`parse_binance_frame`
+    returns for it, with "now" = the record's ``recv_ts_ms``.
+
+    None for anything else — another source or event, a malformed line or frame, a frame
+    that is a reject: the caller then takes the full path (``cqt.capture.parse_line`` +
+    :func:`parse_binance_frame`), which names the reject. Same decoder (orjson) and the
+    same row checks (:func:`_agg_row`) as that path, so a row returned here is exactly
+    the row the full path stores; it only skips the ``Parsed`` object and the dispatch."""
+    if _AGG_MARK not in line:
+        return None
+    try:
+        rec = loads(line)
+        ts = rec["recv_ts_ms"]
+        raw = rec["raw"]
+        if rec["source"] != WS or type(ts) is not int or type(raw) is not str or "raw_b64" in rec:
+            return None
+        obj = loads(raw)
+        d = obj.get("data", obj)
+        if d["e"] != "aggTrade":
+            return None
+        return _agg_row(d, ts, ts - MAX_PAST_MS, ts + MAX_FUTURE_MS)
+    except (JSONDecodeError, Reject, KeyError, TypeError, AttributeError):
+        return None
 
 
 _new = object.__new__

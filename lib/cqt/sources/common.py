@@ -132,8 +132,12 @@ UPSERT_TABLES = frozenset({
 
 @lru_cache(maxsize=None)
 def insert_sql(table: str, upsert: bool = False) -> str:
-    """``INSERT OR IGNORE INTO t (cols) VALUES (?,…)``; with ``upsert`` an
-    ``INSERT … ON CONFLICT(pk) DO UPDATE SET col=excluded.col`` for every non-key column."""
+    """``INSERT OR IGNORE INTO t (cols) VALUES (?,…)``; with ``upsert`` the revise-only
+    upsert every writer of revisable rows uses (live pollers, synth, replay):
+    ``INSERT … ON CONFLICT(pk) DO UPDATE SET col=excluded.col, … WHERE <a value differs>``.
+    A stored row changes only when a non-key value differs, and then its ``recv_ts_ms``
+    moves to the revision's receive time; an identical re-fetch leaves the row — and so
+    the time it first became known, which features use — exactly as it was."""
     try:
         cols = TABLE_COLUMNS[table]
     except KeyError:
@@ -143,9 +147,11 @@ def insert_sql(table: str, upsert: bool = False) -> str:
     if not upsert:
         return f"INSERT OR IGNORE INTO {table} ({col_list}) VALUES ({marks})"
     pk = TABLE_PK[table]
-    sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in pk)
+    values = [c for c in cols if c not in pk and c != "recv_ts_ms"]
+    sets = ", ".join(f"{c}=excluded.{c}" for c in values + ["recv_ts_ms"] if c in cols)
+    changed = " OR ".join(f"{c} IS NOT excluded.{c}" for c in values)
     return (f"INSERT INTO {table} ({col_list}) VALUES ({marks}) "
-            f"ON CONFLICT({', '.join(pk)}) DO UPDATE SET {sets}")
+            f"ON CONFLICT({', '.join(pk)}) DO UPDATE SET {sets} WHERE {changed}")
 
 
 # ------------------------------------------------------------------ intervals
