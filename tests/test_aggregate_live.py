@@ -1,6 +1,6 @@
 """Live equals rebuild.
 
-1. (default suite) bin/cqt-aggregate runs as a real service for 30 s (CQT_TEST_LIVE_S)
+1. (default suite) bin/cqt-aggregate runs as a real service for 20 s (CQT_TEST_LIVE_S)
    after catching up 15 min of history, while a writer thread inserts raw rows in real
    time (trades, books, mark prices, open interest, ratios, Coinglass bars... at realistic
    rates and latencies, like the collectors would); then the same range is rebuilt from
@@ -24,7 +24,7 @@ from cqt.timeutil import now_ms
 from fixtures_raw import RawGenerator, insert_rows
 from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
 
-LIVE_S = int(os.environ.get("CQT_TEST_LIVE_S", "30"))
+LIVE_S = int(os.environ.get("CQT_TEST_LIVE_S", "20"))
 HISTORY_S = 900
 
 

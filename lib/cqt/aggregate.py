@@ -7,14 +7,19 @@ Service: every second it writes the seconds that are complete once the grace del
 (CQT_AGGREGATE_GRACE_S, default 2 s) has passed, i.e. every bar t <= now - grace. After
 a restart it continues from the last written second; a gap longer than
 CQT_AGGREGATE_MAX_CATCHUP_S (default 6 h) is skipped with a warning that names the
-`--rebuild` command for the skipped range. Each second costs one bounded read of the
-new raw rows (per-second summaries are cached, see cqt.features.SecondCache).
+`--rebuild` command for the skipped range. On a first start (empty market_1s) it waits,
+at most CQT_AGGREGATE_START_WAIT_S, for the collectors' start-up backfill. Each second
+costs one bounded read of the new raw rows: per-second summaries are cached
+(cqt.features.SecondCache) and checked against the database before every step (one
+indexed COUNT(*) per stream source), so a live row is always what the database held.
 
-Late data: a raw row that becomes visible after its second was written is counted in
-`aggregate_late` and in the heartbeat detail (Upbit KRW-BTC trades by a periodic
-recount against market_1s.trade_count; Coinglass bars received more than the grace
-delay after their availability). The live rows stay what was known live;
-`--rebuild` over the range recomputes them with the late rows and marks them corrected.
+Late data: a raw row that lands after its second was written (a gap backfill) is used by
+every row computed after it landed, and counted per source and second in
+`aggregate_late` and in the heartbeat detail, for every stream source the features read
+(per-second row counts kept by the service, see LiveAggregator) and for Coinglass bars
+received after the second of their availability was written; logged with the
+`--rebuild` command that corrects the range. The rows written before stay what was known
+live; `--rebuild` over the range recomputes them with the late rows and marks them corrected.
 
 Rebuild: recomputes [from, to] (bar times, both inclusive) from the raw tables in
 chunks, replacing the rows there, each chunk in its own short write transaction.
@@ -37,8 +42,9 @@ import click
 from . import exitcodes, timerule
 from .config import ConfigError, Settings
 from .db import DatabaseMissing, connect, is_fatal_io, open_db
-from .features import (MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, FeatureResult, SecondCache,
-                       compute_range, params_from_settings)
+from .features import (MARKET_COLUMNS, PREDICTION_COLUMNS, STREAM_SOURCES, FeatureParams, FeatureResult,
+                       SecondCache, coinglass_open_range, compute_range, count_by_second, count_rows, lookback_ms,
+                       params_from_settings, stream_table)
 from .timeutil import fmt_ms, now_ms, parse_time_ms
 
 log = logging.getLogger("cqt.aggregate")
@@ -50,16 +56,22 @@ MARKET_SQL = (f"INSERT OR REPLACE INTO market_1s ({', '.join(MARKET_COLUMNS)}) "
               f"VALUES ({', '.join('?' * len(MARKET_COLUMNS))})")
 PREDICTIONS_SQL = (f"INSERT OR REPLACE INTO predictions ({', '.join(PREDICTION_COLUMNS)}) "
                    f"VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))})")
-LATE_TRADES_SQL = (
+#: stream rows counted late, added to what is already recorded for the second
+LATE_ADD_SQL = (
     "INSERT INTO aggregate_late (source, ts_ms, late_rows, corrected_rows, first_detected_ts_ms, last_detected_ts_ms) "
-    "VALUES ('upbit_trades', ?, ?, 0, ?, ?) ON CONFLICT(source, ts_ms) DO UPDATE SET "
-    "late_rows = aggregate_late.corrected_rows + excluded.late_rows, last_detected_ts_ms = excluded.last_detected_ts_ms "
-    "WHERE aggregate_late.late_rows != aggregate_late.corrected_rows + excluded.late_rows")
+    "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(source, ts_ms) DO UPDATE SET "
+    "late_rows = aggregate_late.late_rows + excluded.late_rows, last_detected_ts_ms = excluded.last_detected_ts_ms")
+#: Coinglass bars: the number of bars of the second received late (recomputed on every scan)
 LATE_ROWS_SQL = (
     "INSERT INTO aggregate_late (source, ts_ms, late_rows, corrected_rows, first_detected_ts_ms, last_detected_ts_ms) "
     "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(source, ts_ms) DO UPDATE SET "
     "late_rows = excluded.late_rows, last_detected_ts_ms = excluded.last_detected_ts_ms "
     "WHERE aggregate_late.late_rows != excluded.late_rows")
+
+#: aggregate_late.source of each stream source of cqt.features (the raw table; KRW-USDT
+#: trades share upbit_trades with KRW-BTC and are kept apart)
+LATE_SOURCE = {"upbit": "upbit_trades", "usdt": "upbit_trades_usdt", "book": "upbit_orderbook",
+               "binance": "binance_agg_trades", "mark": "binance_mark_price", "liq": "binance_liquidations"}
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -72,6 +84,8 @@ class AggregateConfig:
     catchup_step_s: int = 600
     late_window_ms: int = 3600 * SECOND_MS
     late_scan_ms: int = 30 * SECOND_MS
+    start_wait_ms: int = 120 * SECOND_MS
+    late_log_ms: int = 10 * SECOND_MS
 
 
 def config_from_settings(settings: Settings) -> AggregateConfig:
@@ -85,6 +99,7 @@ def config_from_settings(settings: Settings) -> AggregateConfig:
         catchup_step_s=settings.get_int("CQT_AGGREGATE_CATCHUP_STEP_S", 600, minimum=1),
         late_window_ms=settings.get_int("CQT_AGGREGATE_LATE_WINDOW_S", 3600, minimum=1) * SECOND_MS,
         late_scan_ms=int(settings.get_float("CQT_AGGREGATE_LATE_SCAN_S", 30.0, minimum=0.1) * SECOND_MS),
+        start_wait_ms=int(settings.get_float("CQT_AGGREGATE_START_WAIT_S", 120.0, minimum=0.0) * SECOND_MS),
     )
 
 
@@ -193,38 +208,126 @@ def rebuild(db_path: str | Path, from_ms: int, to_ms: int, settings: Settings | 
 
 
 # ------------------------------------------------------------------------------ live
+class CountLedger:
+    """Rows per second of one stream source as the live service last counted them, over a
+    contiguous covered range (lo, hi] of availability seconds (a second missing from `n`
+    had none). A later count that differs is a row that landed after its second was read."""
+
+    def __init__(self) -> None:
+        self.n: dict[int, int] = {}
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def observe(self, lo: int, hi: int, buckets: Any, counts: Any) -> list[tuple[int, int]]:
+        """Record the row count of every second in (lo, hi] (`buckets`/`counts`: the seconds
+        that have rows). Returns (second, change) for the seconds already covered whose
+        count changed; a range disjoint from the covered one starts the ledger afresh."""
+        new = {int(k): int(v) for k, v in zip(buckets, counts)}
+        if self.lo is None or self.hi is None or lo > self.hi or hi < self.lo:
+            self.n, self.lo, self.hi = new, lo, hi
+            return []
+        changes: list[tuple[int, int]] = []
+        a, b = max(lo, self.lo), min(hi, self.hi)
+        if a < b:                    # the overlap with what is known: compare, then forget the old counts
+            old = {k: v for k, v in self.n.items() if a < k <= b}
+            for k in sorted(old.keys() | {k for k in new if a < k <= b}):
+                d = new.get(k, 0) - old.get(k, 0)
+                if d:
+                    changes.append((k, d))
+            for k in old:
+                del self.n[k]
+        self.n.update(new)
+        self.lo, self.hi = min(lo, self.lo), max(hi, self.hi)
+        return changes
+
+    def total(self, lo: int, hi: int) -> int:
+        return sum(v for k, v in self.n.items() if lo < k <= hi)
+
+    def prune(self, before: int) -> None:
+        """Forget the seconds <= before."""
+        if self.lo is None or self.hi is None or before <= self.lo:
+            return
+        self.n = {k: v for k, v in self.n.items() if k > before}
+        self.lo = min(before, self.hi)
+
+
 class LiveAggregator:
     """The service's logic, apart from the process plumbing (testable under freezegun).
 
     `write(fn)` runs fn(conn) inside a write transaction (the service passes
-    svc.writer.call, so rows commit in queue order through the batched writer)."""
+    svc.writer.call, so rows commit in queue order through the batched writer).
+
+    Each step reads one consistent snapshot of the database (a short read transaction):
+    the per-second cache (cqt.features.SecondCache) is first checked against it — one
+    indexed COUNT(*) per stream source over the cached span; a source that changed is
+    reloaded — so a live row is always what the data in the database at that moment
+    gives (what a rebuild would give if nothing more arrived). Every count read (cache
+    loads, reloads, the periodic scan of the late window) goes through a CountLedger
+    per source; a second whose count grew after it was written has late rows: counted
+    in `aggregate_late` and logged with the `--rebuild` command that corrects them."""
 
     def __init__(self, db_path: str | Path, cfg: AggregateConfig, write: Callable[[Callable[[sqlite3.Connection], Any]], None],
-                 *, clock: Callable[[], int] = now_ms):
+                 *, clock: Callable[[], int] = now_ms, started_ms: int | None = None,
+                 sync: Callable[[float], Any] | None = None):
         self.db_path = Path(db_path)
         self.cfg = cfg
         self.write = write
+        self.sync = sync                           # wait until what write() queued is committed (svc.writer.flush)
         self.clock = clock
+        self.started_ms = clock() if started_ms is None else started_ms
         self.conn = connect(self.db_path, readonly=True)
-        self.cache = SecondCache()
+        self.cache = SecondCache(on_load=self._on_load)
+        self.ledgers = {s: CountLedger() for s in STREAM_SOURCES}
         self.last_written: int | None = None
+        self.written_from: int | None = None      # first second of the stretch this process wrote (or restored)
         self.rows_written = 0
         self.skipped_s = 0
         self.catching_up = False
         self.nulls: dict[str, dict[str, int]] = {}
-        self.late: dict[str, int] = {}
+        self.late: dict[str, int] = {}             # aggregate_late totals (all processes), by source
+        self.late_seen: dict[str, int] = {}        # late rows this process detected, by source
+        self._late_new: dict[tuple[str, int], int] = {}       # detected, not yet written
+        self._late_unlogged: dict[tuple[str, int], int] = {}  # written, not yet logged
+        self._late_logged_ms: int | None = None
+        self._late_queued = False                  # late rows queued for writing since the last totals
         self._step_ms: deque[float] = deque(maxlen=600)
         self._last_scan_ms: int | None = None
         self._written_at: deque[tuple[int, int, int]] = deque()   # (first bar, last bar, wall ms) per step
-        self._reported: dict[tuple[str, int], int] = {}           # late rows already logged
+        self._reported: dict[tuple[str, int], int] = {}           # Coinglass late bars already logged
 
     def close(self) -> None:
+        if self._late_unlogged:
+            self._late_logged_ms = None
+            self._flush_late()
         self.conn.close()
 
     def target(self, now: int | None = None) -> int:
         """The newest bar that is complete after the grace delay."""
         now = self.clock() if now is None else now
         return floor_s(now - self.cfg.grace_ms)
+
+    # -- start ---------------------------------------------------------------------------------
+    def start_blockers(self) -> list[str]:
+        """On a first start (empty market_1s): what the collectors have not delivered yet —
+        an initial backfill still running (`gaps` rows with reason 'initial', still open),
+        no Upbit trade, no Binance aggTrade. Empty = go (and always once market_1s has rows)."""
+        if self.conn.execute("SELECT 1 FROM market_1s LIMIT 1").fetchone():
+            return []
+        p = self.cfg.params
+        out = []
+        try:
+            streams = sorted({r[0] for r in self.conn.execute(
+                "SELECT stream FROM gaps WHERE status = 'open' AND reason = 'initial'")})
+        except sqlite3.OperationalError:        # a schema without gaps.reason (no collectors' migration)
+            streams = []
+        if streams:
+            out.append("the initial backfill of " + ", ".join(streams))
+        if not self.conn.execute("SELECT 1 FROM upbit_trades WHERE code = ? LIMIT 1", (p.upbit_code,)).fetchone():
+            out.append(f"Upbit {p.upbit_code} trades")
+        if not self.conn.execute("SELECT 1 FROM binance_agg_trades WHERE symbol = ? LIMIT 1",
+                                 (p.binance_symbol,)).fetchone():
+            out.append(f"Binance {p.binance_symbol} aggTrades")
+        return out
 
     def start(self) -> None:
         """Resume after the last written second, or on a first start from the first
@@ -235,6 +338,8 @@ class LiveAggregator:
             self.last_written = int(row[0])
             behind = (target - self.last_written) // SECOND_MS
             log.info("resuming after %s behind_s=%d", fmt_ms(self.last_written), max(0, behind))
+            self._restore_ledger()
+            self._late_while_stopped()
             return
         lo = target - self.cfg.max_catchup_ms
         av = timerule.availability_sql("upbit_trades")
@@ -245,6 +350,56 @@ class LiveAggregator:
         log.info("first start: writing from %s (%s)", fmt_ms(start),
                  "first Upbit trade" if first is not None else "no Upbit trades yet")
 
+    def _restore_ledger(self) -> None:
+        """After a restart: the Upbit KRW-BTC row counts of the seconds already written come
+        from market_1s.trade_count (plus the late rows already counted for them), so a
+        trade that landed while the service was stopped is still found late."""
+        assert self.last_written is not None
+        lo = self.last_written - self.cfg.late_window_ms
+        counts = self.conn.execute("SELECT ts_ms, trade_count FROM market_1s WHERE ts_ms > ? ORDER BY ts_ms DESC",
+                                   (lo,)).fetchall()
+        first = self.last_written + SECOND_MS
+        for ts, _ in counts:                 # the contiguous stretch ending at the last written second
+            if ts != first - SECOND_MS:
+                break
+            first = ts
+        counted = dict(self.conn.execute(
+            "SELECT ts_ms, late_rows - corrected_rows FROM aggregate_late WHERE source = ? AND ts_ms >= ? "
+            "AND ts_ms <= ? AND late_rows > corrected_rows", (LATE_SOURCE["upbit"], first, self.last_written)))
+        n = {ts: k + counted.get(ts, 0) for ts, k in counts if ts >= first}
+        self.ledgers["upbit"].observe(first - SECOND_MS, self.last_written, [k for k in n if n[k]],
+                                      [v for v in n.values() if v])
+        self.written_from = first
+
+    def _late_while_stopped(self) -> None:
+        """Rows of the other stream sources that reached the database after the previous
+        run of the service stopped, for seconds it had written: late (recv_ts_ms after its
+        stop, or its last heartbeat if it was killed). Once, at start; bounded by the late window."""
+        assert self.last_written is not None
+        prev = self.conn.execute(
+            "SELECT start_ts_ms, stop_ts_ms FROM service_runs WHERE service = ? AND start_ts_ms < ? "
+            "ORDER BY start_ts_ms DESC LIMIT 1", (SERVICE, self.started_ms)).fetchone()
+        if prev is None:
+            return
+        stopped = prev[1]
+        if stopped is None:
+            stopped = self.conn.execute("SELECT MAX(ts_ms) FROM heartbeats WHERE service = ? AND ts_ms >= ? "
+                                        "AND ts_ms < ?", (SERVICE, prev[0], self.started_ms)).fetchone()[0]
+        if stopped is None:
+            return
+        p = self.cfg.params
+        lo = self.last_written - self.cfg.late_window_ms
+        for source in STREAM_SOURCES:
+            if source == "upbit":            # counted exactly against market_1s.trade_count
+                continue
+            table, key_col, key = stream_table(source, p)
+            col = timerule.rule(table).time_col
+            for sec, k in self.conn.execute(
+                    f"SELECT (({col} + 999) / 1000) * 1000 AS b, COUNT(*) FROM {table} WHERE {key_col} = ? "
+                    f"AND {col} > ? AND {col} <= ? AND recv_ts_ms > ? GROUP BY b", (key, lo, self.last_written, stopped)):
+                self._add_late(source, int(sec), int(k))
+
+    # -- steps ---------------------------------------------------------------------------------
     def pending(self, now: int | None = None) -> tuple[int, int] | None:
         """The next range of bars to write now (bounded by the catch-up step), or None."""
         if self.last_written is None:
@@ -263,6 +418,7 @@ class LiveAggregator:
                         "bin/cqt-aggregate --rebuild --from %d --to %d", self.cfg.max_catchup_ms // SECOND_MS,
                         skipped, skip_from, new_last)
             self.last_written = new_last
+            self.written_from = None
         start = self.last_written + SECOND_MS
         end = min(target, start + (self.cfg.catchup_step_s - 1) * SECOND_MS)
         self.catching_up = end < target
@@ -276,7 +432,15 @@ class LiveAggregator:
         a, b = rng
         t = time.monotonic()
         read_wall = self.clock()       # rows committed after this are not in these seconds
-        res = compute_range(self.conn, a, b, self.cfg.params, cache=self.cache)
+        self.conn.execute("BEGIN")     # one snapshot: the cache check and the new rows agree
+        try:
+            for source in self.cache.validate(self.conn, self.cfg.params):
+                # rows landed in the cached span (a backfill?): count the whole late window now,
+                # so one log line names the whole range; the next get() reloads the span
+                self._scan_ledger(source, self.last_written - self.cfg.late_window_ms, self.last_written)
+            res = compute_range(self.conn, a, b, self.cfg.params, cache=self.cache)
+        finally:
+            self.conn.execute("COMMIT")
         market, preds = res.market_rows(), res.prediction_rows()
 
         def write(conn: sqlite3.Connection) -> None:
@@ -288,21 +452,68 @@ class LiveAggregator:
         self._written_at.append((a, b, read_wall))
         while self._written_at and self._written_at[0][1] < b - self.cfg.late_window_ms:
             self._written_at.popleft()
+        if self.written_from is None:
+            self.written_from = a
         self.last_written = b
         self.rows_written += len(market)
         _add_nulls(self.nulls, res)
         if b - a >= 60 * SECOND_MS:
             log.info("caught up %s..%s seconds=%d", fmt_ms(a), fmt_ms(b), len(market))
+        self._flush_late()
         return len(market)
 
-    # -- late data ---------------------------------------------------------------------------
+    # -- late data -----------------------------------------------------------------------------
+    def _on_load(self, source: str, lo: int, hi: int, data: dict[str, Any]) -> None:
+        """SecondCache read rows of `source` in (lo, hi]: compare with the ledger."""
+        for sec, d in self.ledgers[source].observe(lo, hi, data["b"], data["n"]):
+            if d > 0:
+                self._add_late(source, sec, d)
+
+    def _add_late(self, source: str, sec: int, rows: int) -> None:
+        """`rows` rows of `source` landed in second `sec` after it was written (only seconds
+        this process wrote, or restored, count: earlier ones were not written live)."""
+        if self.written_from is None or self.last_written is None or not self.written_from <= sec <= self.last_written:
+            return
+        key = (LATE_SOURCE[source], sec)
+        self._late_new[key] = self._late_new.get(key, 0) + rows
+
+    def _flush_late(self, now: int | None = None) -> None:
+        """Write the late rows detected since the last call; log them (at most every
+        10 s, with the --rebuild command for the affected range)."""
+        now = self.clock() if now is None else now
+        if self._late_new:
+            rows = [(src, sec, n, now, now) for (src, sec), n in sorted(self._late_new.items())]
+            self.write(lambda conn: conn.executemany(LATE_ADD_SQL, rows))
+            for (src, sec), n in self._late_new.items():
+                self.late_seen[src] = self.late_seen.get(src, 0) + n
+                self._late_unlogged[(src, sec)] = self._late_unlogged.get((src, sec), 0) + n
+                self.late[f"{src}_total"] = self.late.get(f"{src}_total", 0) + n
+                self.late[f"{src}_pending"] = self.late.get(f"{src}_pending", 0) + n
+            self._late_new = {}
+            self._late_queued = True
+        if self._late_unlogged and (self._late_logged_ms is None or now - self._late_logged_ms >= self.cfg.late_log_ms):
+            self._late_logged_ms = now
+            items = self._late_unlogged
+            self._late_unlogged = {}
+            lb = {LATE_SOURCE[s]: lookback_ms(s, self.cfg.params) for s in STREAM_SOURCES}
+            first = min(sec for _, sec in items)
+            last = max(sec + lb.get(src, 0) for src, sec in items)
+            to = min(last, self.last_written) if self.last_written is not None else last
+            log.warning("late data: %d rows landed after their second was written, in %d seconds (%s), first %s; "
+                        "rows computed since include them, the rows written before stay what was known live; "
+                        "bin/cqt-aggregate --rebuild --from %d --to %d corrects them",
+                        sum(items.values()), len({sec for _, sec in items}), ",".join(sorted({s for s, _ in items})),
+                        fmt_ms(first), first, to)
+
     def scan_due(self, now: int | None = None) -> bool:
         now = self.clock() if now is None else now
         return self._last_scan_ms is None or now - self._last_scan_ms >= self.cfg.late_scan_ms
 
     def scan_late(self, now: int | None = None) -> dict[str, int]:
-        """Count raw rows that arrived after their second was written (see module doc).
-        Only seconds already committed in market_1s are compared."""
+        """Every CQT_AGGREGATE_LATE_SCAN_S: count the rows of every stream source over the
+        written seconds of the late window against the ledger (one indexed COUNT(*) per
+        source; per-second counts only where it differs), and Coinglass bars received after
+        this process wrote the second they became available. Returns the totals."""
         now = self.clock() if now is None else now
         self._last_scan_ms = now
         if self.last_written is None:
@@ -311,41 +522,46 @@ class LiveAggregator:
         hi = self.last_written
         lo = hi - self.cfg.late_window_ms
         self._reported = {k: v for k, v in self._reported.items() if k[1] > lo}
-        trades = self.conn.execute(
-            "SELECT ts_ms, n - trade_count FROM (SELECT m.ts_ms, m.trade_count, "
-            "(SELECT COUNT(*) FROM upbit_trades u WHERE u.code = ? AND u.trade_ts_ms > m.ts_ms - 1000 "
-            "AND u.trade_ts_ms <= m.ts_ms) AS n FROM market_1s m WHERE m.ts_ms > ? AND m.ts_ms <= ?) "
-            "WHERE n > trade_count", (p.upbit_code, lo, hi)).fetchall()
         polled: list[tuple] = []
-        grace = self.cfg.grace_ms
-        for table, where, args in (
-                ("coinglass_open_interest", "symbol = ? AND interval = ?", (p.cg_symbol, p.cg_interval)),
-                ("coinglass_funding", "exchange = ? AND symbol = ? AND interval = ?",
-                 (p.cg_exchange, p.cg_symbol_pair, p.cg_interval))):
-            av = timerule.availability_sql(table, p.cg_delay_s)
-            counts: dict[int, int] = {}
-            for s, recv in self.conn.execute(
-                    f"SELECT (({av} + 999) / 1000) * 1000, recv_ts_ms FROM {table} WHERE {where} "
-                    f"AND avail_ts_ms > ? AND {av} <= ? AND recv_ts_ms > {av} + ?",
-                    (*args, lo - p.cg_delay_s * SECOND_MS, hi, grace)).fetchall():
-                wall = self._wall_written(s)
-                if wall is not None and recv > wall:    # received after this process wrote its second
-                    counts[s] = counts.get(s, 0) + 1
-            polled += [(table, s, n) for s, n in sorted(counts.items())]
-        if trades or polled:
-            def write(conn: sqlite3.Connection) -> None:
-                conn.executemany(LATE_TRADES_SQL, [(s, n, now, now) for s, n in trades])
-                conn.executemany(LATE_ROWS_SQL, [(t, s, n, now, now) for t, s, n in polled])
-            self.write(write)
-            new = [(src, s, n) for src, s, n in [("upbit_trades", s, n) for s, n in trades] + polled
-                   if self._reported.get((src, s), 0) < n]
-            for src, s, n in new:
-                self._reported[(src, s)] = n
+        self.conn.execute("BEGIN")
+        try:
+            for source, led in self.ledgers.items():
+                led.prune(lo)
+                self._scan_ledger(source, lo, hi)
+            grace = self.cfg.grace_ms
+            for table, where, args in (
+                    ("coinglass_open_interest", "symbol = ? AND interval = ?", (p.cg_symbol, p.cg_interval)),
+                    ("coinglass_funding", "exchange = ? AND symbol = ? AND interval = ?",
+                     (p.cg_exchange, p.cg_symbol_pair, p.cg_interval))):
+                av = timerule.availability_sql(table, p.cg_delay_s)
+                a_lo = lo - p.cg_delay_s * SECOND_MS
+                osql, oargs = coinglass_open_range(p, a_lo, hi)
+                counts_cg: dict[int, int] = {}
+                for sec, recv in self.conn.execute(
+                        f"SELECT (({av} + 999) / 1000) * 1000, recv_ts_ms FROM {table} WHERE {where}{osql} "
+                        f"AND avail_ts_ms > ? AND {av} <= ? AND recv_ts_ms > {av} + ?",
+                        (*args, *oargs, a_lo, hi, grace)).fetchall():
+                    wall = self._wall_written(sec)
+                    if wall is not None and recv > wall:    # received after this process wrote its second
+                        counts_cg[sec] = counts_cg.get(sec, 0) + 1
+                polled += [(table, sec, n) for sec, n in sorted(counts_cg.items())]
+        finally:
+            self.conn.execute("COMMIT")
+        if polled:
+            self.write(lambda conn: conn.executemany(LATE_ROWS_SQL, [(t, sec, n, now, now) for t, sec, n in polled]))
+            new = [(src, sec, n) for src, sec, n in polled if self._reported.get((src, sec), 0) < n]
+            for src, sec, n in new:
+                self._reported[(src, sec)] = n
             if new:
-                log.warning("late data: %d new rows in %d already written seconds (%s), first %s; "
+                log.warning("late data: %d Coinglass bars received after the second of their availability was "
+                            "written (%s), first %s; raise CQT_COINGLASS_DELAY_S if this is routine; "
                             "bin/cqt-aggregate --rebuild --from %d --to %d corrects them",
-                            sum(n for _, _, n in new), len(new), ",".join(sorted({x[0] for x in new})),
-                            fmt_ms(min(x[1] for x in new)), min(x[1] for x in new), max(x[1] for x in new))
+                            sum(n for _, _, n in new), ",".join(sorted({x[0] for x in new})),
+                            fmt_ms(min(x[1] for x in new)), min(x[1] for x in new), hi)
+        self._flush_late(now)
+        if self._late_queued and self.sync is not None:
+            self.sync(2.0)               # the totals below include what was just queued
+        self._late_queued = False
         totals = self.conn.execute(
             "SELECT source, SUM(late_rows), SUM(late_rows - corrected_rows) FROM aggregate_late GROUP BY source").fetchall()
         self.late = {}
@@ -353,6 +569,20 @@ class LiveAggregator:
             self.late[f"{src}_total"] = int(tot)
             self.late[f"{src}_pending"] = int(pend)
         return self.late
+
+    def _scan_ledger(self, source: str, lo: int, hi: int) -> None:
+        """Compare the rows of `source` in (lo, hi] ∩ the ledger's range with the ledger:
+        one indexed COUNT(*); per-second counts only when it differs."""
+        led = self.ledgers[source]
+        if led.lo is None or led.hi is None:
+            return
+        a, b = max(led.lo, lo), min(led.hi, hi)
+        p = self.cfg.params
+        if b > a and count_rows(self.conn, source, p, a, b) != led.total(a, b):
+            secs, counts = count_by_second(self.conn, source, p, a, b)
+            for sec, d in led.observe(a, b, secs, counts):
+                if d > 0:
+                    self._add_late(source, sec, d)
 
     def _wall_written(self, bar: int) -> int | None:
         """When this process wrote `bar` (wall ms), if it did within the late window."""
@@ -373,6 +603,8 @@ class LiveAggregator:
             "catching_up": self.catching_up,
             "skipped_s": self.skipped_s,
             "late": dict(self.late),
+            "late_seen": dict(self.late_seen),
+            "cache_reloads": self.cache.reloads,
             "null_features": dict(sorted(nulls.items(), key=lambda kv: -kv[1])[:8]),
             "step_ms_p50": round(steps[len(steps) // 2], 2) if steps else None,
             "step_ms_max": round(steps[-1], 2) if steps else None,
@@ -387,12 +619,39 @@ class LiveAggregator:
         return min(1.0, max(0.02, (nxt - now) / 1000.0))
 
 
+def _wait_for_collectors(svc: Any, agg: LiveAggregator, cfg: AggregateConfig) -> None:
+    """First start only: wait (at most CQT_AGGREGATE_START_WAIT_S) until the collectors'
+    data is there, so the catch-up and the first live rows include their start-up backfill
+    instead of counting it late. Never blocks a restart, never waits without bound."""
+    if cfg.start_wait_ms <= 0:
+        return
+    reasons = agg.start_blockers()
+    if not reasons:
+        return
+    t0 = time.monotonic()
+    limit = cfg.start_wait_ms / 1000
+    log.info("first start: waiting up to %.0f s for %s", limit, "; ".join(reasons))
+    while reasons and not svc.stopping.is_set() and time.monotonic() - t0 < limit:
+        svc.alive()
+        svc.set_state("waiting", "waiting for " + "; ".join(reasons))
+        svc.sleep(0.5)
+        reasons = agg.start_blockers()
+    if reasons and not svc.stopping.is_set():
+        log.warning("first start: still no %s after %.0f s (CQT_AGGREGATE_START_WAIT_S); starting: rows that "
+                    "arrive for seconds already written are counted late", "; ".join(reasons), limit)
+    elif not reasons:
+        log.info("first start: the collectors' data is there after %.1f s", time.monotonic() - t0)
+
+
 def _serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
-    agg = LiveAggregator(svc.settings.db, cfg, svc.writer.call)
+    agg = LiveAggregator(svc.settings.db, cfg, svc.writer.call, started_ms=svc.started_ms, sync=svc.writer.flush)
     holder["agg"] = agg
     try:
-        agg.start()
         svc.ready(f"aggregating grace={cfg.grace_ms}ms")
+        _wait_for_collectors(svc, agg, cfg)
+        if svc.stopping.is_set():
+            return exitcodes.OK
+        agg.start()
         errors = 0
         while not svc.stopping.is_set():
             svc.alive()

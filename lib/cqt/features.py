@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -247,7 +247,7 @@ def _load_trades(conn: sqlite3.Connection, params: FeatureParams, code: str, lo:
                (code, lo, hi, *targs), 4)
     ts = a[:, 0].astype(np.int64)
     b, s, e = _group_last(ts)
-    out = {"b": b, "ts": ts[e], "close": a[e, 1]}
+    out = {"b": b, "ts": ts[e], "close": a[e, 1], "n": (e - s + 1).astype(np.int64)}
     if full:
         price, vol, buy = a[:, 1], a[:, 2], a[:, 3]
         if len(s) == 0:
@@ -264,16 +264,17 @@ def _load_trades(conn: sqlite3.Connection, params: FeatureParams, code: str, lo:
 def _load_last(conn: sqlite3.Connection, params: FeatureParams, table: str, key_col: str, key: str,
                cols: tuple[str, ...], lo: int, hi: int, trunc: int | None, order_col: str | None = None) -> dict[str, np.ndarray]:
     """The last row per second of a stream table (GROUP BY the bucket; MAX() of a unique
-    column picks the row, SQLite's documented bare-column rule)."""
+    column picks the row, SQLite's documented bare-column rule: exactly one min/max
+    aggregate — COUNT(*) beside it does not change that), and the rows in the second."""
     av = _avail(table, params)
     tsql, targs = _trunc(table, params, trunc)
     pick = order_col or av
-    a = _fetch(conn, f"SELECT (({av} + 999) / 1000) * 1000 AS b, MAX({pick}), {av}, {', '.join(cols)} "
+    a = _fetch(conn, f"SELECT (({av} + 999) / 1000) * 1000 AS b, MAX({pick}), {av}, COUNT(*), {', '.join(cols)} "
                      f"FROM {table} WHERE {key_col} = ? AND {av} > ? AND {av} <= ?{tsql} GROUP BY b ORDER BY b",
-               (key, lo, hi, *targs), 3 + len(cols))
-    out = {"b": a[:, 0].astype(np.int64), "ts": a[:, 2].astype(np.int64)}
+               (key, lo, hi, *targs), 4 + len(cols))
+    out = {"b": a[:, 0].astype(np.int64), "ts": a[:, 2].astype(np.int64), "n": a[:, 3].astype(np.int64)}
     for i, c in enumerate(cols):
-        out[c] = a[:, 3 + i]
+        out[c] = a[:, 4 + i]
     return out
 
 
@@ -282,11 +283,12 @@ def _load_liq(conn: sqlite3.Connection, params: FeatureParams, lo: int, hi: int,
     quantity, falling back to order price x order quantity."""
     av = _avail("binance_liquidations", params)
     tsql, targs = _trunc("binance_liquidations", params, trunc)
-    a = _fetch(conn, f"SELECT (({av} + 999) / 1000) * 1000 AS b, MAX({av}), "
+    a = _fetch(conn, f"SELECT (({av} + 999) / 1000) * 1000 AS b, MAX({av}), COUNT(*), "
                      f"SUM(COALESCE(NULLIF(avg_price, 0), price) * COALESCE(NULLIF(filled_qty, 0), qty)) "
                      f"FROM binance_liquidations WHERE symbol = ? AND {av} > ? AND {av} <= ?{tsql} "
-                     f"GROUP BY b ORDER BY b", (params.binance_symbol, lo, hi, *targs), 3)
-    return {"b": a[:, 0].astype(np.int64), "ts": a[:, 1].astype(np.int64), "notional": a[:, 2]}
+                     f"GROUP BY b ORDER BY b", (params.binance_symbol, lo, hi, *targs), 4)
+    return {"b": a[:, 0].astype(np.int64), "ts": a[:, 1].astype(np.int64), "n": a[:, 2].astype(np.int64),
+            "notional": a[:, 3]}
 
 
 def _load_stream(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
@@ -333,6 +335,9 @@ def _load_polled(conn: sqlite3.Connection, source: str, params: FeatureParams, l
         raise ValueError(source)
     av = _avail(table, params)
     tsql, targs = _trunc(table, params, trunc)
+    if source in ("cg_oi", "cg_funding"):
+        osql, oargs = coinglass_open_range(params, lo, hi)
+        tsql, targs = osql + tsql, (*oargs, *targs)
     # time_col <= hi: the index-friendly pre-filter of "available by hi" (availability >= time_col)
     a = _fetch(conn, f"SELECT {obs}, {av}, {', '.join(vals)} FROM {table} WHERE {where} "
                      f"AND {obs} > ? AND {timerule.rule(table).time_col} <= ? AND {av} <= ?{tsql}",
@@ -343,14 +348,50 @@ def _load_polled(conn: sqlite3.Connection, source: str, params: FeatureParams, l
     return out
 
 
-def _newest_bucket(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
-                   trunc: int | None) -> int | None:
-    """The bucket of the newest row of a stream source available in (lo, hi] (indexed)."""
-    table, key_col, key = {
+def coinglass_open_range(params: FeatureParams, lo: int, hi: int) -> tuple[str, tuple[int, int]]:
+    """A primary-key range for Coinglass bars whose close (avail_ts_ms) is in (lo, hi]:
+    the bar opened at most two intervals before its close. Without it SQLite walks every
+    bar of the (symbol, interval) key: the PK prefix wins over the avail_ts_ms index."""
+    return " AND open_ts_ms > ? AND open_ts_ms <= ?", (int(lo) - 2 * PERIOD_MS[params.cg_interval], int(hi))
+
+
+def stream_table(source: str, params: FeatureParams) -> tuple[str, str, str]:
+    """(raw table, key column, key value) of a stream source. A stream row's availability
+    is its table's indexed time column (cqt.timerule), so every range below is an index range."""
+    return {
         "upbit": ("upbit_trades", "code", params.upbit_code), "usdt": ("upbit_trades", "code", params.usdt_code),
         "book": ("upbit_orderbook", "code", params.upbit_code),
         "binance": ("binance_agg_trades", "symbol", params.binance_symbol),
-        "mark": ("binance_mark_price", "symbol", params.binance_symbol)}[source]
+        "mark": ("binance_mark_price", "symbol", params.binance_symbol),
+        "liq": ("binance_liquidations", "symbol", params.binance_symbol)}[source]
+
+
+def count_rows(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int) -> int:
+    """Rows of a stream source available in (lo, hi]: one indexed COUNT(*)."""
+    table, key_col, key = stream_table(source, params)
+    col = timerule.rule(table).time_col
+    return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {key_col} = ? AND {col} > ? AND {col} <= ?",
+                            (key, lo, hi)).fetchone()[0])
+
+
+def count_by_second(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int,
+                    hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket, rows) of a stream source for every second in (lo, hi] that has rows."""
+    table, key_col, key = stream_table(source, params)
+    col = timerule.rule(table).time_col
+    rows = conn.execute(f"SELECT (({col} + 999) / 1000) * 1000 AS b, COUNT(*) FROM {table} "
+                        f"WHERE {key_col} = ? AND {col} > ? AND {col} <= ? GROUP BY b ORDER BY b",
+                        (key, lo, hi)).fetchall()
+    if not rows:
+        return _EMPTY_I, _EMPTY_I
+    a = np.array(rows, dtype=np.int64)
+    return a[:, 0], a[:, 1]
+
+
+def _newest_bucket(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
+                   trunc: int | None) -> int | None:
+    """The bucket of the newest row of a stream source available in (lo, hi] (indexed)."""
+    table, key_col, key = stream_table(source, params)
     col = timerule.rule(table).time_col      # = the availability of a stream row
     tsql, targs = _trunc(table, params, trunc)
     row = conn.execute(f"SELECT {col} FROM {table} WHERE {key_col} = ? AND {col} > ? AND {col} <= ?{tsql} "
@@ -358,57 +399,114 @@ def _newest_bucket(conn: sqlite3.Connection, source: str, params: FeatureParams,
     return None if row is None else int(_bucket(np.array([row[0]], dtype=np.int64))[0])
 
 
-def _load_seeded(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
-                 seed_lo: int, trunc: int | None) -> dict[str, np.ndarray]:
+def _load_seeded_span(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
+                      seed_lo: int, trunc: int | None) -> tuple[dict[str, np.ndarray], int]:
     """Every bucket in (lo, hi], plus the newest bucket in (seed_lo, lo] (the "seed": the
     value carried into the window). Equivalent, for as-of lookups at times >= lo, to
-    loading (seed_lo, hi] — without reading the whole carry span."""
+    loading (seed_lo, hi] — without reading the whole carry span.
+
+    Also returns `vlo`: the summaries hold every row of the source available in (vlo, hi]
+    (the seed's second, and the empty stretch between it and lo), so one COUNT(*) over
+    (vlo, hi] later tells whether the database still matches them."""
     data = _load_stream(conn, source, params, lo, hi, trunc)
     if source == "liq" or seed_lo >= lo:
-        return data
+        return data, lo
     b = _newest_bucket(conn, source, params, seed_lo, lo, trunc)
     if b is None:
-        return data
+        return data, seed_lo
     seed = _load_stream(conn, source, params, b - SECOND_MS, b, trunc)
-    return {k: np.concatenate((seed[k], data[k])) for k in data}
+    return {k: np.concatenate((seed[k], data[k])) for k in data}, b - SECOND_MS
+
+
+def _load_seeded(conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
+                 seed_lo: int, trunc: int | None) -> dict[str, np.ndarray]:
+    return _load_seeded_span(conn, source, params, lo, hi, seed_lo, trunc)[0]
 
 
 # ------------------------------------------------------------------------------ cache
+#: on_load(source, lo, hi, summaries): the summaries describe every row available in (lo, hi]
+LoadHook = Callable[[str, int, int, dict[str, np.ndarray]], None]
+
+
+@dataclass
+class _Span:
+    lo: int                        # summaries complete for every second in (lo, hi] ...
+    hi: int
+    vlo: int                       # ... and hold every row available in (vlo, hi] (vlo <= lo: the seed)
+    data: dict[str, np.ndarray]
+
+
 class SecondCache:
     """Per-second summaries of the stream tables, kept between calls so the live service
     reads only the new seconds and a chunked rebuild reads every row once.
 
-    Holds, per source, every bucket in (lo, hi] plus the newest bucket at or before lo.
-    A cached second is frozen: a row that arrives after its second was read is not seen
-    (that is "late data"; the live table shows what was known live, --rebuild corrects)."""
+    Holds, per source, every bucket in (lo, hi] plus the newest bucket at or before lo,
+    and the number of rows each bucket was made from ("n"). Rows that land later inside
+    that span (a gap backfill, a slow commit) are not seen by `get` — the live service
+    therefore calls `validate` before each step: one indexed COUNT(*) per source over its
+    span; a source whose count changed is dropped and reloaded (bounded: one span). So a
+    live row is always computed from what the database holds at that moment.
 
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[int, int, dict[str, np.ndarray]]] = {}
+    `on_load(source, lo, hi, summaries)` is called for every read from the database (the
+    live service's per-second row ledger, which counts late data)."""
+
+    def __init__(self, on_load: LoadHook | None = None) -> None:
+        self._data: dict[str, _Span] = {}
         self.rows_read = 0
+        self.reloads = 0               # sources dropped by validate() because the database changed
+        self.on_load = on_load
+
+    def _loaded(self, source: str, lo: int, hi: int, data: dict[str, np.ndarray]) -> None:
+        self.rows_read += len(data["b"])
+        if self.on_load is not None:
+            self.on_load(source, lo, hi, data)
 
     def get(self, conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
             seed_lo: int) -> dict[str, np.ndarray]:
-        have = self._data.get(source)
-        if have is None or have[0] > lo or have[1] < lo:
-            data = _load_seeded(conn, source, params, lo, hi, seed_lo, None)
-            self.rows_read += len(data["b"])
-            clo, chi = lo, hi
+        span = self._data.get(source)
+        if span is None or span.lo > lo or span.hi < lo:
+            data, vlo = _load_seeded_span(conn, source, params, lo, hi, seed_lo, None)
+            self._loaded(source, vlo, hi, data)
+            span = _Span(lo, hi, vlo, data)
         else:
-            clo, chi, data = have
-            if chi < hi:
-                new = _load_stream(conn, source, params, chi, hi, None)
-                self.rows_read += len(new["b"])
-                data = {k: np.concatenate((data[k], new[k])) for k in data}
-                chi = hi
-            if clo < lo:   # forget what no later call needs; keep the newest bucket <= lo as the seed
-                first = max(int(np.searchsorted(data["b"], lo, side="right")) - (0 if source == "liq" else 1), 0)
-                data = {k: v[first:] for k, v in data.items()}
-                clo = lo
-        self._data[source] = (clo, chi, data)
-        if chi > hi:
-            keep = data["b"] <= hi
-            return {k: v[keep] for k, v in data.items()}
-        return data
+            if span.hi < hi:
+                new = _load_stream(conn, source, params, span.hi, hi, None)
+                self._loaded(source, span.hi, hi, new)
+                span.data = {k: np.concatenate((span.data[k], new[k])) for k in span.data}
+                span.hi = hi
+            if span.lo < lo:   # forget what no later call needs; keep the newest bucket <= lo as the seed
+                b = span.data["b"]
+                last_le = int(np.searchsorted(b, lo, side="right"))      # buckets <= lo
+                if source == "liq":
+                    first, span.vlo = last_le, lo
+                else:
+                    first = max(last_le - 1, 0)
+                    if last_le > 0:          # the seed's second; nothing between it and lo
+                        span.vlo = int(b[first]) - SECOND_MS
+                span.data = {k: v[first:] for k, v in span.data.items()}
+                span.lo = lo
+        self._data[source] = span
+        if span.hi > hi:
+            keep = span.data["b"] <= hi
+            return {k: v[keep] for k, v in span.data.items()}
+        return span.data
+
+    def validate(self, conn: sqlite3.Connection, params: FeatureParams) -> list[str]:
+        """Drop every cached source whose rows in the database (available in its span) no
+        longer number what its summaries were made from; the next `get` reloads it.
+        One indexed COUNT(*) per source. Returns the sources dropped."""
+        stale = []
+        for source, span in list(self._data.items()):
+            if count_rows(conn, source, params, span.vlo, span.hi) != int(span.data["n"].sum()):
+                del self._data[source]
+                stale.append(source)
+        self.reloads += len(stale)
+        return stale
+
+    def span(self, source: str) -> tuple[int, int] | None:
+        """(vlo, hi): the range of availability times the cached summaries of `source` cover."""
+        s = self._data.get(source)
+        return None if s is None else (s.vlo, s.hi)
 
     def clear(self) -> None:
         self._data.clear()
@@ -558,7 +656,7 @@ def _rows(cols: list[tuple[str, Any]], int_columns: frozenset[str]) -> list[tupl
     out = []
     for c, v in cols:
         if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-            nan = np.isnan(v)
+            nan = ~np.isfinite(v)      # NaN (and inf: not a value) -> NULL; never cast to int
             o = (np.where(nan, 0, v).astype(np.int64) if c in int_columns else v).astype(object)
             o[nan] = None
             out.append(o.tolist())

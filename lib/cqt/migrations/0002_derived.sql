@@ -90,3 +90,10 @@ CREATE TABLE aggregate_late (
     PRIMARY KEY (source, ts_ms)
 ) WITHOUT ROWID;
 CREATE INDEX aggregate_late_ts ON aggregate_late (ts_ms);
+-- aggregate_late.source, as cqt-aggregate writes it (docs/aggregate.md "Late data"):
+--   upbit_trades (KRW-BTC), upbit_trades_usdt (KRW-USDT), upbit_orderbook, binance_agg_trades,
+--   binance_mark_price, binance_liquidations: late_rows = rows of the stream whose availability
+--                 second had already been written when they landed (per-second row counts,
+--                 added up as they are found; after a restart also rows received after the
+--                 previous run stopped);
+--   coinglass_open_interest, coinglass_funding: as described above.
