@@ -33,10 +33,7 @@ def _env(tmp_path, sim, **extra):
     return cqt_env(tmp_path, **sim.env(), CQT_HEARTBEAT_S="1", CQT_POLL_OI_S="2", CQT_POLL_RATIOS_S="2",
                    CQT_POLL_PREMIUM_S="2", CQT_POLL_FUNDING_S="4", CQT_POLL_COINGLASS_S="2",
                    CQT_COINGLASS_INTERVAL="1m", CQT_COINGLASS_RATE_PER_MIN="300", CQT_POLL_TIMEOUT_S="2",
-                   COINGLASS_ENABLED="true", COINGLASS_API_KEY=KEY, CQT_BACKFILL_S="900",
-                   # cqt-sim sends the Upbit KRW-BTC book about twice a second (with its trades), so
-                   # ~12 % of seconds have none; the real book updates many times a second (default 0.9)
-                   CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_FILL_MIN="0.8", **extra)
+                   COINGLASS_ENABLED="true", COINGLASS_API_KEY=KEY, CQT_BACKFILL_S="900", **extra)
 
 
 def _gate(env, *args):

@@ -32,10 +32,7 @@ END = "2026-11-20T00:00:00Z"
 def env_for(db: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CQT_", "COINGLASS_"))}
     env.update(CQT_ENV_FILE="/dev/null", CQT_DB=str(db), COINGLASS_ENABLED="true",
-               COINGLASS_API_KEY="bench-key-0123456789abcdef",
-               # the sim's model (behind cqt synth) sends the Upbit book ~2x/s, the real one many
-               # times a second: judged at 0.8 here so the run is a PASS (the default is 0.9)
-               CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_FILL_MIN="0.8")
+               COINGLASS_API_KEY="bench-key-0123456789abcdef")
     return env
 
 
