@@ -321,3 +321,22 @@ def make_raw_db(path: str | Path, start_ms: int, seconds: int, seed: int = 1, *,
     finally:
         conn.close()
     return {"start_ms": start_ms, "end_ms": end_ms, "rows": counts, "generator": gen}
+
+
+def at(ms: int):
+    """Epoch ms -> an aware UTC datetime (for freezegun)."""
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+class DirectWriter:
+    """What svc.writer.call does, synchronously: fn(conn) inside one write transaction."""
+
+    def __init__(self, path):
+        from cqt.db import open_db
+        self.conn = open_db(path)
+
+    def __call__(self, fn):
+        self.conn.execute("BEGIN IMMEDIATE")
+        fn(self.conn)
+        self.conn.execute("COMMIT")

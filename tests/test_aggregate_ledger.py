@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from datetime import datetime, timezone
 
 import pytest
 from freezegun import freeze_time
@@ -14,17 +13,13 @@ from freezegun import freeze_time
 from cqt.aggregate import AggregateConfig, CountLedger, LiveAggregator, _wait_for_collectors
 from cqt.db import connect, open_db
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache, compute_range
-from fixtures_raw import make_raw_db
+from fixtures_raw import DirectWriter, at, make_raw_db
 from helpers import query
 
 S = 1_700_000_000_000
 PARAMS = FeatureParams()
 AGG_SQL = "INSERT INTO binance_agg_trades VALUES ('BTCUSDT', ?, ?, 37000.5, 0.01, 'buy', ?, ?, ?, ?)"
 UPBIT_SQL = "INSERT INTO upbit_trades VALUES (?, ?, ?, ?, 0.5, 'buy', ?)"
-
-
-def at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +34,6 @@ def db(raw_template, tmp_path):
     path = tmp_path / "cqt.db"
     shutil.copy(raw_template, path)
     return path
-
-
-class DirectWriter:
-    """What svc.writer.call does, synchronously: fn(conn) inside one write transaction."""
-
-    def __init__(self, path):
-        self.conn = open_db(path)
-
-    def __call__(self, fn):
-        self.conn.execute("BEGIN IMMEDIATE")
-        fn(self.conn)
-        self.conn.execute("COMMIT")
 
 
 def late(path, source=None) -> dict:

@@ -5,23 +5,18 @@ import json
 import logging
 import shutil
 import sqlite3
-from datetime import datetime, timezone
 
 import pytest
 from freezegun import freeze_time
 
 from cqt.aggregate import AggregateConfig, LiveAggregator, rebuild
-from cqt.db import connect, open_db
+from cqt.db import connect
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams
-from fixtures_raw import make_raw_db
+from fixtures_raw import DirectWriter, at, make_raw_db
 from helpers import cqt_env, query, run_bin
 
 S = 1_700_000_000_000
 PARAMS = FeatureParams()
-
-
-def at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +31,6 @@ def db(raw_template, tmp_path):
     path = tmp_path / "cqt.db"
     shutil.copy(raw_template, path)
     return path
-
-
-class DirectWriter:
-    """What svc.writer.call does, synchronously: fn(conn) inside one write transaction."""
-
-    def __init__(self, path):
-        self.conn = open_db(path)
-
-    def __call__(self, fn):
-        self.conn.execute("BEGIN IMMEDIATE")
-        fn(self.conn)
-        self.conn.execute("COMMIT")
 
 
 def cfg(**kw) -> AggregateConfig:
