@@ -13,6 +13,9 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin"
 CHECKS = ROOT / "checks"
+# Real exchange payloads: shared/samples beside the checkout, else the copy in tests/samples.
+SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
+SAMPLES = SHARED_SAMPLES if SHARED_SAMPLES.is_dir() else ROOT / "tests" / "samples"
 
 
 def cqt_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from cqt.sources import (
     parse_funding_rate, parse_open_interest, parse_premium_index, parse_ratio,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+from helpers import SAMPLES
 MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
 

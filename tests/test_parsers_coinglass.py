@@ -9,7 +9,7 @@ import pytest
 
 from cqt.sources import COINGLASS_ENDPOINTS, Reject, interval_ms, parse_coinglass
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+from helpers import SAMPLES
 MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
 

@@ -10,7 +10,7 @@ import pytest
 
 from cqt.sources import Reject, parse_upbit_frame, parse_upbit_ticker_rest, parse_upbit_ticks
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+from helpers import SAMPLES
 MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
 

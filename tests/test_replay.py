@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cqt_env, query, run_bin
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
-if not SAMPLES.exists():
-    SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+from helpers import SAMPLES, cqt_env, query, run_bin
 
 
 def _messages(name: str) -> list[dict]:

@@ -86,3 +86,27 @@ def report_in_heartbeat(svc, head: dict, loop, handler, rest, capture) -> None:
     svc.set_detail(lambda: {**head, **loop.snapshot(), "backfill": handler.snapshot(),
                             "rest": rest.rate.snapshot(),
                             **({"capture_records": capture.records} if capture else {})})
+
+
+def run_rest_poller(service: str, source: str, settings, cfg, base_url: str, make_poller,
+                    capture_path: str | None, headers: dict | None = None) -> None:
+    """The whole life of a REST poller process: capture, client, poller over cqt.poll, exit code."""
+    from ..capture import CaptureWriter
+    from ..rest import RestClient
+    from ..runtime import run_service
+    holder: dict = {}
+
+    def main_loop(svc) -> int:
+        capture = CaptureWriter(capture_path, secrets=settings.secrets) if capture_path else None
+        client = RestClient(base_url, name=source, timeout_s=cfg.timeout_s, capture=capture,
+                            headers=headers or {}, secrets=settings.secrets, sleep=svc.sleep)
+        try:
+            poller = holder["p"] = make_poller(svc, cfg, client)
+            return poller.run()
+        finally:
+            client.close()
+            if capture is not None:
+                capture.close()
+
+    sys.exit(run_service(service, main_loop, settings,
+                         detail=lambda: holder["p"].detail() if "p" in holder else {}))

@@ -30,11 +30,12 @@ from typing import Any, Callable
 import click
 
 from .. import exitcodes
+from . import run_rest_poller
 from ..config import ConfigError, Settings
 from ..db import connect
 from ..poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
 from ..rest import RestClient
-from ..runtime import Service, load_settings_or_exit, run_service
+from ..runtime import Service, load_settings_or_exit
 from ..sources import Reject
 from ..timeutil import now_ms
 from .rest_parsers import parse_rest_answer, store_sql
@@ -247,13 +248,6 @@ class BinanceRestPoller:
 
 
 # ---------------------------------------------------------------------- program
-def open_capture(path: str | None, settings: Settings):
-    if not path:
-        return None
-    from ..capture import CaptureWriter
-    return CaptureWriter(path, secrets=settings.secrets)
-
-
 @click.command(name=SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", type=click.Path(dir_okay=False), default=None,
               help="SQLite database (default: CQT_DB).")
@@ -271,19 +265,4 @@ def main(db: str | None, capture_path: str | None) -> None:
     except ConfigError as exc:
         print(f"{SERVICE}: {exc}", file=sys.stderr)
         sys.exit(exitcodes.CONFIG)
-    holder: dict[str, BinanceRestPoller] = {}
-
-    def main_loop(svc: Service) -> int:
-        capture = open_capture(capture_path, settings)
-        client = RestClient(settings.binance_rest_url, name=SOURCE, timeout_s=cfg.timeout_s,
-                            capture=capture, secrets=settings.secrets, sleep=svc.sleep)
-        try:
-            poller = holder["p"] = BinanceRestPoller(svc, cfg, client)
-            return poller.run()
-        finally:
-            client.close()
-            if capture is not None:
-                capture.close()
-
-    sys.exit(run_service(SERVICE, main_loop, settings,
-                         detail=lambda: holder["p"].detail() if "p" in holder else {}))
+    run_rest_poller(SERVICE, SOURCE, settings, cfg, settings.binance_rest_url, BinanceRestPoller, capture_path)

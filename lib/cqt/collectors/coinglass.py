@@ -37,11 +37,12 @@ from typing import Any, Callable
 import click
 
 from .. import exitcodes
+from . import run_rest_poller
 from ..config import ConfigError, Settings
 from ..db import connect, redact
 from ..poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
 from ..rest import RestClient
-from ..runtime import Service, load_settings_or_exit, run_service
+from ..runtime import Service, load_settings_or_exit
 from ..sources import COINGLASS_ENDPOINTS, Reject, interval_ms
 from ..sources.common import clip
 from ..timeutil import now_ms
@@ -368,21 +369,5 @@ def main(db: str | None, capture_path: str | None) -> None:
     Settings: docs/pollers.md."""
     settings = load_settings_or_exit(db=db)
     cfg = check_config(settings)
-    holder: dict[str, CoinglassPoller] = {}
-
-    def main_loop(svc: Service) -> int:
-        from .binance_rest import open_capture
-        capture = open_capture(capture_path, settings)
-        client = RestClient(settings.coinglass_url, name=SOURCE, timeout_s=cfg.timeout_s, capture=capture,
-                            headers={"CG-API-KEY": settings.coinglass_api_key}, secrets=settings.secrets,
-                            sleep=svc.sleep)
-        try:
-            poller = holder["p"] = CoinglassPoller(svc, cfg, client)
-            return poller.run()
-        finally:
-            client.close()
-            if capture is not None:
-                capture.close()
-
-    sys.exit(run_service(SERVICE, main_loop, settings,
-                         detail=lambda: holder["p"].detail() if "p" in holder else {}))
+    run_rest_poller(SERVICE, SOURCE, settings, cfg, settings.coinglass_url, CoinglassPoller, capture_path,
+                    headers={"CG-API-KEY": settings.coinglass_api_key})
