@@ -12,7 +12,7 @@ import pytest
 from helpers import query, run_bin, wait_for
 from simproc import start_sim
 from test_collect_support import (
-    collector_env, count, no_traceback, quiesce, range_ids, collectors, read_log, stop, upbit_rest_trades,
+    collector_env, count, no_traceback, quiesce, range_ids, collectors, read_log, sent_ranges, stop, upbit_rest_trades,
     wait_log, wait_rows,
 )
 
@@ -59,6 +59,15 @@ def test_faults_rollover_kill_restart_and_replay(tmp_path, collectors):
                                    "AND stream LIKE '%@trade' AND status='filled'") >= 1, 25, what="restart backfill")
         wait_for(lambda: count(db, "SELECT COUNT(*) FROM gaps WHERE status='open'") == 0, 20, what="no open gaps")
         assert p2.poll() is None, read_log(log2)[-3000:]
+        # Stop the flow first: trades the sim wrote but the collector had not read when SIGTERM
+        # came would be fetched by the next start's backfill, not by this process.
+        sim.fault("stall", seconds=4, source="upbit")
+        time.sleep(0.3)
+
+        def caught_up() -> bool:
+            have = {r[0] for r in query(db, "SELECT sequential_id FROM upbit_trades")}
+            return all(range_ids(sent_ranges(sim, f"upbit:{c}@trade")) <= have for c in ("KRW-BTC", "KRW-USDT"))
+        wait_for(caught_up, 10, what="collector caught up with the sim before the stop")
         rc, took = stop(p2)
         assert rc == 0 and took < 5, (rc, took)
         sent = {code: range_ids(quiesce(sim, f"upbit:{code}@trade")) for code in ("KRW-BTC", "KRW-USDT")}
