@@ -45,7 +45,8 @@ from .db import DatabaseMissing, connect, is_fatal_io, open_db
 from .features import (MARKET_COLUMNS, PREDICTION_COLUMNS, STREAM_SOURCES, FeatureParams, FeatureResult,
                        SecondCache, coinglass_open_range, compute_range, count_by_second, count_rows, lookback_ms,
                        params_from_settings, stream_table)
-from .timeutil import fmt_ms, now_ms, parse_time_ms
+from .clicktypes import TIME
+from .timeutil import fmt_ms, now_ms
 
 log = logging.getLogger("cqt.aggregate")
 
@@ -683,20 +684,11 @@ def _serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
 
 
 # ------------------------------------------------------------------------------ CLI
-def _time_opt(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_time_ms(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--rebuild", "do_rebuild", is_flag=True, help="Recompute [--from, --to] from the raw tables, replacing rows, and exit.")
-@click.option("--from", "from_ms", metavar="T", callback=_time_opt,
+@click.option("--from", "from_ms", metavar="T", type=TIME,
               help="First bar time (the second's end), ISO-8601 (UTC if no zone) or epoch ms; inclusive.")
-@click.option("--to", "to_ms", metavar="T", callback=_time_opt, help="Last bar time, inclusive.")
+@click.option("--to", "to_ms", metavar="T", type=TIME, help="Last bar time, inclusive.")
 @click.option("--db", type=click.Path(dir_okay=False), help="Database file (default: CQT_DB).")
 @click.option("--json", "as_json", is_flag=True, help="With --rebuild: print the summary as JSON.")
 def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | None, as_json: bool) -> None:
