@@ -384,3 +384,22 @@ def test_milestone_takes_only_a_run_before_the_next_milestone(tmp_path):
     assert rows[2] == "| 24시간 후 | ⏳ | ⏳ |"
     assert "| altdata_check | 기록 없음 | ⏳ |" in b["checks-modules"]
     assert "[ ] 본 문서" in b["dod"]
+
+
+def test_not_running_once_every_collector_stopped_cleanly(scenario, tmp_path):
+    """A stop that is the last thing the collectors did is not 'still running' (현재 구동 중)."""
+    import shutil
+    import sqlite3
+    db = tmp_path / "stopped.db"
+    shutil.copy(scenario, db)
+    conn = sqlite3.connect(db)
+    end = conn.execute("SELECT MAX(ts_ms) FROM heartbeats").fetchone()[0]
+    for svc in report.COLLECTORS:
+        conn.execute("INSERT OR REPLACE INTO heartbeats VALUES (?, ?, 'stopped', '{}')", (svc, end + 1000))
+    conn.commit()
+    conn.close()
+    ops = report.find_blocks(fill(settings_for(db, tmp_path), end + 5000).path.read_text(encoding="utf-8"))["operations"]
+    assert "종료/중단 시각:" in ops and "현재 구동 중" not in ops
+    ops_running = report.find_blocks(fill(settings_for(scenario, tmp_path / "r"), end + 5000).path
+                                     .read_text(encoding="utf-8"))["operations"]
+    assert "현재 구동 중" in ops_running

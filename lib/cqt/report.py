@@ -449,13 +449,23 @@ def stop_reasons(ctx: Context) -> list[str]:
     return out
 
 
+def latest_collector_states(ctx: Context) -> dict[str, str]:
+    """Each collector's newest heartbeat state at the report time ('stopped' after a clean exit)."""
+    marks = ",".join("?" * len(COLLECTORS))
+    return dict(ctx.conn.execute(
+        f"SELECT h.service, h.state FROM heartbeats h JOIN (SELECT service, MAX(ts_ms) AS m FROM heartbeats "
+        f"WHERE service IN ({marks}) AND ts_ms <= ? GROUP BY service) l ON h.service = l.service AND h.ts_ms = l.m",
+        (*COLLECTORS, ctx.as_of_ms)).fetchall())
+
+
 def block_operations(ctx: Context) -> str:
     if ctx.start_ms is None:
         return "\n".join(["- 시작 시각: ⏳", "- 종료/중단 시각: ⏳", "- 연속 구동 시간: ⏳", "- 중단 원인 (있을 경우): ⏳"]) + "\n"
     lines = [f"- 시작 시각: {fmt_utc(ctx.start_ms, True)} (수집기 첫 하트비트)"]
     stops = [r for r in stop_rows(ctx) if r[3] is not None and ctx.start_ms <= r[3] <= ctx.as_of_ms]
     last_hb = max((s.spans[-1][1] for s in ctx.segments.values() if s.spans), default=None)
-    running_now = last_hb is not None and ctx.as_of_ms - last_hb <= ctx.hb_gap_ms
+    running_now = (last_hb is not None and ctx.as_of_ms - last_hb <= ctx.hb_gap_ms
+                   and any(state != "stopped" for state in latest_collector_states(ctx).values()))
     if stops:
         last = max(stops, key=lambda r: (r[3], r[0]))
         code = "" if last[4] is None else f", exit {last[4]}"
