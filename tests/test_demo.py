@@ -21,19 +21,30 @@ def clean_env() -> dict[str, str]:
 
 
 def processes_using(path: Path) -> list[str]:
-    """Command lines of live processes that mention path (the demo passes it to every child)."""
+    """Live processes whose command line or environment mentions path (the demo gives every
+    child its directory: the sim on the command line, the services through CQT_DB etc.)."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
             cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().decode(errors="replace")
             state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if str(path) in cmd and state != "Z":
+        if (str(path) in cmd or str(path) in env) and state != "Z":
             found.append(f"{d.name}: {cmd}")
     return found
+
+
+def kill_leftovers(path: Path) -> None:
+    """Teardown: whatever happened in the test, nothing the demo started survives it."""
+    for entry in processes_using(path):
+        try:
+            os.kill(int(entry.split(":", 1)[0]), signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def child_pids(demo_dir: Path) -> list[int]:
@@ -62,8 +73,12 @@ def alive(pid: int) -> bool:
 def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     out = tmp_path / "demo"
     t = time.monotonic()
-    p = subprocess.run([str(BIN / "cqt"), "demo", "--seconds", "60", "--dir", str(out)], capture_output=True,
-                       text=True, timeout=140, env=clean_env(), cwd=str(tmp_path))
+    try:
+        p = subprocess.run([str(BIN / "cqt"), "demo", "--seconds", "60", "--dir", str(out)], capture_output=True,
+                           text=True, timeout=140, env=clean_env(), cwd=str(tmp_path))
+        leftovers = processes_using(out)
+    finally:
+        kill_leftovers(out)              # even when the demo timed out
     elapsed = time.monotonic() - t
     print(p.stdout[-6000:], p.stderr[-3000:], f"elapsed {elapsed:.0f} s")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
@@ -80,7 +95,7 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     assert (out / "demo.env").stat().st_mode & 0o077 == 0          # holds the (demo) key: 0600
     pids = child_pids(out)
     assert len(pids) >= 6 and not [x for x in pids if alive(x)]
-    assert not processes_using(out), processes_using(out)
+    assert not leftovers, leftovers
 
 
 @pytest.mark.timeout(60)
@@ -100,7 +115,10 @@ def test_demo_ctrl_c_stops_everything_in_order(tmp_path):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
+        leftovers = processes_using(out)
+        kill_leftovers(out)
     print(text[-3000:])
+    assert not leftovers, leftovers
     assert p.returncode == 130, text[-3000:]
     assert "interrupted (SIGINT)" in text
     assert not [x for x in child_pids(out) if alive(x)]
