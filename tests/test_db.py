@@ -162,3 +162,30 @@ def test_row_counts_follow_declared_nrows(tmp_path):
     assert w.flush(10)
     assert w.stats()["committed_rows"] == 100
     w.close()
+
+
+def _open_fresh(path, barrier):
+    sys.path.insert(0, str(ROOT / "lib"))
+    from cqt.db import BatchWriter
+    barrier.wait(10)
+    w = BatchWriter(path, service="opener")       # connect + WAL + migrations, as every service starts
+    w.put("INSERT INTO heartbeats VALUES (?,?,?,?)", ("opener", time.time_ns(), "running", None))
+    assert w.close(timeout=30) and w.fatal is None
+
+
+@pytest.mark.timeout(120)
+def test_many_services_starting_on_a_fresh_database(tmp_path):
+    """All services start at once on a new file (systemctl start cqt.target): none may fail with 'locked'."""
+    ctx = mp.get_context("spawn")
+    for round_ in range(3):
+        path = str(tmp_path / f"fresh{round_}.db")
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_fresh, args=(path, barrier)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 8
+        conn = cdb.connect(path, readonly=True)
+        assert conn.execute("SELECT COUNT(*) FROM heartbeats").fetchone()[0] == 8
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

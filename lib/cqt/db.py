@@ -51,7 +51,10 @@ def connect(path: str | os.PathLike, readonly: bool = False, timeout_s: float = 
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once
+        # (no busy wait: it would deadlock) while another process is creating the schema, which is
+        # how every service starts on a fresh database: retry for a bounded time.
+        _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), timeout_s)
         conn.execute("PRAGMA synchronous=NORMAL")
         # After a checkpoint the WAL file is truncated back to this size.
         conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -124,10 +127,24 @@ def migrate(conn: sqlite3.Connection) -> int:
     return current
 
 
+def _retry_busy(fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Run fn, retrying "database is locked" with jittered backoff for up to timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            attempt += 1
+            time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** min(attempt, 6))))
+
+
 def open_db(path: str | os.PathLike) -> sqlite3.Connection:
     """Writer connection with the schema brought up to date."""
     conn = connect(path)
-    migrate(conn)
+    _retry_busy(lambda: migrate(conn), BUSY_TIMEOUT_MS / 1000)
     return conn
 
 
