@@ -340,3 +340,12 @@ class DirectWriter:
         self.conn.execute("BEGIN IMMEDIATE")
         fn(self.conn)
         self.conn.execute("COMMIT")
+
+
+def same_value(a, b) -> bool:
+    """Live-vs-rebuild equality: NULL only equals NULL; floats within 1e-12."""
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return a == b

@@ -18,7 +18,6 @@ before it (found by the periodic scan of the late window, CQT_AGGREGATE_LATE_SCA
 from __future__ import annotations
 
 import json
-import math
 import re
 import sqlite3
 import threading
@@ -29,7 +28,7 @@ import pytest
 from cqt.db import open_db
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS
 from cqt.timeutil import now_ms
-from fixtures_raw import RawGenerator, insert_rows
+from fixtures_raw import RawGenerator, insert_rows, same_value
 from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
 from test_aggregate_live import RealTimeWriter
 
@@ -73,14 +72,6 @@ class GapWriter(RealTimeWriter):
             self.conn.close()
 
 
-def _close(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
-    return a == b
-
-
 def _diff(db, copy, lo, hi):
     out = []
     for table, cols in (("market_1s", MARKET_COLUMNS), ("predictions", PREDICTION_COLUMNS)):
@@ -88,7 +79,7 @@ def _diff(db, copy, lo, hi):
         live, rebuilt = query(db, sql, (lo, hi)), query(copy, sql, (lo, hi))
         assert len(live) == len(rebuilt) == (hi - lo) // 1000 + 1
         out += [(table, rl[0], c, x, y) for rl, rr in zip(live, rebuilt) for c, x, y in zip(cols, rl, rr)
-                if not _close(x, y)]
+                if not same_value(x, y)]
     return out
 
 

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import threading
@@ -21,7 +20,7 @@ import pytest
 from cqt.db import open_db
 from cqt.features import FEATURE_COLUMNS, MARKET_COLUMNS, PREDICTION_COLUMNS
 from cqt.timeutil import now_ms
-from fixtures_raw import RawGenerator, insert_rows
+from fixtures_raw import RawGenerator, insert_rows, same_value
 from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
 
 LIVE_S = int(os.environ.get("CQT_TEST_LIVE_S", "20"))
@@ -51,14 +50,6 @@ class RealTimeWriter(threading.Thread):
             self.error = exc
         finally:
             self.conn.close()
-
-
-def _close(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
-    return a == b
 
 
 @pytest.mark.timeout(LIVE_S + 90)
@@ -124,7 +115,7 @@ def test_live_service_equals_rebuild(tmp_path):
         live, rebuilt = query(db, sql, (a, b)), query(copy, sql, (a, b))
         assert len(live) == len(rebuilt) == n
         bad = [(row_l[0], c, x, y) for row_l, row_r in zip(live, rebuilt)
-               for c, x, y in zip(cols, row_l, row_r) if not _close(x, y)]
+               for c, x, y in zip(cols, row_l, row_r) if not same_value(x, y)]
         assert not bad, f"{table}: {len(bad)} values differ, first {bad[:5]}"
     # not vacuous: the live part has every feature, including the long and the polled ones
     live_part = query(copy, f"SELECT {', '.join(FEATURE_COLUMNS)}, score FROM predictions WHERE ts_ms > ?",
@@ -218,7 +209,7 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
             if excused(row_l[0]):
                 continue
             compared += 1
-            bad += [(row_l[0], c, x, y) for c, x, y in zip(cols, row_l, row_r) if not _close(x, y)]
+            bad += [(row_l[0], c, x, y) for c, x, y in zip(cols, row_l, row_r) if not same_value(x, y)]
         assert not bad, f"{table}: {len(bad)} values differ, first {bad[:5]} (late seconds: {late[:5]})"
     assert compared >= n, f"only {compared} of {2 * n} rows comparable (late seconds {late[:10]})"
     print(f"compared {compared} rows; {len(late)} late seconds recorded")
