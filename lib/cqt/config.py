@@ -10,6 +10,7 @@ table and `.env.example` are checked against it by the tests.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+DAY_S = 86_400
+TEN_YEARS_S = 3650 * DAY_S
+MAX_EXACT_INT = 2 ** 53
 COINGLASS_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1w")
 
 
@@ -41,6 +45,7 @@ class Var:
     kind: str          # path | url_ws | url_http | str | list | bool | int | float | level | secret | interval
     help: str
     minimum: float | None = None
+    maximum: float | None = None
 
 
 # The documented variables. Others (check thresholds, test knobs) are read through
@@ -59,15 +64,19 @@ VARIABLES: tuple[Var, ...] = (
     Var("COINGLASS_ENABLED", "false", "bool", "collect from Coinglass (must be exactly 'true' for the run plan)"),
     Var("COINGLASS_API_KEY", "", "secret", "Coinglass API key (never printed)"),
     Var("CQT_COINGLASS_INTERVAL", "1h", "interval", "Coinglass bar interval (your plan must allow it)"),
-    Var("CQT_COINGLASS_DELAY_S", "60", "int", "seconds after a Coinglass bar closes before features may use it", 0),
+    Var("CQT_COINGLASS_DELAY_S", "60", "int", "seconds after a Coinglass bar closes before features may use it", 0, DAY_S),
     Var("CQT_REPORT", "reports/step-alt-5.md", "path", "the run report cqt-report fills in"),
     Var("CQT_DATASET_DIR", "data/datasets", "path", "where cqt-nightly writes Parquet datasets"),
     Var("CQT_LOG_LEVEL", "INFO", "level", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
-    Var("CQT_BACKFILL_S", "900", "int", "on a first start with an empty database, backfill this many seconds", 0),
-    Var("CQT_BOOKTICKER_MIN_MS", "100", "int", "store at most one Binance bookTicker per this many ms per symbol", 0),
-    Var("CQT_LABEL_MAX_DELAY_S", "5", "int", "export: accept a label bar up to this many seconds after t0+horizon", 0),
-    Var("CQT_KEEP_DAYS", "14", "int", "nightly retention: raw rows older than this (and already exported) are deleted", 1),
-    Var("CQT_HEARTBEAT_S", "10", "float", "seconds between heartbeat rows of each service", 0.1),
+    Var("CQT_BACKFILL_S", "900", "int", "on a first start with an empty database, backfill this many seconds", 0,
+        30 * DAY_S),
+    Var("CQT_BOOKTICKER_MIN_MS", "100", "int", "store at most one Binance bookTicker per this many ms per symbol", 0,
+        60_000),
+    Var("CQT_LABEL_MAX_DELAY_S", "5", "int", "export: accept a label bar up to this many seconds after t0+horizon", 0,
+        3600),
+    Var("CQT_KEEP_DAYS", "14", "int", "nightly retention: raw rows older than this (and already exported) are deleted", 1,
+        3650),
+    Var("CQT_HEARTBEAT_S", "10", "float", "seconds between heartbeat rows of each service", 0.1, 3600),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -126,16 +135,44 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
     return value.rstrip("/")
 
 
-def _check_number(name: str, value: str, kind: str, minimum: float | None) -> float | int:
+def default_maximum(name: str, kind: str) -> float:
+    """The ceiling for a number setting declared without one, chosen by its unit suffix.
+
+    Ten years in the variable's unit for `*_S` / `*_MS` (so sleeps, timeouts and ms arithmetic stay far
+    inside what threading timers and a 64-bit SQLite integer take), else 2**53 (exact as a float).
+    """
+    if name.endswith("_MS"):
+        return TEN_YEARS_S * 1000
+    if name.endswith("_S"):
+        return TEN_YEARS_S
+    return MAX_EXACT_INT
+
+
+def _check_number(name: str, value: str, kind: str, minimum: float | None,
+                  maximum: float | None = None) -> float | int:
+    text = value.strip()
     try:
-        num: float | int = int(value) if kind == "int" else float(value)
-    except ValueError:
-        raise ConfigError(name, f"{value!r} is not {'an integer' if kind == 'int' else 'a number'}") from None
-    if kind == "float" and num != num:  # NaN
-        raise ConfigError(name, "NaN is not allowed")
+        num: float | int = int(text) if kind == "int" else float(text)
+    except ValueError:   # also digit strings too long to convert
+        raise ConfigError(name, f"{_shown(value)} is not {'an integer' if kind == 'int' else 'a number'}") from None
+    if not math.isfinite(num):
+        raise ConfigError(name, f"{_shown(value)} is not a finite number")
+    if maximum is None:
+        maximum = default_maximum(name, kind)
     if minimum is not None and num < minimum:
-        raise ConfigError(name, f"{value!r} is below the minimum {minimum:g}")
+        raise ConfigError(name, f"{_shown(value)} is below the minimum {_plain(minimum)}")
+    if num > maximum:
+        raise ConfigError(name, f"{_shown(value)} is above the maximum {_plain(maximum)}")
     return num
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A value for an error line: repr'd (no control characters) and cut, so the line stays one short line."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -163,7 +200,7 @@ def _convert(var: Var, raw: str) -> Any:
     if k == "bool":
         return parse_bool(var.name, raw)
     if k in ("int", "float"):
-        return _check_number(var.name, raw, k, var.minimum)
+        return _check_number(var.name, raw, k, var.minimum, var.maximum)
     if k == "level":
         up = raw.strip().upper()
         if up not in LOG_LEVELS:
@@ -211,13 +248,15 @@ class Settings:
         v = self.raw.get(name, "")
         return v if v != "" else default
 
-    def get_int(self, name: str, default: int, minimum: int | None = None) -> int:
+    # Without `maximum`, default_maximum() applies: no setting is unbounded or non-finite.
+    def get_int(self, name: str, default: int, minimum: int | None = None, *, maximum: int | None = None) -> int:
         v = self.raw.get(name, "")
-        return default if v == "" else int(_check_number(name, v, "int", minimum))
+        return default if v == "" else int(_check_number(name, v, "int", minimum, maximum))
 
-    def get_float(self, name: str, default: float, minimum: float | None = None) -> float:
+    def get_float(self, name: str, default: float, minimum: float | None = None, *,
+                  maximum: float | None = None) -> float:
         v = self.raw.get(name, "")
-        return default if v == "" else float(_check_number(name, v, "float", minimum))
+        return default if v == "" else float(_check_number(name, v, "float", minimum, maximum))
 
     def get_bool(self, name: str, default: bool) -> bool:
         v = self.raw.get(name, "")
