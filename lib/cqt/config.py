@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -98,20 +99,41 @@ def env_file_path(environ: Mapping[str, str] | None = None) -> Path:
     return Path(p) if p else ROOT / ".env"
 
 
+ENV_FILE_MAX_BYTES = 1 << 20
+# Linux limits (PATH_MAX, NAME_MAX): a longer path can only fail later, as an I/O error.
+PATH_MAX_BYTES = 4096
+NAME_MAX_BYTES = 255
+
+
 def parse_env_file(path: Path) -> dict[str, str]:
     """Parse plain `KEY=value` lines. Comments (#) and blank lines are skipped."""
     values: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            if not _is_regular(fh):
+                raise ConfigError(str(path), "is not a regular file")
+            data = fh.read(ENV_FILE_MAX_BYTES + 1)
     except FileNotFoundError:
         return values
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    except ValueError:   # e.g. a NUL byte in CQT_ENV_FILE
+        raise ConfigError("CQT_ENV_FILE", f"{_shown(str(path))} is not a usable path") from None
+    if len(data) > ENV_FILE_MAX_BYTES:
+        raise ConfigError(str(path), f"is larger than {ENV_FILE_MAX_BYTES} bytes")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path.name} line {lineno}",
+                          f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8") from None
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         where = f"{path.name} line {lineno}"
+        if "\x00" in stripped:
+            raise ConfigError(where, "contains a NUL byte")
         if stripped.startswith("export "):
             raise ConfigError(where, "'export' is not allowed in .env (write plain KEY=value)")
         if "=" not in stripped:
@@ -119,7 +141,7 @@ def parse_env_file(path: Path) -> dict[str, str]:
         key, value = stripped.split("=", 1)
         key = key.strip()
         if not _KEY_RE.match(key):
-            raise ConfigError(where, f"invalid variable name {key!r}")
+            raise ConfigError(where, f"invalid variable name {_shown(key)}")
         if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
             raise ConfigError(key, f"quotes are not allowed in .env ({where}); write KEY=value without quotes")
         if "${" in value or "$(" in value:
@@ -128,11 +150,43 @@ def parse_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def _is_regular(fh) -> bool:
+    return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+
+
 def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
-    u = urlparse(value)
-    if u.scheme not in schemes or not u.netloc:
-        raise ConfigError(name, f"{value!r} is not a {'/'.join(schemes)} URL")
+    bad = f"{_shown(value)} is not a {'/'.join(schemes)} URL"
+    if any(c.isspace() for c in value):
+        raise ConfigError(name, bad + " (it contains white space)")
+    try:
+        u = urlparse(value)
+        port = u.port            # raises for a port that is not a number in 0..65535
+        host = u.hostname
+    except ValueError as exc:
+        raise ConfigError(name, f"{bad} ({exc})") from None
+    if u.scheme not in schemes or not host:
+        raise ConfigError(name, bad)
+    if port == 0:
+        raise ConfigError(name, f"{bad} (port 0)")
     return value.rstrip("/")
+
+
+def check_path(name: str, value: str) -> Path:
+    """A path setting as an absolute Path (relative ones are under the toolkit root), or ConfigError."""
+    if "\x00" in value:
+        raise ConfigError(name, "contains a NUL byte")
+    path = Path(value)
+    path = path if path.is_absolute() else ROOT / path
+    try:
+        encoded = os.fsencode(str(path))
+    except UnicodeError:
+        raise ConfigError(name, f"{_shown(value)} cannot be encoded as a file name") from None
+    if len(encoded) >= PATH_MAX_BYTES:
+        raise ConfigError(name, f"path is {len(encoded)} bytes long; the limit is {PATH_MAX_BYTES - 1}")
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if longest > NAME_MAX_BYTES:
+        raise ConfigError(name, f"a path component is {longest} bytes long; the limit is {NAME_MAX_BYTES}")
+    return path
 
 
 def default_maximum(name: str, kind: str) -> float:
@@ -186,7 +240,12 @@ def parse_bool(name: str, value: str) -> bool:
 
 def _convert(var: Var, raw: str) -> Any:
     k = var.kind
+    control = next((c for c in raw if c < " " or c == "\x7f"), None)
+    if control is not None:
+        what = "a NUL byte" if control == "\x00" else f"a control character (U+{ord(control):04X})"
+        raise ConfigError(var.name, f"contains {what}")
     if k == "path":
+        check_path(var.name, raw)
         return raw
     if k == "url_ws":
         return _check_url(var.name, raw, ("ws", "wss"))
@@ -262,6 +321,10 @@ class Settings:
         v = self.raw.get(name, "")
         return default if v == "" else parse_bool(name, v)
 
+    def get_path(self, name: str, default: str) -> Path:
+        """A path variable, absolute (relative ones under the toolkit root); ConfigError if unusable."""
+        return check_path(name, self.get_str(name, default))
+
     def resolve_path(self, p: str | Path) -> Path:
         p = Path(p)
         return p if p.is_absolute() else ROOT / p
@@ -306,11 +369,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
             name = "CQT_" + key.upper()
             values[name] = _convert(_BY_NAME[name], str(val))
             source[name] = "command line"
-    db = Path(values["CQT_DB"])
-    report = Path(values["CQT_REPORT"])
-    dataset_dir = Path(values["CQT_DATASET_DIR"])
     return Settings(
-        db=db if db.is_absolute() else ROOT / db,
+        db=check_path("CQT_DB", values["CQT_DB"]),
         upbit_ws_url=values["CQT_UPBIT_WS_URL"],
         upbit_rest_url=values["CQT_UPBIT_REST_URL"],
         binance_ws_url=values["CQT_BINANCE_WS_URL"],
@@ -322,8 +382,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
         coinglass_api_key=values["COINGLASS_API_KEY"].strip(),
         coinglass_interval=values["CQT_COINGLASS_INTERVAL"],
         coinglass_delay_s=values["CQT_COINGLASS_DELAY_S"],
-        report=report if report.is_absolute() else ROOT / report,
-        dataset_dir=dataset_dir if dataset_dir.is_absolute() else ROOT / dataset_dir,
+        report=check_path("CQT_REPORT", values["CQT_REPORT"]),
+        dataset_dir=check_path("CQT_DATASET_DIR", values["CQT_DATASET_DIR"]),
         log_level=values["CQT_LOG_LEVEL"],
         backfill_s=values["CQT_BACKFILL_S"],
         bookticker_min_ms=values["CQT_BOOKTICKER_MIN_MS"],
