@@ -7,16 +7,19 @@ from .timeutil import parse_time_ms
 
 
 class TimeParam(click.ParamType):
-    """A time option: ISO-8601 (UTC when no zone is given) or epoch milliseconds -> epoch ms."""
+    """A time option: ISO-8601 (UTC when no zone is given) or epoch milliseconds -> epoch ms.
+
+    Times outside 2009-01-01 ... 2100-01-01 UTC are a usage error (exit 2), like any unparsable value.
+    """
 
     name = "TIME"
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
+        if value is None:
             return value
         try:
             return parse_time_ms(value)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             self.fail(str(exc), param, ctx)
 
 
