@@ -52,6 +52,7 @@ log = logging.getLogger("cqt.aggregate")
 
 SERVICE = "cqt-aggregate"
 SECOND_MS = 1000
+DEFAULT_MAX_REBUILD_S = 400 * 86_400
 
 MARKET_SQL = (f"INSERT OR REPLACE INTO market_1s ({', '.join(MARKET_COLUMNS)}) "
               f"VALUES ({', '.join('?' * len(MARKET_COLUMNS))})")
@@ -87,20 +88,24 @@ class AggregateConfig:
     late_scan_ms: int = 30 * SECOND_MS
     start_wait_ms: int = 120 * SECOND_MS
     late_log_ms: int = 10 * SECOND_MS
+    max_rebuild_s: int = DEFAULT_MAX_REBUILD_S   # --rebuild refuses a longer span (after clamping to the data)
 
 
 def config_from_settings(settings: Settings) -> AggregateConfig:
     """All cqt-aggregate variables (docs/aggregate.md); raises ConfigError on a bad value."""
-    grace_s = settings.get_float("CQT_AGGREGATE_GRACE_S", 2.0, minimum=0.0)
+    day = 86_400
+    grace_s = settings.get_float("CQT_AGGREGATE_GRACE_S", 2.0, minimum=0.0, maximum=3600)
     return AggregateConfig(
         params=params_from_settings(settings),
         grace_ms=int(round(grace_s * 1000)),
-        max_catchup_ms=settings.get_int("CQT_AGGREGATE_MAX_CATCHUP_S", 6 * 3600, minimum=1) * SECOND_MS,
-        chunk_s=settings.get_int("CQT_AGGREGATE_CHUNK_S", 3600, minimum=1),
-        catchup_step_s=settings.get_int("CQT_AGGREGATE_CATCHUP_STEP_S", 600, minimum=1),
-        late_window_ms=settings.get_int("CQT_AGGREGATE_LATE_WINDOW_S", 3600, minimum=1) * SECOND_MS,
-        late_scan_ms=int(settings.get_float("CQT_AGGREGATE_LATE_SCAN_S", 30.0, minimum=0.1) * SECOND_MS),
-        start_wait_ms=int(settings.get_float("CQT_AGGREGATE_START_WAIT_S", 120.0, minimum=0.0) * SECOND_MS),
+        max_catchup_ms=settings.get_int("CQT_AGGREGATE_MAX_CATCHUP_S", 6 * 3600, minimum=1, maximum=30 * day) * SECOND_MS,
+        chunk_s=settings.get_int("CQT_AGGREGATE_CHUNK_S", 3600, minimum=1, maximum=day),
+        catchup_step_s=settings.get_int("CQT_AGGREGATE_CATCHUP_STEP_S", 600, minimum=1, maximum=day),
+        late_window_ms=settings.get_int("CQT_AGGREGATE_LATE_WINDOW_S", 3600, minimum=1, maximum=7 * day) * SECOND_MS,
+        late_scan_ms=int(settings.get_float("CQT_AGGREGATE_LATE_SCAN_S", 30.0, minimum=0.1, maximum=3600) * SECOND_MS),
+        start_wait_ms=int(settings.get_float("CQT_AGGREGATE_START_WAIT_S", 120.0, minimum=0.0, maximum=day) * SECOND_MS),
+        max_rebuild_s=settings.get_int("CQT_AGGREGATE_MAX_REBUILD_S", DEFAULT_MAX_REBUILD_S, minimum=1,
+                                       maximum=3650 * day),
     )
 
 
@@ -162,7 +167,7 @@ def rebuild(db_path: str | Path, from_ms: int, to_ms: int, settings: Settings | 
     if params is None:
         params = params_from_settings(settings) if settings is not None else FeatureParams()
     if chunk_s is None:
-        chunk_s = settings.get_int("CQT_AGGREGATE_CHUNK_S", 3600, minimum=1) if settings is not None else 3600
+        chunk_s = settings.get_int("CQT_AGGREGATE_CHUNK_S", 3600, minimum=1, maximum=86_400) if settings is not None else 3600
     lo, hi = ceil_s(from_ms), floor_s(to_ms)
     stats = RebuildStats(lo, hi)
     if hi < lo:
@@ -188,7 +193,7 @@ def rebuild(db_path: str | Path, from_ms: int, to_ms: int, settings: Settings | 
                              "WHERE ts_ms BETWEEN ? AND ? AND late_rows > corrected_rows", (now, a, b))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback_quietly(conn)
                 raise
             stats.seconds += n
             stats.market_rows += n
@@ -206,6 +211,52 @@ def rebuild(db_path: str | Path, from_ms: int, to_ms: int, settings: Settings | 
         conn.close()
     stats.elapsed_s = time.monotonic() - started
     return stats
+
+
+def _rollback_quietly(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite already rolled back after e.g. a full disk, and a
+    second error ("cannot rollback") must not hide the first."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def data_range(conn: sqlite3.Connection, params: FeatureParams) -> tuple[int, int] | None:
+    """(first, last) bar time holding a row of any stream source the features read (Upbit trades and book,
+    KRW-USDT trades, Binance aggTrades, mark price, liquidations), or None without such rows.
+
+    Polled series and Coinglass bars only carry values into those bars, so alone they make no bar.
+    Two index lookups per source."""
+    first: int | None = None
+    last: int | None = None
+    for source in STREAM_SOURCES:
+        table, key_col, key = stream_table(source, params)
+        col = timerule.rule(table).time_col     # = availability for a stream row
+        row = conn.execute(f"SELECT (SELECT {col} FROM {table} WHERE {key_col} = ? ORDER BY {col} LIMIT 1), "
+                           f"(SELECT {col} FROM {table} WHERE {key_col} = ? ORDER BY {col} DESC LIMIT 1)",
+                           (key, key)).fetchone()
+        if row[0] is None:
+            continue
+        first = int(row[0]) if first is None else min(first, int(row[0]))
+        last = int(row[1]) if last is None else max(last, int(row[1]))
+    return None if first is None or last is None else (ceil_s(first), ceil_s(last))
+
+
+def clamp_to_data(conn: sqlite3.Connection, from_ms: int, to_ms: int, params: FeatureParams,
+                  now: int) -> tuple[int, int] | None:
+    """[from, to] cut to the bars that can hold data: from the first raw row's bar to the later of the
+    last raw row's bar and the last bar already written, never past the last complete second.
+    None when nothing of [from, to] is left (no bar is written for a span without data)."""
+    span = data_range(conn, params)
+    if span is None:
+        return None
+    written = conn.execute("SELECT MAX(ts_ms) FROM market_1s").fetchone()[0]
+    last = max(span[1], int(written)) if written is not None else span[1]
+    lo = max(ceil_s(from_ms), span[0])
+    hi = min(floor_s(to_ms), last, floor_s(now))
+    return (lo, hi) if lo <= hi else None
 
 
 # ------------------------------------------------------------------------------ live
@@ -684,6 +735,39 @@ def _serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
 
 
 # ------------------------------------------------------------------------------ CLI
+class RebuildTooLong(Exception):
+    """The span to rebuild, already cut to the data, is longer than CQT_AGGREGATE_MAX_REBUILD_S."""
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """Full disk, read-only file system, I/O error, a database file that cannot be opened: exit 74."""
+    if isinstance(exc, OSError):
+        return True
+    return is_fatal_io(exc) or "unable to open database" in str(exc).lower()
+
+
+def _rebuild_within_data(settings: Settings, cfg: AggregateConfig, from_ms: int, to_ms: int,
+                         progress: Callable[[RebuildStats], None]) -> RebuildStats:
+    """`rebuild` over [from, to] cut to the data's own range (logged when cut), refused beyond the bound."""
+    conn = open_db(settings.db)
+    try:
+        span = clamp_to_data(conn, from_ms, to_ms, cfg.params, now_ms())
+    finally:
+        conn.close()
+    if span is None:
+        log.info("nothing to rebuild: no raw data in %s .. %s; nothing written", fmt_ms(from_ms), fmt_ms(to_ms))
+        return RebuildStats(ceil_s(from_ms), floor_s(to_ms))
+    lo, hi = span
+    if (lo, hi) != (ceil_s(from_ms), floor_s(to_ms)):
+        log.info("rebuild range cut to the data: %s .. %s (asked %s .. %s)", fmt_ms(lo), fmt_ms(hi),
+                 fmt_ms(from_ms), fmt_ms(to_ms))
+    seconds = (hi - lo) // SECOND_MS + 1
+    if seconds > cfg.max_rebuild_s:
+        raise RebuildTooLong(f"the range {fmt_ms(lo)} .. {fmt_ms(hi)} holds {seconds} seconds of data, more than "
+                             f"CQT_AGGREGATE_MAX_REBUILD_S={cfg.max_rebuild_s}: rebuild it in parts")
+    return rebuild(settings.db, lo, hi, settings, params=cfg.params, chunk_s=cfg.chunk_s, progress=progress)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--rebuild", "do_rebuild", is_flag=True, help="Recompute [--from, --to] from the raw tables, replacing rows, and exit.")
 @click.option("--from", "from_ms", metavar="T", type=TIME,
@@ -727,13 +811,16 @@ def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | Non
                  st.seconds, st.elapsed_s)
 
     try:
-        st = rebuild(settings.db, from_ms, to_ms, settings, params=cfg.params, chunk_s=cfg.chunk_s, progress=progress)  # type: ignore[arg-type]
+        st = _rebuild_within_data(settings, cfg, from_ms, to_ms, progress)  # type: ignore[arg-type]
     except DatabaseMissing as exc:
         print(f"cqt-aggregate: {exc}", file=sys.stderr)
         sys.exit(exitcodes.NOEVAL)
-    except sqlite3.Error as exc:
+    except RebuildTooLong as exc:
+        print(f"cqt-aggregate: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.USAGE)
+    except (sqlite3.Error, OSError) as exc:
         print(f"cqt-aggregate: rebuild failed: {exc}", file=sys.stderr)
-        sys.exit(exitcodes.IOERR if is_fatal_io(exc) else exitcodes.FAIL)
+        sys.exit(exitcodes.IOERR if _is_storage_error(exc) else exitcodes.FAIL)
     except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
         log.debug("rebuild failed", exc_info=True)
         print(f"cqt-aggregate: rebuild failed: {type(exc).__name__}: {exc}", file=sys.stderr)

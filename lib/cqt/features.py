@@ -153,10 +153,11 @@ def params_from_settings(settings: Any) -> FeatureParams:
         raise ConfigError("CQT_AGGREGATE_LS_PERIOD", f"{ls_period!r} is not one of {', '.join(PERIOD_MS)}")
     return FeatureParams(
         upbit_code=upbit, usdt_code=usdt, binance_symbol=sym,
-        horizon_sec=settings.get_int("CQT_AGGREGATE_HORIZON_S", 120, minimum=1),
-        carry_s=settings.get_int("CQT_AGGREGATE_CARRY_S", 600, minimum=1),
-        usdt_carry_s=settings.get_int("CQT_AGGREGATE_USDT_CARRY_S", 3600, minimum=1),
-        oi_carry_s=settings.get_int("CQT_AGGREGATE_OI_CARRY_S", 300, minimum=1),
+        # at most a day each: a carry or horizon sets how far back every computation reads
+        horizon_sec=settings.get_int("CQT_AGGREGATE_HORIZON_S", 120, minimum=1, maximum=86_400),
+        carry_s=settings.get_int("CQT_AGGREGATE_CARRY_S", 600, minimum=1, maximum=86_400),
+        usdt_carry_s=settings.get_int("CQT_AGGREGATE_USDT_CARRY_S", 3600, minimum=1, maximum=86_400),
+        oi_carry_s=settings.get_int("CQT_AGGREGATE_OI_CARRY_S", 300, minimum=1, maximum=86_400),
         ls_period=ls_period,
         cg_symbol=settings.get_str("CQT_AGGREGATE_CG_SYMBOL", sym.removesuffix("USDT") or sym),
         cg_exchange=settings.get_str("CQT_AGGREGATE_CG_EXCHANGE", "Binance"),
