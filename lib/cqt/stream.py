@@ -180,7 +180,7 @@ class StreamState:
     """What the loop knows about one canonical stream (shared by rollover connections)."""
 
     __slots__ = ("name", "source", "rule", "frames", "rows", "last_event_ts", "advanced_at",
-                 "lag_ms", "last_id", "first_live_id", "pos_id", "pos_ts", "dirty", "after_connect",
+                 "lag_ms", "last_id", "first_live_id", "first_live_ts", "pos_id", "pos_ts", "dirty", "after_connect",
                  "lock", "pending", "pending_sql", "pending_slot", "pending_at", "emitted_slot", "thinned")
 
     def __init__(self, name: str, source: str, rule: StreamRule):
@@ -194,6 +194,7 @@ class StreamState:
         self.lag_ms: int | None = None
         self.last_id: int | None = None          # high-water id seen live (id streams)
         self.first_live_id: int | None = None    # first id seen live in this process
+        self.first_live_ts: int | None = None    # event time of the first frame seen live in this process
         self.pos_id: int | None = None           # resume position
         self.pos_ts: int | None = None
         self.dirty = False
@@ -648,6 +649,8 @@ class StreamLoop:
         after = st.after_connect
         if after is not None:
             st.after_connect = None
+            if st.first_live_ts is None:
+                st.first_live_ts = ev
             self._window(c, st, after, p, pts, recv_ts)
         if p.ids is not None:
             self._ids(c, st, p, after, recv_ts)

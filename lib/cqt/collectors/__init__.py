@@ -40,10 +40,12 @@ def read_positions(db_path, service: str) -> dict[str, tuple[int | None, int | N
 
 
 def run_ws_collector(svc: Any, loop: Any, backfiller: Any, *, capture: Any = None, rest: Any = None,
-                     on_stop: Callable[[], None] | None = None) -> int:
+                     on_stop: Callable[[], None] | None = None,
+                     periodic: Callable[[], None] | None = None) -> int:
     """Main loop shared by the WebSocket collectors: start the receive threads and the
     backfill worker, keep the systemd watchdog fed while every receive thread cycles,
-    mirror the connection state into the heartbeat, and on stop flush everything."""
+    mirror the connection state into the heartbeat, call `periodic` (due-time checks such
+    as reconciliation) every half second, and on stop flush everything."""
     import time
     loop.start()
     backfiller.start()
@@ -57,6 +59,8 @@ def run_ws_collector(svc: Any, loop: Any, backfiller: Any, *, capture: Any = Non
             if (state, line) != last_state:
                 svc.set_state(state, line)
                 last_state = (state, line)
+            if periodic is not None:
+                periodic()
             svc.stopping.wait(0.5)
     finally:
         t0 = time.monotonic()

@@ -9,8 +9,10 @@ after ~120 s).
 `sequential_id` is unique but not ordered, so trades are not gap-checked by id: after
 every (re)connect or restart, the window between the last stored trade and the first
 new one is backfilled from `/v1/trades/ticks` (newest first, `cursor`, `days_ago`)
-and deduplicated by `(code, sequential_id)`. Order book windows longer than
-CQT_GAP_MIN_MS are recorded as `unfillable` gaps.
+and deduplicated by `(code, sequential_id)`. While connected, every
+CQT_UPBIT_RECONCILE_S the newest REST pages are compared with the stored trades, so
+trades the stream skipped are inserted and recorded (`UpbitReconcile`). Order book
+windows longer than CQT_GAP_MIN_MS are recorded as `unfillable` gaps.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class UpbitConfig:
     ping_s: float
     backfill_s: int
     rest_timeout_s: float
+    reconcile_s: float = 180.0
+    reconcile_settle_s: float = 10.0
 
     @classmethod
     def from_settings(cls, settings) -> "UpbitConfig":
@@ -56,6 +60,9 @@ class UpbitConfig:
             ping_s=settings.get_float("CQT_UPBIT_PING_S", 30.0, 0.1),
             backfill_s=settings.backfill_s,
             rest_timeout_s=settings.get_float("CQT_REST_TIMEOUT_S", 10.0, 0.1),
+            reconcile_s=settings.get_float("CQT_UPBIT_RECONCILE_S", 180.0, minimum=1.0, maximum=86400.0),
+            reconcile_settle_s=settings.get_float("CQT_UPBIT_RECONCILE_SETTLE_S", 10.0, minimum=0.0,
+                                                  maximum=600.0),
         )
 
 
@@ -96,10 +103,11 @@ def endpoint(cfg: UpbitConfig):
 class UpbitGapHandler:
     """Gap hook: trade windows are backfilled by time; order book windows recorded as unfillable."""
 
-    def __init__(self, gaps, backfiller, filler):
+    def __init__(self, gaps, backfiller, filler, reconcile=None):
         self.gaps = gaps
         self.backfiller = backfiller
         self.filler = filler
+        self.reconcile = reconcile
         self.detected = 0
 
     def on_gap(self, gap) -> None:
@@ -119,7 +127,16 @@ class UpbitGapHandler:
             self.gaps.open(gap, status="unfillable")
 
     def snapshot(self) -> dict:
-        return {"gaps_detected": self.detected, **self.backfiller.snapshot(), **self.filler.snapshot()}
+        out = {"gaps_detected": self.detected, **self.backfiller.snapshot(), **self.filler.snapshot()}
+        if self.reconcile is not None:
+            out["reconcile"] = self.reconcile.snapshot()
+        return out
+
+
+def _live_times(loop, code: str) -> tuple[int | None, int | None]:
+    """(first, newest) exchange time of the live trades of `code` in this process."""
+    st = loop.states.get(f"{code}@trade")
+    return (None, None) if st is None else (st.first_live_ts, st.last_event_ts)
 
 
 def _trade_fallback(db_path, code: str):
@@ -137,7 +154,7 @@ def run(svc, cfg: UpbitConfig, capture_path: str | None) -> int:
     from ..db import connect
     from ..stream import Gap, StreamLoop
     from ..timeutil import now_ms
-    from .backfill import Backfiller, GapBook, UpbitTradeFill
+    from .backfill import Backfiller, GapBook, UpbitReconcile, UpbitTradeFill
 
     settings = svc.settings
     # Upbit REST allows 10 requests/s per group; Remaining-Req is honoured by the client.
@@ -147,6 +164,10 @@ def run(svc, cfg: UpbitConfig, capture_path: str | None) -> int:
     filler = UpbitTradeFill(svc, rest, gaps)
     handler = UpbitGapHandler(gaps, backfiller, filler)
     loop = StreamLoop(svc, [endpoint(cfg)], handler, cfg.loop, service=SERVICE, capture=capture)
+    handler.reconcile = UpbitReconcile(filler, backfiller, cfg.codes, interval_s=cfg.reconcile_s,
+                                       settle_ms=int(cfg.reconcile_settle_s * 1000),
+                                       connected=lambda: all(c.state == "connected" for c in loop.conns),
+                                       stream_times=lambda code: _live_times(loop, code))
     report_in_heartbeat(svc, {"codes": list(cfg.codes)}, loop, handler, rest, capture)
 
     positions = read_positions(settings.db, SERVICE)
@@ -174,7 +195,7 @@ def run(svc, cfg: UpbitConfig, capture_path: str | None) -> int:
                 log.info("empty database: backfilling the last %d s of %s", cfg.backfill_s, key)
                 handler.on_gap(Gap(SOURCE, key, "initial", now, None, None, now - cfg.backfill_s * 1000, now))
     log.info("streaming codes=%s url=%s", ",".join(cfg.codes), cfg.ws_url)
-    return run_ws_collector(svc, loop, backfiller, capture=capture, rest=rest)
+    return run_ws_collector(svc, loop, backfiller, capture=capture, rest=rest, periodic=handler.reconcile.tick)
 
 
 @click.command("cqt-collect-upbit", context_settings={"help_option_names": ["-h", "--help"]})
