@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping
 import orjson
 import requests
 
+from .db import redact
 from .timeutil import now_ms
 
 log = logging.getLogger("cqt.rest")
@@ -258,10 +259,9 @@ class RestClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _redact(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, "***")
-        return text
+    def _redact(self, text: str, limit: int | None = None) -> str:
+        """`text` with this client's secrets (and pieces of them) masked, then cut to `limit`."""
+        return redact(text, self.secrets, limit=limit)
 
     def get(self, path: str, params: Mapping[str, Any] | None = None, *, wait: bool = True,
             timeout_s: float | None = None, headers: Mapping[str, str] | None = None) -> RestResponse:

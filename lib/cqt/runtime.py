@@ -5,12 +5,19 @@
 - signals: SIGTERM/SIGINT stop the main loop, the writer is flushed, STOPPING=1, exit 0;
 - sd_notify: READY=1 when start-up is done, WATCHDOG=1 while the main loop is alive,
   STATUS= with a short human line;
-- heartbeats: a row every CQT_HEARTBEAT_S seconds with state and counters.
+- heartbeats: a row every CQT_HEARTBEAT_S seconds with state and counters;
+- failure: if the writer or a thread the service depends on fails, the service stops
+  (ERROR line with the cause, exit 74 for storage, 1 otherwise) and the watchdog stops
+  pinging while the writer makes no progress;
+- one instance per program and database: an flock on `<db>.<program>.lock`, which the
+  kernel releases however the process ends; a second instance exits 75 with one line.
 
 Timers use the monotonic clock; wall-clock time is only for timestamps.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -23,12 +30,13 @@ from typing import Any, Callable
 
 from . import exitcodes
 from .config import ConfigError, Settings, load_settings
-from .db import BatchWriter, EventLog, RejectLog, SchemaTooNew, redact
+from .db import BatchWriter, EventLog, RejectLog, SchemaTooNew, is_fatal_io, redact
 from .timeutil import now_ms
 
 log = logging.getLogger("cqt.runtime")
 
 STOP_DEADLINE_S = 4.5
+MAX_LOG_CHARS = 20_000      # one log line at most (secrets are masked before the cut)
 
 
 # ------------------------------------------------------------------------------ logging
@@ -62,7 +70,7 @@ class _Formatter(logging.Formatter):
             else:
                 exc = record.exc_info[1]
                 msg += f" ({type(exc).__name__}: {exc})"
-        msg = redact(msg, self.secrets).replace("\n", "\n    ")
+        msg = redact(msg, self.secrets, limit=MAX_LOG_CHARS).replace("\n", "\n    ")
         line = f"{record.levelname} {record.name.removeprefix('cqt.')}: {msg}"
         return f"<{_SYSLOG_PRIORITY.get(record.levelname, 6)}>{line}" if self.priority_prefix else line
 
@@ -135,8 +143,9 @@ class Service:
     """The pieces a long-running program needs; see docs/internals.md."""
 
     def __init__(self, name: str, settings: Settings, *, detail: Callable[[], dict] | None = None,
-                 writer_kwargs: dict | None = None):
+                 writer_kwargs: dict | None = None, clock: Callable[[], float] = time.monotonic):
         self.name = name
+        self.clock = clock
         self.settings = settings
         self.stopping = threading.Event()
         self.notifier = Notifier()
@@ -145,21 +154,24 @@ class Service:
         self.status_text = "starting"
         self.exit_code: int | None = None
         self.stop_reason = ""
-        self._alive_at = time.monotonic()
+        self._alive_at = clock()
         self._counters: dict[str, list[int]] = {}    # source -> [frames, rows, rejects] since last heartbeat
         self._totals: dict[str, list[int]] = {}
         self._count_lock = threading.Lock()
         self.started_ms = now_ms()
-        self.writer = BatchWriter(settings.db, service=name, on_fatal=self._on_fatal, **(writer_kwargs or {}))
+        self.writer = BatchWriter(settings.db, service=name, on_fatal=self._on_fatal,
+                                  **{"secrets": settings.secrets, **(writer_kwargs or {})})
         self.rejects = RejectLog(self.writer, secrets=settings.secrets)
         self.events = EventLog(self.writer, name, secrets=settings.secrets)
         logging.getLogger().addHandler(_EventHandler(self.events))
         self._threads: list[threading.Thread] = []
+        self._deadline: threading.Timer | None = None
+        self._watchdog_withheld = ""
 
     # -- called by the main loop -----------------------------------------------------
     def alive(self) -> None:
         """The main loop is making progress (not: data is flowing)."""
-        self._alive_at = time.monotonic()
+        self._alive_at = self.clock()
 
     def ready(self, status: str = "running") -> None:
         self.state = "running"
@@ -204,9 +216,45 @@ class Service:
 
     # -- internals ----------------------------------------------------------------------
     def _on_fatal(self, exc: BaseException) -> None:
-        self.exit_code = exitcodes.IOERR
-        self.stop_reason = f"database write failed: {exc}"
+        """The writer cannot store (storage: 74) or dropped what it could not store (1)."""
+        storage = is_fatal_io(exc) or isinstance(exc, OSError)
+        what = "database write failed" if storage else "database writer failed"
+        self.fail(exitcodes.IOERR if storage else exitcodes.FAIL, f"{what}: {type(exc).__name__}: {exc}")
+
+    def fail(self, code: int, reason: str) -> None:
+        """Stop the service because something it depends on failed: one ERROR line, exit `code`
+        (the first failure wins), and a deadline so a main loop that does not notice still ends."""
+        if self.exit_code is not None:
+            return
+        self.exit_code = code
+        self.stop_reason = redact(reason, self.settings.secrets, limit=500)
+        log.error("stopping: %s exit_code=%d", self.stop_reason, code)
         self.stopping.set()
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None and not self._finished:
+            self._deadline = threading.Timer(STOP_DEADLINE_S, self._deadline_exit)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+    def spawn(self, name: str, target: Callable[[], Any]) -> threading.Thread:
+        """Start a daemon thread the service depends on: if it raises (or returns while the
+        service is not stopping) the service stops with exit 1 instead of running on without it."""
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException as exc:  # noqa: BLE001 - a dead worker must never be silent
+                if not self.stopping.is_set():
+                    self.fail(exitcodes.FAIL, f"{name} thread failed: {type(exc).__name__}: {exc}")
+                return
+            if not self.stopping.is_set():
+                self.fail(exitcodes.FAIL, f"{name} thread ended unexpectedly")
+
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return t
 
     def _heartbeat_once(self, state: str | None = None) -> None:
         ts = now_ms()
@@ -235,22 +283,37 @@ class Service:
         while not self.stopping.wait(interval):
             self._heartbeat_once()
 
+    def watchdog_verdict(self) -> tuple[bool, str]:
+        """(True, "") when a WATCHDOG=1 ping is deserved: the main loop reported progress within
+        half the watchdog period, the writer is alive and moving (committed within one period,
+        or has nothing queued), and every thread the service depends on runs."""
+        period = self.notifier.watchdog_s
+        idle = self.clock() - self._alive_at
+        if idle > period / 2:
+            return False, f"main loop has not reported progress for {idle:.0f} s"
+        ok, why = self.writer.healthy(stall_s=period)
+        if not ok:
+            return False, why
+        for t in self._threads:
+            if not t.is_alive() and t is not threading.current_thread():
+                return False, f"{t.name} thread is not running"
+        return True, ""
+
     def _watchdog_loop(self) -> None:
         half = self.notifier.watchdog_s / 2
         while not self.stopping.wait(half):
-            if time.monotonic() - self._alive_at <= half:
+            ok, why = self.watchdog_verdict()
+            if ok:
                 self.notifier.send("WATCHDOG=1")
-            else:
-                log.warning("main loop has not reported progress for %.0f s; withholding watchdog ping",
-                            time.monotonic() - self._alive_at)
+                self._watchdog_withheld = ""
+            elif why.split(" for ")[0] != self._watchdog_withheld.split(" for ")[0]:
+                self._watchdog_withheld = why
+                log.warning("%s; withholding watchdog ping", why)
 
     def start_threads(self) -> None:
-        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._watchdog_loop, "watchdog")):
-            if name == "watchdog" and not (self.notifier.enabled and self.notifier.watchdog_s > 0):
-                continue
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        self.spawn("heartbeat", self._heartbeat_loop)
+        if self.notifier.enabled and self.notifier.watchdog_s > 0:
+            self.spawn("watchdog", self._watchdog_loop)
 
     def install_signals(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
@@ -261,17 +324,24 @@ class Service:
             self.stopping.set()
             self.notifier.send("STOPPING=1")
             # Hard deadline: whatever the main loop is doing, commit and leave in time.
-            t = threading.Timer(STOP_DEADLINE_S, self._deadline_exit)
-            t.daemon = True
-            t.start()
+            self._arm_deadline()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
     def _deadline_exit(self) -> None:
         log.warning("main loop did not stop in %.1f s; flushing and exiting", STOP_DEADLINE_S)
-        self.finish(exitcodes.OK if self.exit_code is None else self.exit_code)
-        os._exit(exitcodes.OK if self.exit_code is None else self.exit_code)
+        code = self.final_code(exitcodes.OK)
+        self.finish(code)
+        log.info("stopped exit_code=%d reason=%s", code, (self.stop_reason or "done").replace(" ", "_"))
+        os._exit(code)
+
+    def final_code(self, code: int) -> int:
+        """The exit code to report: a failure recorded by the writer or a worker wins over
+        what the main loop returned, so a service whose writer died never exits 0."""
+        if self.exit_code is None and (self.writer.fatal is not None or self.writer.failure is not None):
+            self._on_fatal(self.writer.fatal or self.writer.failure)
+        return code if self.exit_code is None else self.exit_code
 
     _finished = False
 
@@ -289,6 +359,8 @@ class Service:
             return
         self._finished = True
         self.stopping.set()
+        if self._deadline is not None and self._deadline is not threading.current_thread():
+            self._deadline.cancel()
         try:
             self._heartbeat_once(state="stopped")
             self.record_run(stop=True, exit_code=code)
@@ -297,6 +369,81 @@ class Service:
         self.writer.close(timeout=3.0)
         self.notifier.send("STOPPING=1")
         self.notifier.close()
+
+
+# ------------------------------------------------------------------------------ one instance
+class AlreadyRunning(Exception):
+    """Another process holds this program's lock on this database."""
+
+
+def lock_path(program: str, db: str | os.PathLike) -> str:
+    """`<db>.<program>.lock`, next to the database file its path resolves to (so two spellings
+    of one path, or a symlink, find the same lock)."""
+    real = os.path.realpath(os.fspath(db))
+    return f"{real}.{program}.lock"
+
+
+class InstanceLock:
+    """An exclusive flock held for the life of the process; the file holds the owner's pid.
+    The kernel drops the lock when the process ends in any way (kill -9 included), so a stale
+    file never blocks a start. The file is left in place: removing it would let a third
+    process lock a new file while the second still holds the old one."""
+
+    def __init__(self, program: str, db: str | os.PathLike):
+        self.program = program
+        self.db = os.fspath(db)
+        self.path = lock_path(program, db)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder_pid()
+            os.close(self._fd)
+            self._fd = None
+            raise AlreadyRunning(
+                f"{program} is already running on {self.db} (pid {holder or 'unknown'}; lock {self.path}): "
+                "not starting a second instance") from None
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _holder_pid(self) -> str:
+        # The holder writes its pid just after it locks: give it a moment.
+        for _ in range(20):
+            try:
+                text = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
+            except OSError:
+                return ""
+            if text.isdigit():
+                return text
+            time.sleep(0.01)
+        return ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing the only descriptor drops the flock
+            self._fd = None
+
+
+def _lock_or_exit_code(name: str, settings: Settings) -> InstanceLock | int:
+    try:
+        return InstanceLock(name, settings.db)
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return exitcodes.TEMPFAIL
+    except ValueError as exc:        # e.g. a NUL byte in the path
+        log.error("CQT_DB is not a usable path: %s", exc)
+        return exitcodes.CONFIG
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            log.error("CQT_DB is not a usable path: %s", exc.strerror)
+            return exitcodes.CONFIG
+        log.error("cannot create the instance lock next to the database %s: %s", settings.db, exc)
+        return exitcodes.IOERR
 
 
 def load_settings_or_exit(**overrides: Any) -> Settings:
@@ -312,6 +459,17 @@ def run_service(name: str, main_fn: Callable[[Service], int | None], settings: S
     """Run a long-running program: returns the process exit code (never raises)."""
     settings = settings or load_settings_or_exit()
     setup_logging(name, settings.log_level, settings.secrets)
+    lock = _lock_or_exit_code(name, settings)
+    if isinstance(lock, int):
+        return lock
+    try:
+        return _run_locked(name, main_fn, settings, detail, writer_kwargs)
+    finally:
+        lock.release()
+
+
+def _run_locked(name: str, main_fn: Callable[[Service], int | None], settings: Settings,
+                detail: Callable[[], dict] | None, writer_kwargs: dict | None) -> int:
     try:
         svc = Service(name, settings, detail=detail, writer_kwargs=writer_kwargs)
     except SchemaTooNew as exc:
@@ -329,14 +487,14 @@ def run_service(name: str, main_fn: Callable[[Service], int | None], settings: S
         code = exitcodes.OK if rc is None else int(rc)
     except ConfigError as exc:
         log.error("%s", exc)
-        svc.stop_reason = str(exc)
+        svc.stop_reason = svc.stop_reason if svc.exit_code is not None else str(exc)
         code = exitcodes.CONFIG
     except Exception as exc:  # noqa: BLE001 - last resort: say why, exit non-zero, systemd restarts
         log.error("unexpected error, exiting: %s", exc, exc_info=True)
-        svc.stop_reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        if svc.exit_code is None:   # else the failure that stopped the service is the reason
+            svc.stop_reason = f"unexpected error: {type(exc).__name__}: {exc}"
         code = exitcodes.FAIL
-    if svc.exit_code is not None:
-        code = svc.exit_code
+    code = svc.final_code(code)
     svc.finish(code)
     log.info("stopped exit_code=%d reason=%s", code, (svc.stop_reason or "done").replace(" ", "_"))
     return code
