@@ -13,9 +13,11 @@ order:
     label_ts_violation  label_ts < t0 + horizon (a bug; must be 0)
 
 Reads go through `cqt.db.iter_keyset` (one short read transaction per chunk); the only
-write is one `export_runs` row in one short transaction. The file is written to a
-temporary name in the output directory and renamed, so `--output` is either the old
-file or the complete new one, never half a file.
+write is one `export_runs` row in one short transaction. `--output` passes the output
+guard first (`cqt.outputs`: never the database, its side files, a device or an existing
+file that is not a cqt Parquet file), then the file is written to a temporary name in the
+output directory and renamed, so `--output` is either the old file or the complete new
+one, never half a file.
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ from . import __version__, exitcodes
 from .config import ROOT, ConfigError, Settings
 from .db import DatabaseMissing, SchemaTooNew, connect, iter_keyset, open_readonly
 from .clicktypes import TIME
-from .timeutil import fmt_ms, now_ms
+from .outputs import PARQUET_METADATA_KEY, OutputRefused, guard_output, write_atomic
+from .timeutil import MAX_TIME_MS, MIN_TIME_MS, fmt_ms, now_ms
 
-METADATA_KEY = b"cqt"
+METADATA_KEY = PARQUET_METADATA_KEY
 FORMAT = "cqt-dataset/1"
 NON_FEATURE_COLUMNS = ("ts_ms", "horizon_sec", "model", "score")
 LABELS = ("DOWN", "NONE", "UP")          # dictionary order in the Parquet file
@@ -176,13 +179,22 @@ def _finite(text: str, what: str) -> float:
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
 
 
+# No range is longer than the span of accepted times (2009-01-01 .. 2100-01-01).
+MAX_DURATION_MS = MAX_TIME_MS - MIN_TIME_MS
+
+
 def parse_duration_ms(text: str) -> int:
-    """'1h', '24h', '30m', '90s', '7d' -> milliseconds."""
-    m = _DURATION_RE.match(text)
+    """'1h', '24h', '30m', '90s', '7d' -> milliseconds (at least 1 s, at most MAX_DURATION_MS)."""
+    m = _DURATION_RE.match(text) if len(text) <= 40 else None
     if not m:
-        raise ValueError(f"{text!r} is not a duration like 1h or 24h")
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise ValueError(f"{shown} is not a duration like 1h or 24h")
     mult = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2).lower()]
-    ms = int(float(m.group(1)) * mult)
+    value = float(m.group(1)) * mult
+    if not value <= MAX_DURATION_MS:        # also inf, from a number too long for a float
+        raise ValueError(f"{text.strip()!r} is longer than the span of accepted times "
+                         f"(2009-01-01 .. 2100-01-01: at most {MAX_DURATION_MS // 86_400_000}d)")
+    ms = int(value)
     if ms < 1000:
         raise ValueError("duration must be at least 1 s")
     return ms
@@ -376,7 +388,14 @@ def realized_volatility(market_ts, close, from_ms: int, to_ms: int, horizon_sec:
     """Std of the 1 s log returns of market_1s close over [from, to]: per second, per horizon, annualized."""
     import numpy as np
 
-    base, grid = second_grid(np.asarray(market_ts), np.asarray(close), from_ms - 1000, to_ms)
+    lo, hi = from_ms - 1000, to_ms
+    ts = np.asarray(market_ts)
+    inside = ts[(ts >= lo) & (ts <= hi) & (ts % 1000 == 0)]
+    if len(inside):     # the grid spans the data, not the range: a range of years is not years of memory
+        lo, hi = max(lo, int(inside.min())), min(hi, int(inside.max()))
+    else:
+        hi = lo
+    base, grid = second_grid(ts, np.asarray(close), lo, hi)
     r = log_returns(grid)[1:]
     r = r[np.isfinite(r)]
     if len(r) < 2:
@@ -535,65 +554,32 @@ def build_table(t0, pred, feature_names: Sequence[str], lab: Labelled):
     return pa.Table.from_arrays([c[1] for c in cols], schema=pa.schema(fields)), {c[0]: c[2] for c in cols}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_temps(output: Path) -> None:
-    """Remove temp files left by an export that was killed (its pid is gone)."""
-    for p in output.parent.glob(f".{output.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            try:
-                p.unlink()
-            except OSError:
-                pass
-
-
 def write_parquet_atomic(table, output: Path, metadata: dict[str, Any], stall_s: float = 0.0) -> int:
     """Write `table` with zstd and the `cqt` metadata to a temp file beside `output`, fsync, rename.
     Returns the file size. On any failure the temp file is removed and `output` is untouched."""
     import pyarrow.parquet as pq
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temps(output)
-    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     schema = table.schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
-    try:
+    table = table.replace_schema_metadata(schema.metadata)
+
+    def write(tmp: Path) -> None:
         with pq.ParquetWriter(str(tmp), schema, compression="zstd", compression_level=3,
                               write_statistics=True) as writer:
-            table = table.replace_schema_metadata(schema.metadata)
             for i, offset in enumerate(range(0, max(table.num_rows, 1), ROW_GROUP_ROWS)):
                 writer.write_table(table.slice(offset, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
                 if i == 0 and stall_s > 0:      # test knob: a window in which to kill the writer
                     time.sleep(stall_s)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+
+    return write_atomic(output, write=write, keep_mode=False)
+
+
+def export_target(output: str | os.PathLike, db: Path) -> Path:
+    """The real path `--output` names, after the output guard (never the database, a device,
+    or an existing file that is not a cqt Parquet file); ExportError(2) otherwise."""
     try:
-        dfd = os.open(str(output.parent), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return output.stat().st_size
+        return guard_output(output, "parquet", db_path=db)
+    except OutputRefused as exc:
+        raise ExportError(exc.code, str(exc)) from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -802,15 +788,23 @@ def _last_opt(ctx, param, value):
 def main(output, horizon, from_ms, to_ms, last_ms, threshold, allow_missing, db, no_record, as_json):
     """Write the labelled Parquet dataset and print what it contains and what was dropped.
 
-    Exit codes: 0 written, 1 nothing to write (0 rows; the reason is printed), 2 usage,
-    3 database missing or unreadable, 74 write error, 78 bad setting.
+    Exit codes: 0 written, 1 nothing to write (0 rows; the reason is printed), 2 usage (also an
+    --output that is the database, a device or a file that is not a cqt Parquet file), 3 database
+    missing or unreadable, 74 write error, 78 bad setting.
     """
     from .runtime import load_settings_or_exit
 
     settings = load_settings_or_exit(db=db)
     try:
+        target = export_target(output, settings.db)
+    except ExportError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "exit_code": exc.code, "error": str(exc)}))
+        click.echo(f"cqt-export: {exc}", err=True)
+        sys.exit(exc.code)
+    try:
         allow = None if allow_missing is None else split_columns(allow_missing)
-        req = settings_request(settings, Path(output).expanduser().absolute(), horizon_sec=horizon,
+        req = settings_request(settings, target, horizon_sec=horizon,
                                from_ms=from_ms, to_ms=to_ms, last_ms=last_ms, threshold=threshold,
                                allow_missing=allow, record=not no_record)
         stall = settings.get_float("CQT_EXPORT_TEST_STALL_S", 0.0, minimum=0)

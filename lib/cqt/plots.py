@@ -7,7 +7,9 @@
 
 Titles and axis labels are English unless a CJK font is installed (matplotlib's default
 font draws Hangul as empty boxes). Times are UTC. A plot without data is not drawn and
-an old file of that name is removed, so the report never links a stale picture.
+an old file of that name is removed, so the report never links a stale picture. Files are
+written atomically with a `Software=cqt` text chunk; a file of one of these names that cqt
+did not write is never replaced or removed (the output guard refuses the report).
 """
 from __future__ import annotations
 
@@ -25,7 +27,10 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
+from .outputs import PNG_SOFTWARE, guard_output, write_atomic  # noqa: E402
+
 HOUR, DAY = 3_600_000, 86_400_000
+PLOT_NAMES = ("price", "fill", "labels", "checks")         # <stem>-<name>.png, in report order
 CJK_HINTS = ("CJK", "Nanum", "Noto Sans KR", "Noto Serif KR", "Malgun", "AppleGothic", "Apple SD Gothic",
              "UnDotum", "Baekmuk", "Gulim", "Dotum", "Batang", "Source Han")
 
@@ -68,11 +73,13 @@ def _dt(ms: int) -> datetime:
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    tmp.replace(path)
+    """Atomically (temp file removed on any failure, a full disk included). Software=cqt marks the
+    file as ours for the output guard; it is fixed text, so the same data gives the same bytes."""
+    try:
+        write_atomic(path, write=lambda tmp: fig.savefig(tmp, format="png", dpi=100,
+                                                         metadata={"Software": PNG_SOFTWARE}))
+    finally:
+        plt.close(fig)
 
 
 def plot_price(conn: sqlite3.Connection, path: Path, lo: int, hi: int, t: dict[str, str]) -> bool:
@@ -206,9 +213,11 @@ def plot_checks(conn: sqlite3.Connection, path: Path, lo: int, hi: int, names: l
 
 
 def make_plots(conn: sqlite3.Connection, settings: Any, out_dir: Path, stem: str, ctx: Any) -> list[Plot]:
-    """Draw every plot that has data; return the ones drawn (in report order)."""
+    """Draw every plot that has data; return the ones drawn (in report order). Every target
+    passes the output guard before the first is drawn (OutputRefused otherwise)."""
     from .report import EXPORT_24H, MODULES, RUNNER, latest_export
 
+    paths = {name: guard_output(out_dir / f"{stem}-{name}.png", "png", db_path=settings.db) for name in PLOT_NAMES}
     font = cjk_font()
     lang = "ko" if font else "en"
     t = TEXT[lang]
@@ -224,7 +233,7 @@ def make_plots(conn: sqlite3.Connection, settings: Any, out_dir: Path, stem: str
         ]
         made = []
         for name, title, fn in jobs:
-            path = out_dir / f"{stem}-{name}.png"
+            path = paths[name]
             if fn(path):
                 made.append(Plot(name, title, path))
             elif path.exists():

@@ -15,6 +15,8 @@ template shipped in `cqt/templates/step-alt-5.md`.
 Every value is derived from rows at or before the report's as-of time (default: now),
 and the text depends only on the data, so two runs over the same data give the same
 bytes; the file is written only when it changes, atomically (temp file + rename).
+Before anything is written (report or plots) every target passes the output guard
+(`cqt.outputs`): never the database, a device, or a file that is not a cqt report/plot.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import click
 
-from . import exitcodes, journal
+from . import exitcodes, journal, outputs
 from .config import ConfigError, Settings
 from .db import DatabaseMissing, SchemaTooNew, open_readonly, redact
 from .clicktypes import TIME
@@ -50,7 +52,7 @@ EXPORT_1H, EXPORT_24H = "btc_1h.parquet", "btc_24h.parquet"
 WAIT = "⏳"
 RUN_LOG_PREFIX = "run-log:"
 
-BLOCK_RE = re.compile(r"<!-- cqt:begin (?P<name>[\w:.\-]+) -->\n(?P<body>.*?)<!-- cqt:end (?P=name) -->", re.S)
+BLOCK_RE = outputs.REPORT_BLOCK_RE
 
 
 # ------------------------------------------------------------------------------ block editing (pure)
@@ -88,31 +90,32 @@ def upsert_dated_block(text: str, name: str, body: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> bool:
-    """Write only when the content changes; temp file + fsync + rename. Returns True if written."""
+    """Write only when the content changes; temp file + fsync + rename (cqt.outputs). Returns True if written."""
     data = text.encode("utf-8", errors="surrogateescape")
     try:
         if path.read_bytes() == data:
             return False
-        mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
-        mode = None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+        pass
+    outputs.write_atomic(path, data)
     return True
+
+
+MARKDOWN_SUFFIXES = (".md", ".markdown")
+
+
+def report_target(path: Path, db: Path) -> Path:
+    """The real path to fill, after the output guard. An existing Markdown file without cqt
+    blocks is the operator's own text: refused with exit 1 (as before, but now nothing is
+    appended to it); anything else that is not a report, the database or a device: exit 2."""
+    try:
+        return outputs.guard_output(path, "report", db_path=db)
+    except outputs.OutputRefused as exc:
+        if exc.foreign and path.suffix.lower() in MARKDOWN_SUFFIXES:
+            raise outputs.OutputRefused(path, "it has none of the cqt blocks "
+                                              "(move it away to start from the template)",
+                                        code=exitcodes.FAIL, foreign=True) from None
+        raise
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -668,12 +671,13 @@ def journal_mode_setting(settings: Settings) -> str:
 def update_report(settings: Settings, out: Path | None = None, as_of_ms: int | None = None, plots: bool = True,
                   start_ms: int | None = None, journal_lines: list[str] | None = None,
                   journal_mode: str | None = None) -> ReportOutcome:
-    """Fill the report from the database. Raises DatabaseMissing/SchemaTooNew/sqlite3.Error/OSError/ConfigError."""
-    path = Path(out) if out is not None else settings.report
+    """Fill the report from the database. Raises OutputRefused (before anything is written),
+    DatabaseMissing/SchemaTooNew/sqlite3.Error/OSError/ConfigError."""
     journal_mode = journal_mode or journal_mode_setting(settings)
     as_of = now_ms() if as_of_ms is None else as_of_ms
     conn = open_readonly(settings.db)
     try:
+        path = report_target(Path(out) if out is not None else settings.report, settings.db)
         ctx = build_context(conn, settings, as_of, start_ms, journal_lines, journal_mode)
         bodies = render_blocks(ctx)
         made: list[Any] = []
@@ -708,7 +712,9 @@ def main(db, out, as_of, start, no_plots, journal_json, as_json):
     """Fill the run report's tables from the database (in place, idempotent).
 
     Exit codes: 0 report up to date, 3 database missing or unreadable, 74 cannot write
-    the report, 78 bad setting, 1 the report file has none of the cqt blocks.
+    the report, 78 bad setting, 1 the report file (Markdown) has none of the cqt blocks
+    (nothing is written), 2 --out (or a plot beside it) is the database, a device or an
+    existing file that is not a cqt report / cqt plot.
     """
     from .runtime import load_settings_or_exit
 
@@ -723,6 +729,9 @@ def main(db, out, as_of, start, no_plots, journal_json, as_json):
     code = exitcodes.OK
     try:
         res = update_report(settings, target, as_of, not no_plots, start, lines, mode)
+    except outputs.OutputRefused as exc:
+        click.echo(f"cqt-report: {exc}", err=True)
+        sys.exit(exc.code)
     except (DatabaseMissing, SchemaTooNew) as exc:
         click.echo(f"cqt-report: {exc}", err=True)
         sys.exit(exitcodes.NOEVAL)
