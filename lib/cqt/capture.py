@@ -13,6 +13,9 @@ the day its records came from) and a new `<name>` is started. A restart appends 
 `<name>` (gzip: a new member, which every gzip reader handles) unless it is from an
 earlier day, which is rotated first.
 
+The path passes the output guard first (`cqt.outputs`, `OutputRefused`): an existing
+file is appended to only if it is a capture; a database, its side files or a device never.
+
 Request headers are never written (the Coinglass key travels in a header), and values
 listed in `secrets` are masked wherever they appear. A binary frame that is not UTF-8
 is written with `raw` decoded leniently plus `raw_b64` holding the exact bytes.
@@ -37,6 +40,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import orjson
 
+from .outputs import guard_output, is_capture_record
 from .timeutil import now_ms
 
 log = logging.getLogger("cqt.capture")
@@ -62,8 +66,10 @@ class CaptureWriter:
     """Append records to a capture file from any thread (one lock)."""
 
     def __init__(self, path: str | os.PathLike, *, secrets: tuple[str, ...] = (),
-                 wall_ms: Callable[[], int] = now_ms, rotate: bool = True, compresslevel: int = 6):
-        self.path = Path(path)
+                 wall_ms: Callable[[], int] = now_ms, rotate: bool = True, compresslevel: int = 6,
+                 db_path: str | os.PathLike | None = None):
+        # Before anything is opened: never a database, a device or someone else's file (OutputRefused).
+        self.path = guard_output(path, "capture", db_path=db_path)
         self.gz = self.path.name.endswith(".gz")
         self.secrets = tuple(s for s in secrets if s)
         self.wall_ms = wall_ms
@@ -309,8 +315,7 @@ def parse_line(line: bytes, lineno: int = 0) -> dict:
         rec = orjson.loads(line)
     except orjson.JSONDecodeError:
         raise CaptureLineError(lineno, "capture line is not JSON", line) from None
-    if type(rec) is not dict or type(rec.get("recv_ts_ms")) is not int or "raw" not in rec \
-            or type(rec.get("source")) is not str:
+    if not is_capture_record(rec):
         raise CaptureLineError(lineno, "capture line lacks recv_ts_ms/source/raw", line)
     b64 = rec.get("raw_b64")
     if b64:

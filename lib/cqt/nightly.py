@@ -12,6 +12,9 @@ Steps, in order; a failing step never stops the later ones:
                    whose file still exists covers them; bookkeeping by age; old rotated captures
                    likewise; then a WAL checkpoint and an incremental vacuum
 
+Every file it writes (exports, dated copy, report, plots) passes the output guard
+(`cqt.outputs`) first: a refused target is that step's exit 2, and nothing is written to it.
+
 Exit code = the worst step's (the highest code; codes outside 0/1/2/3/74/78 count as 1).
 One summary line on stdout; step details on stderr (both end up in the journal).
 """
@@ -38,6 +41,7 @@ import click
 from . import exitcodes
 from .config import ROOT, ConfigError, Settings
 from .db import connect
+from .outputs import OutputRefused, guard_output, write_atomic
 from .timeutil import now_ms
 
 log = logging.getLogger("cqt.nightly")
@@ -102,9 +106,10 @@ def step_checks(settings: Settings, window: int, timeout_s: float) -> Step:
 
 
 def step_export(settings: Settings, name: str, output: Path, last: str, horizon: int | None, threshold: str) -> tuple[Step, Any]:
-    from .dataset import ExportError, Threshold, parse_duration_ms, run_export, settings_request
+    from .dataset import ExportError, Threshold, export_target, parse_duration_ms, run_export, settings_request
 
     try:
+        output = export_target(output, settings.db)
         req = settings_request(settings, output, horizon_sec=horizon, last_ms=parse_duration_ms(last),
                                threshold=Threshold.parse(threshold))
         res = run_export(settings.db, req)
@@ -126,17 +131,15 @@ def dated_copy(settings: Settings, res: Any) -> Path:
     from .dataset import record_export
 
     day = datetime.fromtimestamp(res.to_ms / 1000, tz=timezone.utc).strftime("%Y%m%d")
-    dst = res.output.parent / f"btc_{day}.parquet"
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    try:
+    dst = guard_output(res.output.parent / f"btc_{day}.parquet", "parquet", db_path=settings.db)
+
+    def link_or_copy(tmp: Path) -> None:
         try:
             os.link(res.output, tmp)           # same bytes, no copy; btc_24h is replaced by rename, never rewritten
         except OSError:
             shutil.copyfile(res.output, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    write_atomic(dst, write=link_or_copy, keep_mode=False)   # a chmod would change btc_24h too (one inode)
     copy = type(res)(**{**res.__dict__, "output": dst})
     record_export(settings.db, copy)
     return dst
@@ -148,6 +151,8 @@ def step_report(settings: Settings) -> Step:
 
     try:
         out = update_report(settings)
+    except OutputRefused as exc:
+        return Step("report", exc.code, str(exc))
     except (DatabaseMissing, SchemaTooNew) as exc:
         return Step("report", exitcodes.NOEVAL, str(exc))
     except sqlite3.Error as exc:
@@ -364,6 +369,10 @@ def run_nightly(settings: Settings, window: int = 600, horizon: int | None = Non
             dst = dated_copy(settings, res24)
             steps[-1].data["dated_copy"] = str(dst)
             steps[-1].detail += f" dated={dst.name}"
+        except OutputRefused as exc:
+            steps[-1].code = exc.code
+            steps[-1].detail += f" dated copy: {exc}"
+            log.error("dated copy of %s: %s", res24.output, exc)
         except (OSError, sqlite3.Error) as exc:
             steps[-1].code = exitcodes.IOERR
             steps[-1].detail += f" dated copy failed: {exc}"
@@ -420,7 +429,9 @@ def main(db, window, horizon, threshold, no_retention, as_json):
     ddir = settings.dataset_dir
     try:
         ddir.mkdir(parents=True, exist_ok=True)
-        lock = open(ddir / ".cqt-nightly.lock", "w")
+        # opened without truncating and without following a symlink: the lock file never clobbers anything
+        lock_fd = os.open(ddir / ".cqt-nightly.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        lock = os.fdopen(lock_fd, "r+")
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         click.echo("cqt-nightly: another cqt-nightly is running (lock held); not starting a second one", err=True)

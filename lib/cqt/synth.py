@@ -1,4 +1,7 @@
-"""`bin/cqt synth --hours H --db PATH [--seed N] [--end T]`: a realistic database, fast.
+"""`bin/cqt synth --hours H --db PATH [--seed N] [--end T] [--force]`: a realistic database, fast.
+
+`--db` is required (never CQT_DB), and a database that holds collected data is refused
+unless `--force`: synthetic trades mixed into a live database cannot be told apart later.
 
 Drives cqt-sim's `MarketModel` directly (no sockets) over [end − H, end] and writes
 what the four collectors would have written over that span, through the same code:
@@ -28,7 +31,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -44,6 +49,7 @@ from .config import ConfigError, Settings
 from .db import BatchWriter, RejectLog, connect
 from .rest import RateLimitState, RestResponse
 from .sources import COINGLASS_ENDPOINTS, Reject, insert_sql, parse_binance_frame, parse_upbit_frame
+from .timerule import RAW_TABLES
 from .timeutil import fmt_ms, now_ms, parse_time_ms
 
 SERVICES = {  # service -> ingest source
@@ -390,19 +396,57 @@ def table_counts(db_path) -> dict[str, int]:
         conn.close()
 
 
+def collected_data(db_path) -> str | None:
+    """Why the database at `db_path` holds collected (not synthetic) data, or None.
+
+    Signals: a run of a collector by a real process (service_runs with pid != 0; synth
+    writes pid 0), or raw rows in a database synth never wrote to (no synthetic runs at all:
+    a replay, an import, a collector from before service_runs existed)."""
+    if not os.path.exists(db_path):
+        return None
+    conn = connect(db_path, readonly=True)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "service_runs" in tables:
+            marks = ",".join("?" * len(SERVICES))
+            r = conn.execute(f"SELECT service, pid, start_ts_ms FROM service_runs WHERE service IN ({marks}) "
+                             "AND pid != ? ORDER BY start_ts_ms DESC LIMIT 1", (*SERVICES, SYNTH_PID)).fetchone()
+            if r is not None:
+                return f"{r[0]} ran there as pid {r[1]} (started {fmt_ms(r[2])})"
+            if conn.execute("SELECT 1 FROM service_runs WHERE pid = ? LIMIT 1", (SYNTH_PID,)).fetchone():
+                return None
+        for table in RAW_TABLES:
+            if table in tables and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                return f"{table} has rows that cqt synth did not write"
+        return None
+    finally:
+        conn.close()
+
+
+def _usage_exit(message: str) -> None:
+    print(f"cqt synth: {message}", file=sys.stderr)
+    sys.exit(exitcodes.USAGE)
+
+
 @click.command(name="synth", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--hours", type=float, required=True, help="Length of the synthetic history in hours (e.g. 24, 0.25).")
-@click.option("--db", type=click.Path(dir_okay=False), default=None, help="SQLite database (default: CQT_DB).")
+@click.option("--db", type=click.Path(dir_okay=False), default=None,
+              help="SQLite database to build or extend (required; CQT_DB is not used, so a live database "
+                   "is never the default).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Market model seed.")
 @click.option("--end", "end", default=None, help="When the history ends: ISO-8601 or epoch ms (default: now).")
+@click.option("--force", is_flag=True, help="Write into a database that holds collected data anyway.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def synth(hours: float, db: str | None, seed: int, end: str | None, as_json: bool) -> None:
+def synth(hours: float, db: str | None, seed: int, end: str | None, force: bool, as_json: bool) -> None:
     """Build a synthetic database from cqt-sim's market model: raw tables of all four
     collectors, REST series at their polling slots, Coinglass call status, heartbeats,
     service runs and ingest stats; then market_1s and predictions (cqt.aggregate).
 
-    Same --hours/--end/--seed give the same rows; a re-run adds nothing."""
+    Same --hours/--end/--seed give the same rows; a re-run adds nothing. A database that
+    holds collected data (a real collector ran there) is refused (exit 2) unless --force."""
     from .runtime import load_settings_or_exit
+    if not db:
+        _usage_exit("--db is required (a new or synthetic database; CQT_DB is not used)")
     settings = load_settings_or_exit(db=db)
     if not 0 < hours <= 24 * 31:
         raise click.BadParameter("must be > 0 and at most 744 (31 days)", param_hint="--hours")
@@ -412,6 +456,15 @@ def synth(hours: float, db: str | None, seed: int, end: str | None, as_json: boo
         raise click.BadParameter(str(exc), param_hint="--end") from None
     end_ms -= end_ms % 1000
     start_ms = end_ms - int(round(hours * 3600)) * 1000
+    if not force:
+        try:
+            why = collected_data(settings.db)
+        except sqlite3.Error as exc:
+            print(f"cqt synth: cannot read {settings.db}: {exc}", file=sys.stderr)
+            sys.exit(exitcodes.NOEVAL)
+        if why:
+            _usage_exit(f"refusing to write into {settings.db}: it holds collected data ({why}); "
+                        "use a new --db, or --force to add synthetic rows anyway")
     try:
         s = Synth(settings, settings.db, start_ms, end_ms, seed,
                   out=lambda m: print(m, file=sys.stderr, flush=True))
