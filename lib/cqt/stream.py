@@ -18,8 +18,9 @@ Around that:
   are never watched);
 * reconnect on every close (even code 1000), error or stall, with exponential backoff
   and full jitter (tenacity's wait_random_exponential: delay in [0, min(cap, base*2^(n-1))]),
-  reset after the connection stayed up `backoff_reset_s`; Binance serverShutdown ->
-  immediate reconnect without backoff;
+  reset only after a connection that was up stayed up `backoff_reset_s` (a failed connect
+  never resets it); Binance serverShutdown -> immediate reconnect without backoff; a
+  connect failure is logged when it starts or changes, then once a minute with a count;
 * planned rollover before the exchange's 24 h cut: the new connection is opened and
   subscribed first, both are read until the new one delivers, then the old one is closed
   (duplicates are harmless: inserts are idempotent and id tracking keeps the high-water);
@@ -305,15 +306,48 @@ class RowBuffer:
 
 
 # ------------------------------------------------------------------------------ the loop
+class RepeatedLog:
+    """A failure logged once when it starts or changes; the same failure again at most
+    once per `every_s`, with how often it recurred. `ended()` reports the end of a run of
+    failures. Keeps an endpoint that cannot connect from writing a line per attempt."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.every_s = every_s
+        self.clock = clock
+        self.key: str | None = None
+        self.repeats = 0          # since the last line
+        self.total = 0            # in the current run of failures
+        self.since = 0.0
+
+    def failed(self, key: str, line: str) -> None:
+        now = self.clock()
+        self.total += 1
+        if key != self.key:
+            self.key, self.repeats, self.since = key, 0, now
+            self.logger.warning("%s", line)
+        elif now - self.since >= self.every_s:
+            self.logger.warning("%s (%d more times in the last %.0f s)", line, self.repeats + 1, now - self.since)
+            self.repeats, self.since = 0, now
+        else:
+            self.repeats += 1
+
+    def ended(self, line: str) -> None:
+        if self.key is not None:
+            self.logger.warning("%s after %d failed attempts", line, self.total)
+        self.key, self.repeats, self.total = None, 0, 0
+
+
 class _Conn:
     """Per-endpoint runtime: the socket, counters, buffer (owned by its receive thread)."""
 
-    def __init__(self, ep: Endpoint, backoff: Backoff, buffer: RowBuffer):
+    def __init__(self, ep: Endpoint, backoff: Backoff, buffer: RowBuffer, clock: Callable[[], float]):
         self.ep = ep
         self.backoff = backoff
         self.buffer = buffer
         self.ws: websocket.WebSocket | None = None
-        self.connected_at = 0.0
+        self.connected_at: float | None = None      # None while no connection is up
+        self.connect_failures = RepeatedLog(log, clock=clock)
         self.last_rx = 0.0
         self.last_ping = 0.0
         self.tick = time.monotonic()
@@ -340,20 +374,27 @@ class StreamLoop:
     """
 
     def __init__(self, svc: Any, endpoints: Iterable[Endpoint], handler: Handler | None,
-                 settings: LoopSettings | None = None, *, service: str | None = None, capture: Any = None):
+                 settings: LoopSettings | None = None, *, service: str | None = None, capture: Any = None,
+                 clock: Callable[[], float] = time.monotonic, connect: Callable[..., Any] | None = None,
+                 wait: Callable[[float], bool] | None = None):
         self.svc = svc
+        svc_settings = getattr(svc, "settings", None)
+        self.secrets: tuple[str, ...] = tuple(getattr(svc_settings, "secrets", ()) or ())
+        self.clock = clock
+        self.connect = connect or websocket.create_connection
+        self.stop_event = threading.Event()
+        self.wait = wait or self.stop_event.wait
         self.writer = svc.writer
         self.service = service or svc.name
         self.handler = handler
         self.cfg = settings or LoopSettings()
         self.capture = capture
-        self.stop_event = threading.Event()
         self.states: dict[str, StreamState] = {}
         self._states_lock = threading.Lock()
         self.conns: list[_Conn] = []
         for ep in endpoints:
             c = _Conn(ep, Backoff(self.cfg.backoff_base_s, self.cfg.backoff_cap_s, self.cfg.backoff_reset_s),
-                      RowBuffer(self.writer, self.cfg.flush_rows, self.cfg.flush_s))
+                      RowBuffer(self.writer, self.cfg.flush_rows, self.cfg.flush_s), clock)
             for name, rule in ep.rules.items():
                 c.streams[name] = self.state(name, ep.source, rule)
             self.conns.append(c)
@@ -384,10 +425,10 @@ class StreamLoop:
     def stop(self, timeout: float = 2.5) -> None:
         """Ask every receive thread to flush and close; wait up to `timeout` in total."""
         self.stop_event.set()
-        end = time.monotonic() + timeout
+        end = self.clock() + timeout
         for c in self.conns:
             if c.thread is not None:
-                c.thread.join(max(0.05, end - time.monotonic()))
+                c.thread.join(max(0.05, end - self.clock()))
 
     @property
     def stopping(self) -> bool:
@@ -396,7 +437,7 @@ class StreamLoop:
     def healthy(self, max_silence_s: float | None = None) -> bool:
         """Every receive thread is cycling (not: data is flowing)."""
         limit = max_silence_s or (self.cfg.connect_timeout_s + 5.0)
-        now = time.monotonic()
+        now = self.clock()
         return all(c.thread is not None and c.thread.is_alive() and now - c.tick <= limit for c in self.conns)
 
     def status_line(self) -> tuple[str, str]:
@@ -411,13 +452,14 @@ class StreamLoop:
         return state, ", ".join(parts)
 
     def snapshot(self) -> dict:
-        now = time.monotonic()
+        now = self.clock()
         eps = {}
         for c in self.conns:
+            up_since = c.connected_at
             eps[c.ep.name] = {
                 "state": c.state, "connects": c.connects, "reconnects": c.reconnects,
                 "failed_attempts": c.failures, "backoff_attempt": c.backoff.attempt,
-                "uptime_s": round(now - c.connected_at, 1) if c.state == "connected" else 0,
+                "uptime_s": round(now - up_since, 1) if c.state == "connected" and up_since is not None else 0,
                 "last_reason": c.last_reason or None, "last_error": c.last_error or None,
                 "frames": c.total_frames, "buffer_rows": c.buffer.n,
             }
@@ -431,7 +473,7 @@ class StreamLoop:
             reason = "restart"
         delay_next = False
         while not self.stopping:
-            c.tick = time.monotonic()
+            c.tick = self.clock()
             try:
                 if delay_next and not self._backoff_sleep(c):
                     break
@@ -447,8 +489,11 @@ class StreamLoop:
             self._flush(c)
             if self.stopping:
                 break
-            uptime = time.monotonic() - c.connected_at
-            c.backoff.connection_ended(uptime)
+            uptime = 0.0
+            if c.connected_at is not None:      # only a connection that was up may reset the backoff
+                uptime = self.clock() - c.connected_at
+                c.connected_at = None
+                c.backoff.connection_ended(uptime)
             c.last_reason = ended
             c.reconnects += 1
             c.state = "reconnecting"
@@ -467,38 +512,40 @@ class StreamLoop:
         c.delays.append(delay)
         del c.delays[:-100]
         log.info("reconnect endpoint=%s attempt=%d delay_s=%.3f ceiling_s=%.3f", c.ep.name, attempt, delay, ceiling)
-        end = time.monotonic() + delay
+        end = self.clock() + delay
         while True:
-            c.tick = time.monotonic()
+            c.tick = self.clock()
             left = end - c.tick
             if left <= 0:
                 return not self.stopping
-            if self.stop_event.wait(min(left, 0.25)) or self.svc.stopping.is_set():
+            if self.wait(min(left, 0.25)) or self.svc.stopping.is_set():
                 return False
 
     def _open(self, c: _Conn) -> websocket.WebSocket | None:
         ep = c.ep
         c.state = "connecting"
         try:
-            ws = websocket.create_connection(
+            ws = self.connect(
                 ep.url, timeout=self.cfg.connect_timeout_s, suppress_origin=ep.suppress_origin,
                 skip_utf8_validation=True, enable_multithread=False)
             for msg in ep.subscribe:
                 ws.send(msg)
             ws.settimeout(self.cfg.recv_timeout_s)
-        except (OSError, websocket.WebSocketException) as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad URL or timeout (ValueError, OverflowError) fails the same way
             c.failures += 1
-            c.last_error = _short(exc)
+            c.last_error = _short(exc, self.secrets)
             c.state = "reconnecting"
-            log.info("connect failed endpoint=%s error=%s", ep.name, c.last_error.replace(" ", "_"))
+            c.connect_failures.failed(c.last_error, f"connect failed endpoint={ep.name} "
+                                                    f"error={c.last_error.replace(' ', '_')}")
             return None
         c.connects += 1
+        c.connect_failures.ended(f"connect succeeded endpoint={ep.name}")
         log.info("connected endpoint=%s url=%s connects=%d", ep.name, _safe_url(ep.url), c.connects)
         return ws
 
     def _receive(self, c: _Conn, ws: websocket.WebSocket, reason: str) -> str:
         ep = c.ep
-        now = time.monotonic()
+        now = self.clock()
         c.ws = ws
         c.connected_at = c.last_rx = c.last_ping = now
         c.state = "connected"
@@ -516,8 +563,8 @@ class StreamLoop:
                 opcode = None
             except (websocket.WebSocketConnectionClosedException, websocket.WebSocketException, OSError) as exc:
                 self._close(c)
-                return f"error: {_short(exc)}"
-            now = time.monotonic()
+                return f"error: {_short(exc, self.secrets)}"
+            now = self.clock()
             c.tick = now
             if opcode is not None:
                 c.last_rx = now
@@ -568,7 +615,7 @@ class StreamLoop:
             try:
                 c.ws.send(ep.ping_text)
             except (OSError, websocket.WebSocketException) as exc:
-                return f"error: ping failed: {_short(exc)}"
+                return f"error: ping failed: {_short(exc, self.secrets)}"
         if now - c.connected_at >= self.cfg.max_age_s and now >= c.rollover_retry_at:
             self._rollover(c)
         return None
@@ -577,21 +624,21 @@ class StreamLoop:
         """Open the replacement first, read both until it delivers, then close the old one."""
         old = c.ws
         log.info("rollover endpoint=%s age_s=%.0f: opening the replacement connection",
-                 c.ep.name, time.monotonic() - c.connected_at)
+                 c.ep.name, self.clock() - c.connected_at)
         new = self._open(c)
         if new is None:
             c.state = "connected"
-            c.rollover_retry_at = time.monotonic() + min(60.0, self.cfg.max_age_s / 10 + 1)
+            c.rollover_retry_at = self.clock() + min(60.0, self.cfg.max_age_s / 10 + 1)
             log.warning("rollover failed endpoint=%s; keeping the old connection", c.ep.name)
             return
         self._mark_connected(c, "rollover")
         overlap = 0.05
         old.settimeout(overlap)
         new.settimeout(overlap)
-        deadline = time.monotonic() + self.cfg.rollover_overlap_s
+        deadline = self.clock() + self.cfg.rollover_overlap_s
         got_new = False
         old_alive = True
-        while time.monotonic() < deadline and not got_new and not self.stopping:
+        while self.clock() < deadline and not got_new and not self.stopping:
             for w in ((old, new) if old_alive else (new,)):
                 try:
                     opcode, data = w.recv_data()
@@ -605,9 +652,9 @@ class StreamLoop:
                     _close_quietly(new)
                     old.settimeout(self.cfg.recv_timeout_s)
                     c.state = "connected"
-                    c.rollover_retry_at = time.monotonic() + 30.0
+                    c.rollover_retry_at = self.clock() + 30.0
                     return
-                c.tick = time.monotonic()
+                c.tick = self.clock()
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     if w is old:
                         old_alive = False
@@ -618,7 +665,7 @@ class StreamLoop:
         _close_quietly(old)
         new.settimeout(self.cfg.recv_timeout_s)
         c.ws = new
-        c.connected_at = c.last_rx = time.monotonic()
+        c.connected_at = c.last_rx = self.clock()
         c.state = "connected"
         log.info("rollover done endpoint=%s new_connection_delivered=%s", c.ep.name, got_new)
 
@@ -742,7 +789,7 @@ class StreamLoop:
 
     def _flush(self, c: _Conn, final: bool = False) -> None:
         if final:
-            self._emit_thinned(c, time.monotonic(), force=True)
+            self._emit_thinned(c, self.clock(), force=True)
         resume = []
         ts = now_ms()
         for st in c.streams.values():
@@ -775,10 +822,12 @@ def _close_quietly(ws: websocket.WebSocket) -> None:
         pass
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """First line of an exception, keys masked before the cut to 120 characters."""
+    from .db import redact
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
-    return f"{name}: {text[:120]}" if text else name
+    return f"{name}: {redact(text, secrets, 120)}" if text else name
 
 
 def _safe_url(url: str) -> str:
