@@ -16,16 +16,22 @@ Per stream (metric names carry source and stream, e.g. `binance.aggTrade.lag_s`)
   sparse streams (liquidations, KRW-USDT trades) are judged on lag only, counted from
   the collector's current start when there has been no event since;
 - skew_s = median(recv_ts_ms - event time) per WebSocket stream (clock problems);
+- frozen_s (the Upbit KRW-BTC book the features read): the longest time its best bid/ask
+  stood unchanged while trades printed more than CQT_CHECK_BOOK_MOVE_BPS outside it — a
+  stuck book whose rows keep arriving passes lag and fill, not this;
 plus open `gaps` rows and the reject ratio (rejects / frames) per source.
 
 The fill window ends CQT_CHECK_FILL_LATENCY_S before as-of (rows still in flight).
-All queries are bounded index range scans.
+All queries are bounded index range scans; rows are read in chunks or aggregated in
+SQL, so memory does not grow with --window.
 """
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
+from .. import db
 from ..timeutil import fmt_ms
 from .base import CheckContext, check_command
 from .result import Metric
@@ -65,6 +71,28 @@ WS_STREAMS: tuple[Stream, ...] = (
            "seconds", skew_col="ts_ms", service="cqt-collect-upbit"),
     Stream(f"upbit.{UPBIT_USDT}.trade", "UPBIT_KRWUSDT_TRADE", "upbit_trades", "trade_ts_ms", "code", UPBIT_USDT,
            None, service="cqt-collect-upbit"),
+)
+
+
+@dataclass(frozen=True)
+class Book:
+    """A top-of-book stream and the trades that must stay inside its quotes."""
+
+    metric: str
+    table: str
+    time_col: str
+    order: str                   # full row order (time, then a tie-breaker)
+    key_col: str
+    key_val: str
+    bid_col: str
+    ask_col: str
+    trades_table: str            # same key column; trade_ts_ms, price
+
+
+# The Upbit KRW-BTC book is the one the features read (spread, imbalance, best bid/ask).
+BOOKS: tuple[Book, ...] = (
+    Book(f"upbit.{UPBIT_BTC}.orderbook", "upbit_orderbook", "ts_ms", "ts_ms", "code", UPBIT_BTC,
+         "best_bid", "best_ask", "upbit_trades"),
 )
 
 
@@ -109,15 +137,21 @@ def period_seconds(text: str | None, default: float) -> float:
 
 
 # ------------------------------------------------------------------------------ fill models
-def coverage(times_ms: list[int], prev_ms: int | None, start_ms: int, end_ms: int, hold_ms: float) -> float:
-    """Share of (start, end] within `hold_ms` after some sample. `times_ms` sorted, in the window."""
+def coverage(times_ms: Iterable[int], prev_ms: int | None, start_ms: int, end_ms: int, hold_ms: float) -> float:
+    """Share of (start, end] within `hold_ms` after some sample. `times_ms` sorted, in the window;
+    consumed once (a generator reading the rows in chunks is fine)."""
     span = end_ms - start_ms
     if span <= 0:
         return 1.0
     covered = 0.0
     cur_lo = cur_hi = None
-    points = ([prev_ms] if prev_ms is not None else []) + times_ms
-    for t in points:
+
+    def points() -> Iterator[int]:
+        if prev_ms is not None:
+            yield prev_ms
+        yield from times_ms
+
+    for t in points():
         lo, hi = max(t, start_ms), min(t + hold_ms, end_ms)
         if hi <= lo:
             continue
@@ -132,6 +166,20 @@ def coverage(times_ms: list[int], prev_ms: int | None, start_ms: int, end_ms: in
     return covered / span
 
 
+class Counted:
+    """Iterates the times of a series in (lo, hi], in chunks, counting them as it goes."""
+
+    def __init__(self, ctx: CheckContext, table: str, time_col: str, where: str, params: tuple, lo: int, hi: int):
+        self.args = (ctx.conn, table, time_col, time_col, lo + 1, hi, where, params)
+        self.n = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for rows in db.iter_keyset(*self.args):
+            self.n += len(rows)
+            for (t,) in rows:
+                yield t
+
+
 def fill_window(ctx: CheckContext) -> tuple[int, int]:
     """(start, end] of the fill window: the check window moved back by the commit latency,
     aligned to whole seconds so 'seconds with data' counts exactly window_s seconds."""
@@ -143,8 +191,11 @@ def fill_window(ctx: CheckContext) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ the check
 def evaluate(ctx: CheckContext) -> list[Metric]:
     metrics: list[Metric] = []
+    books = {b.metric: b for b in BOOKS}
     for s in WS_STREAMS:
         metrics += ws_stream_metrics(ctx, s)
+        if s.metric in books:
+            metrics.append(frozen_book_metric(ctx, books[s.metric]))
     for r in rest_series():
         metrics += rest_metrics(ctx, r)
     metrics += gap_metrics(ctx)
@@ -197,13 +248,11 @@ def ws_stream_metrics(ctx: CheckContext, s: Stream) -> list[Metric]:
         fill = n / ctx.window_s
         reason = f"{n} of {ctx.window_s} seconds have data"
     else:
-        times = [r[0] for r in conn.execute(
-            f"SELECT {s.time_col} FROM {s.table} WHERE {where} AND {s.time_col} > ? AND {s.time_col} <= ? "
-            f"ORDER BY {s.time_col}", (*params, fs, fe))]
+        times = Counted(ctx, s.table, s.time_col, where, params, fs, fe)
         prev = conn.execute(f"SELECT MAX({s.time_col}) FROM {s.table} WHERE {where} AND {s.time_col} <= ?",
                             (*params, fs)).fetchone()[0]
         fill = coverage(times, prev, fs, fe, 1.5 * s.period_s * 1000)
-        reason = f"{len(times)} updates in {ctx.window_s} s"
+        reason = f"{times.n} updates in {ctx.window_s} s"
     out.append(Metric.judge(f"{s.metric}.fill", round(fill, 4), ">=", fill_min, reason))
 
     if s.skew_col:
@@ -223,6 +272,57 @@ def ws_stream_metrics(ctx: CheckContext, s: Stream) -> list[Metric]:
     return out
 
 
+def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
+    """Longest time in the window the best bid/ask stood still while trades printed more than
+    CQT_CHECK_BOOK_MOVE_BPS outside it: counted from the first such trade to the book's next
+    change (or its newest row). A live book moves with its trades; one that does not is stuck
+    even when its rows keep arriving (same quotes, fresh timestamps)."""
+    th = ctx.thresholds
+    limit = th("CQT_CHECK_BOOK_FROZEN_S")
+    move = th("CQT_CHECK_BOOK_MOVE_BPS") / 1e4
+    name = f"{b.metric}.frozen_s"
+    lo, hi = ctx.start_ms, ctx.as_of_ms
+    # Runs of unchanged quotes, in SQL (window functions spill to disk, not to RAM): each change
+    # point starts a run that lasts to the next one; only runs long enough to matter come back.
+    min_run_ms = int(limit * 500)
+    runs = ctx.conn.execute(
+        f"""WITH rows AS (
+                SELECT {b.time_col} AS t, {b.bid_col} AS bid, {b.ask_col} AS ask,
+                       LAG({b.bid_col}) OVER w AS pbid, LAG({b.ask_col}) OVER w AS pask
+                FROM {b.table} WHERE {b.key_col} = ? AND {b.time_col} > ? AND {b.time_col} <= ?
+                WINDOW w AS (ORDER BY {b.order})),
+            changes AS (SELECT t, bid, ask FROM rows WHERE pbid IS NULL OR bid != pbid OR ask != pask),
+            spans AS (SELECT t, bid, ask, LEAD(t) OVER (ORDER BY t) AS next_t FROM changes)
+            SELECT t, bid, ask, next_t FROM spans
+            WHERE COALESCE(next_t, (SELECT MAX({b.time_col}) FROM {b.table} WHERE {b.key_col} = ?
+                                    AND {b.time_col} > ? AND {b.time_col} <= ?)) - t >= ?
+            ORDER BY t""", (b.key_val, lo, hi, b.key_val, lo, hi, min_run_ms)).fetchall()
+    newest = None
+    worst = (0.0, "")
+    for t, bid, ask, next_t in runs:
+        if next_t is None:
+            newest = newest or ctx.conn.execute(
+                f"SELECT MAX({b.time_col}), COUNT(*) FROM {b.table} WHERE {b.key_col} = ? AND {b.time_col} >= ? "
+                f"AND {b.time_col} <= ?", (b.key_val, t, hi)).fetchone()
+        end = next_t if next_t is not None else newest[0]
+        first_out, low, high = ctx.conn.execute(
+            f"SELECT MIN(trade_ts_ms), MIN(price), MAX(price) FROM {b.trades_table} WHERE {b.key_col} = ? "
+            "AND trade_ts_ms > ? AND trade_ts_ms <= ? AND (price < ? OR price > ?)",
+            (b.key_val, t, end, bid * (1 - move), ask * (1 + move))).fetchone()
+        if first_out is None:
+            continue
+        stale_s = (end - first_out) / 1000
+        if stale_s > worst[0]:
+            away = max((bid - low) / bid if low < bid else 0.0, (high - ask) / ask if high > ask else 0.0)
+            still = ("still unchanged at its newest row" if next_t is None else f"until {fmt_ms(end)}")
+            worst = (stale_s, f"best bid/ask {bid:g}/{ask:g} unchanged from {fmt_ms(t)} {still} while trades "
+                              f"printed outside it from {fmt_ms(first_out)} (prices {low:g} .. {high:g}, up to "
+                              f"{away * 100:.2g} % away): the book stream is stuck; restart cqt-collect-upbit")
+    if not worst[1]:
+        return Metric.judge(name, 0.0, "<=", limit, "")
+    return Metric.judge(name, round(worst[0], 3), "<=", limit, worst[1])
+
+
 def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
     conn, th = ctx.conn, ctx.thresholds
     sym = ctx.settings.binance_symbol
@@ -240,14 +340,12 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
         fs, fe = fill_window(ctx)
         span_ms = max(ctx.window_s, interval) * 1000
         fs = fe - span_ms
-        times = [x[0] for x in conn.execute(
-            f"SELECT {r.time_col} FROM {r.table} WHERE {where} AND {r.time_col} > ? AND {r.time_col} <= ? "
-            f"ORDER BY {r.time_col}", (*params, fs, fe))]
+        times = Counted(ctx, r.table, r.time_col, where, params, fs, fe)
         prev = conn.execute(f"SELECT MAX({r.time_col}) FROM {r.table} WHERE {where} AND {r.time_col} <= ?",
                             (*params, fs)).fetchone()[0]
         fill = coverage(times, prev, fs, fe, 1.5 * interval * 1000)
         out.append(Metric.judge(f"{r.metric}.fill", round(fill, 4), ">=", fill_min,
-                                f"{len(times)} samples, expected about {span_ms / 1000 / interval:.0f}"))
+                                f"{times.n} samples, expected about {span_ms / 1000 / interval:.0f}"))
         return out
 
     # Period-aligned series: the period comes from the data (ratios: the `period` column;
@@ -267,18 +365,39 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
     delay_ms = p_ms + int(2 * poll_s * 1000)
     hi = ctx.as_of_ms - delay_ms
     lo = hi - max(ctx.window_s * 1000, p_ms)
-    expected = [t for t in range((lo // p_ms + 1) * p_ms, hi + 1, p_ms)]
+    # The expected stamps are the multiples of the period in (lo, hi]: counted, never listed.
+    first = (lo // p_ms + 1) * p_ms
+    expected = 0 if hi < first else (hi - first) // p_ms + 1
     if not expected:
         out.append(Metric.skip(f"{r.metric}.fill", "no complete period in the window"))
         return out
-    present = {x[0] for x in conn.execute(
-        f"SELECT {r.time_col} FROM {r.table} WHERE {where} AND {r.time_col} > ? AND {r.time_col} <= ?",
-        (*params, lo, hi))}
-    have = sum(1 for t in expected if t in present)
-    missing = [fmt_ms(t) for t in expected if t not in present]
-    reason = f"{have} of {len(expected)} periods present" + (f"; missing {', '.join(missing[:3])}" if missing else "")
-    out.append(Metric.judge(f"{r.metric}.fill", round(have / len(expected), 4), ">=", fill_min, reason))
+    have = conn.execute(
+        f"SELECT COUNT(DISTINCT {r.time_col}) FROM {r.table} WHERE {where} AND {r.time_col} >= ? "
+        f"AND {r.time_col} <= ? AND ({r.time_col} - ?) % ? = 0", (*params, first, hi, first, p_ms)).fetchone()[0]
+    missing = first_missing(ctx, r, where, params, first, hi, p_ms, 3) if have < expected else []
+    reason = f"{have} of {expected} periods present" + (f"; missing {', '.join(missing)}" if missing else "")
+    out.append(Metric.judge(f"{r.metric}.fill", round(have / expected, 4), ">=", fill_min, reason))
     return out
+
+
+def first_missing(ctx: CheckContext, r: RestSeries, where: str, params: tuple, first: int, hi: int, p_ms: int,
+                  k: int) -> list[str]:
+    """The first `k` expected period stamps with no row, walking the stored stamps in chunks."""
+    missing: list[str] = []
+    expect = first
+    for rows in db.iter_keyset(ctx.conn, r.table, r.time_col, r.time_col, first, hi,
+                               f"{where} AND ({r.time_col} - ?) % ? = 0", (*params, first, p_ms)):
+        for (t,) in rows:
+            while expect < t and len(missing) < k:
+                missing.append(fmt_ms(expect))
+                expect += p_ms
+            if len(missing) >= k:
+                return missing
+            expect = max(expect, t + p_ms)
+    while expect <= hi and len(missing) < k:
+        missing.append(fmt_ms(expect))
+        expect += p_ms
+    return missing
 
 
 def _series_period_s(ctx: CheckContext, r: RestSeries, where: str, params: tuple) -> float:

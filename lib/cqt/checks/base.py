@@ -28,6 +28,10 @@ from .thresholds import Thresholds
 log = logging.getLogger("cqt.checks")
 
 DEFAULT_WINDOW_S = 600
+MAX_WINDOW_S = 31 * 86_400       # a month: beyond it a window is a typo, not a question (exit 2)
+INTEGRITY_MODES = ("quick", "full")
+INTEGRITY_PRAGMA = {"quick": "quick_check", "full": "integrity_check"}
+INTEGRITY_REPORTED = 20          # problems PRAGMA ... reports at most (the first three are printed)
 
 
 @dataclass
@@ -52,15 +56,20 @@ Evaluate = Callable[[CheckContext], list[Metric]]
 
 
 def run_check(name: str, evaluate: Evaluate, settings: Settings, as_of_ms: int, window_s: int,
-              conn: sqlite3.Connection | None = None) -> CheckResult:
-    """Run one check; never raises. `conn` lets the runner share one read-only connection."""
+              conn: sqlite3.Connection | None = None, integrity: str = "quick") -> CheckResult:
+    """Run one check; never raises. `conn` lets the runner share one read-only connection
+    (the runner then checks the database's integrity once itself, before any check)."""
     t0 = time.monotonic()
     res = CheckResult(name, window_s, as_of_ms)
     own = conn is None
+    note = None
     try:
         if own:
             conn = open_for_check(settings.db)
+            note = verify_integrity(conn, settings, integrity)
         ctx = CheckContext(conn, settings, Thresholds(settings), as_of_ms, window_s)
+        if note:
+            ctx.note(note)
         res.metrics = evaluate(ctx)
         res.notes = ctx.notes
         if not res.metrics:
@@ -99,16 +108,60 @@ def open_for_check(path: Path) -> sqlite3.Connection:
         raise CannotEvaluate(f"cannot open database {path}: {exc}") from None
 
 
+def verify_integrity(conn: sqlite3.Connection, settings: Settings, mode: str = "quick") -> str | None:
+    """PRAGMA quick_check (mode "quick") or integrity_check ("full") before any check reads.
+
+    A damaged file raises CannotEvaluate (exit 3): a check must never PASS on a database it
+    cannot trust, and the pages it happens to read may be the undamaged ones. The quick check
+    stops after CQT_CHECK_INTEGRITY_BUDGET_S (a very large file) and returns a note saying
+    so; the full check (nightly) has no time limit. Returns a note or None."""
+    pragma = INTEGRITY_PRAGMA[mode]
+    budget_s = Thresholds(settings)("CQT_CHECK_INTEGRITY_BUDGET_S") if mode == "quick" else 0.0
+    deadline = time.monotonic() + budget_s
+    timed_out = False
+
+    def over_budget() -> int:
+        nonlocal timed_out
+        timed_out = time.monotonic() > deadline
+        return 1 if timed_out else 0
+
+    if budget_s > 0:
+        conn.set_progress_handler(over_budget, 10_000)
+    try:
+        rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}({INTEGRITY_REPORTED})").fetchall()]
+    except sqlite3.OperationalError as exc:
+        if timed_out:
+            return (f"PRAGMA {pragma} stopped after CQT_CHECK_INTEGRITY_BUDGET_S={budget_s:g} s (a large file): "
+                    "integrity not fully verified; the nightly run checks it in full (--integrity full)")
+        raise CannotEvaluate(f"database {settings.db} is damaged: PRAGMA {pragma} failed: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise CannotEvaluate(f"database {settings.db} is damaged: PRAGMA {pragma} failed: {exc}") from None
+    finally:
+        if budget_s > 0:
+            conn.set_progress_handler(None, 0)
+    if rows == ["ok"]:
+        return None
+    shown = "; ".join(rows[:3]) + (f"; +{len(rows) - 3} more" if len(rows) > 3 else "")
+    raise CannotEvaluate(f"database {settings.db} is damaged: PRAGMA {pragma} found {len(rows)}"
+                         f"{'+' if len(rows) >= INTEGRITY_REPORTED else ''} problem(s): {shown} "
+                         "(restore it from a backup; do not trust any result from it)")
+
+
 # ------------------------------------------------------------------------------ CLI
 def common_options(fn):
-    """--window, --as-of, --db, --json: the same for every check and the runner."""
+    """--window, --as-of, --db, --json, --integrity: the same for every check and the runner."""
+    fn = click.option("--integrity", type=click.Choice(INTEGRITY_MODES), default="quick", show_default=True,
+                      help="Verify the database file first: quick = PRAGMA quick_check (bounded by "
+                           "CQT_CHECK_INTEGRITY_BUDGET_S), full = PRAGMA integrity_check (nightly). "
+                           "A damaged file is exit 3.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(fn)
     fn = click.option("--db", type=click.Path(dir_okay=False), default=None,
                       help="Database file (default: CQT_DB).")(fn)
     fn = click.option("--as-of", "as_of", type=TIME, default=None,
                       help="End of the window: ISO-8601 (UTC if no zone) or epoch ms. Default: now.")(fn)
-    fn = click.option("--window", type=click.IntRange(min=1), default=DEFAULT_WINDOW_S, show_default=True,
-                      metavar="SECONDS", help="Length of the window ending at --as-of.")(fn)
+    fn = click.option("--window", type=click.IntRange(min=1, max=MAX_WINDOW_S), default=DEFAULT_WINDOW_S,
+                      show_default=True, metavar="SECONDS",
+                      help=f"Length of the window ending at --as-of (1 .. {MAX_WINDOW_S}, 31 days).")(fn)
     return fn
 
 
@@ -137,10 +190,10 @@ def check_command(name: str, evaluate: Evaluate, help_text: str) -> click.Comman
 
     @click.command(name=name, help=help_text, context_settings={"help_option_names": ["-h", "--help"]})
     @common_options
-    def cmd(window: int, as_of: int | None, db: str | None, as_json: bool) -> None:
+    def cmd(window: int, as_of: int | None, db: str | None, as_json: bool, integrity: str) -> None:
         settings = settings_for_cli(name, db)
         as_of_ms = now_ms() if as_of is None else as_of
-        res = run_check(name, evaluate, settings, as_of_ms, window)
+        res = run_check(name, evaluate, settings, as_of_ms, window, integrity=integrity)
         emit(res, as_json)
         log.debug("%s exit=%d elapsed_ms=%d as_of=%s", name, res.exit_code, res.elapsed_ms, fmt_ms(as_of_ms))
         sys.exit(res.exit_code)

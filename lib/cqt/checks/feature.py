@@ -7,12 +7,15 @@ the wall clock; per column: null_rate (with per-column overrides, thresholds.py)
 range (violating rows: prices > 0, spread >= 0, |kimchi premium| < 0.2, |funding| <= 0.03,
 volatilities >= 0, ratios > 0, ages >= 0, imbalances in [-1, 1]; every number finite).
 Columns the aggregate adds later are covered automatically (null rate + finite).
+The newest export's label distribution (cqt.checks.exports): each of UP/DOWN/NONE at least
+CQT_CHECK_LABEL_MIN_SHARE of its rows, and never all NONE.
 """
 from __future__ import annotations
 
 from .. import timerule
 from ..timeutil import fmt_ms, now_ms
 from .base import CheckContext, check_command
+from .exports import label_metrics
 from .rawkeys import key_filter
 from .result import Metric
 from .thresholds import NULL_BY_DESIGN
@@ -59,6 +62,7 @@ def evaluate(ctx: CheckContext) -> list[Metric]:
     out: list[Metric] = []
     for table in TABLES:
         out += table_metrics(ctx, table)
+    out += label_metrics(ctx)
     return out
 
 
@@ -221,6 +225,7 @@ def bar_consistency(ctx: CheckContext) -> list[Metric]:
 
 
 main = check_command("feature_check", evaluate, """Derived tables: market_1s and predictions coverage,
-null rate per column, value ranges and ts_ms sanity over the window ending at --as-of.
+null rate per column, value ranges and ts_ms sanity over the window ending at --as-of;
+the label distribution of the newest export.
 
 Exit 0 PASS, 1 FAIL, 2 usage error, 3 could not evaluate, 78 misconfigured.""")

@@ -43,6 +43,7 @@ from typing import Any
 from .. import db, timerule
 from ..timeutil import fmt_ms
 from .base import CannotEvaluate, CheckContext, check_command
+from .exports import newest_export
 from .rawkeys import key_filter
 from .result import Metric, fmt_num
 
@@ -308,21 +309,12 @@ def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> M
     return Metric.judge("leak.predictions.sources", len(bad), "==", 0, reason)
 
 
-def newest_export(ctx: CheckContext) -> tuple[Path, int] | None:
-    for output, horizon in ctx.conn.execute("SELECT output, horizon_sec FROM export_runs "
-                                            "ORDER BY ts_ms DESC, id DESC LIMIT 50"):
-        p = ctx.settings.resolve_path(output)
-        if p.is_file():
-            return p, int(horizon)
-    return None
-
-
 def label_metric(ctx: CheckContext) -> Metric:
     found = newest_export(ctx)
     if found is None:
         return Metric.skip("leak.labels.violations", "no export yet (no export_runs entry whose file exists): "
                                                      "label part skipped")
-    path, horizon = found
+    path, horizon = found.path, found.horizon_sec
     try:
         import pyarrow as pa
         import pyarrow.compute as pc

@@ -24,20 +24,32 @@ import click
 from .. import db
 from ..timeutil import fmt_ms, now_ms
 from . import CHECKS, RUNNER_NAME
-from .base import CannotEvaluate, common_options, open_for_check, run_check, settings_for_cli
+from .base import CannotEvaluate, common_options, open_for_check, run_check, settings_for_cli, verify_integrity
 from .result import FAIL, CheckResult, combine_exit_codes, fmt_num
 
 log = logging.getLogger("cqt.checks.runner")
 
 
-def run_all(settings, as_of_ms: int, window_s: int) -> list[CheckResult]:
-    results: list[CheckResult] = []
+class Outcome(list):
+    """The four results, and whether the file passed its integrity check (never write into it if not)."""
+
+    damaged = False
+
+
+def run_all(settings, as_of_ms: int, window_s: int, integrity: str = "quick") -> Outcome:
+    results = Outcome()
+    conn = None
     try:
         conn = open_for_check(settings.db)
-    except CannotEvaluate as exc:
+        note = verify_integrity(conn, settings, integrity)
+    except (CannotEvaluate, sqlite3.Error) as exc:
+        # One reason for all four: not evaluated. A damaged file is never a PASS.
+        results.damaged = conn is not None
+        if conn is not None:
+            conn.close()
+        reason = str(exc) if isinstance(exc, CannotEvaluate) else f"cannot read database {settings.db}: {exc}"
         for name, _ in CHECKS:
-            r = CheckResult(name, window_s, as_of_ms, error=str(exc))
-            results.append(r)
+            results.append(CheckResult(name, window_s, as_of_ms, error=" ".join(reason.split())))
         return results
     try:
         for name, module in CHECKS:
@@ -48,7 +60,10 @@ def run_all(settings, as_of_ms: int, window_s: int) -> list[CheckResult]:
                 results.append(CheckResult(name, window_s, as_of_ms,
                                            error=f"cannot load {module}: {type(exc).__name__}: {exc}"))
                 continue
-            results.append(run_check(name, evaluate, settings, as_of_ms, window_s, conn=conn))
+            res = run_check(name, evaluate, settings, as_of_ms, window_s, conn=conn)
+            if note:
+                res.notes.insert(0, note)
+            results.append(res)
     finally:
         conn.close()
     return results
@@ -131,7 +146,7 @@ def table_text(results: list[CheckResult], summary: str) -> str:
 
 @click.command(name=RUNNER_NAME, context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
-def main(window: int, as_of: int | None, db: str | None, as_json: bool) -> None:
+def main(window: int, as_of: int | None, db: str | None, as_json: bool, integrity: str) -> None:
     """Run altdata_check, feature_check, feature_leak_check and coinglass_check on the
     same window; print a compact table; record every result in check_runs.
 
@@ -140,11 +155,14 @@ def main(window: int, as_of: int | None, db: str | None, as_json: bool) -> None:
     t0 = time.monotonic()
     settings = settings_for_cli(RUNNER_NAME, db)
     as_of_ms = now_ms() if as_of is None else as_of
-    results = run_all(settings, as_of_ms, window)
+    results = run_all(settings, as_of_ms, window, integrity)
     code = combine_exit_codes([r.exit_code for r in results])
     summary = overall_summary(results, code, window, as_of_ms)
     elapsed_ms = int((time.monotonic() - t0) * 1000)
-    warning = record(settings.db, results, code, summary, window, as_of_ms, elapsed_ms)
+    if results.damaged:
+        warning = "results not recorded: the database failed its integrity check (no writes into a damaged file)"
+    else:
+        warning = record(settings.db, results, code, summary, window, as_of_ms, elapsed_ms)
     if as_json:
         click.echo(json.dumps({"check": RUNNER_NAME, "status": overall_status(code), "exit_code": code,
                                "window_s": window, "as_of_ms": as_of_ms, "as_of": fmt_ms(as_of_ms),

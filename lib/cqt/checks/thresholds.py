@@ -28,6 +28,9 @@ class Threshold:
 _T = Threshold
 
 THRESHOLDS: tuple[Threshold, ...] = (
+    # ------------------------------------------------------------------ every check
+    _T("CQT_CHECK_INTEGRITY_BUDGET_S", 60,
+       "seconds PRAGMA quick_check may take before a check (0 = no limit); beyond it: a note, not verified in full"),
     # ------------------------------------------------------------------ windows
     _T("CQT_CHECK_FILL_LATENCY_S", 2, "newest seconds left out of every fill-rate window (rows still being committed)"),
     # ------------------------------------------------------------------ altdata_check: Binance WebSocket
@@ -46,6 +49,11 @@ THRESHOLDS: tuple[Threshold, ...] = (
     _T("CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_FILL_MIN", 0.9, "upbit.KRW-BTC.orderbook.fill"),
     _T("CQT_CHECK_UPBIT_KRWUSDT_TRADE_LAG_MAX_S", 900,
        "upbit.KRW-USDT.trade.lag_s (sparse: lag only; counted from the collector's start when none yet)"),
+    _T("CQT_CHECK_BOOK_FROZEN_S", 120,
+       "<book>.frozen_s: seconds the best bid/ask stood unchanged while trades printed outside it "
+       "(Binance bookTicker, Upbit KRW-BTC orderbook)"),
+    _T("CQT_CHECK_BOOK_MOVE_BPS", 10,
+       "a trade this many basis points outside the unchanged best bid/ask counts as the market moving"),
     # ------------------------------------------------------------------ altdata_check: Binance REST
     _T("CQT_CHECK_REST_LAG_FACTOR", 2, "REST series lag limit = this x the series' interval (poll interval or period)"),
     _T("CQT_CHECK_REST_FILL_MIN", 0.9, "REST series fill: samples present / polling slots expected"),
@@ -61,8 +69,12 @@ THRESHOLDS: tuple[Threshold, ...] = (
     _T("CQT_CHECK_NULL_RATE_MAX", 0.01, "default null-rate limit per column (per-column overrides: see below)"),
     _T("CQT_CHECK_KIMCHI_ABS_MAX", 0.2, "|kimchi_premium| must be below this"),
     _T("CQT_CHECK_FUNDING_ABS_MAX", 0.03, "|funding_rate| must be at most this"),
+    _T("CQT_CHECK_LABEL_MIN_SHARE", 0.05,
+       "export.labels.<UP|DOWN|NONE>.share: each class's share of the newest export's rows (all NONE always fails)"),
     # ------------------------------------------------------------------ feature_leak_check
     _T("CQT_CHECK_LEAK_SAMPLES", 50, "t0 sampled in the window for recomputation", 1),
+    _T("CQT_CHECK_LEAK_BUDGET_S", 30,
+       "seconds the recomputation may take: every second of the window when it fits, else the samples only"),
     _T("CQT_CHECK_LEAK_TOLERANCE", 1e-9, "allowed |stored - recomputed| (relative to max(1, |value|))"),
     _T("CQT_CHECK_LEAK_WARMUP_SHORT", 1, "short warm-up = this x the features' longest look-back"),
     _T("CQT_CHECK_LEAK_WARMUP_LONG", 3, "long warm-up = this x the features' longest look-back"),
