@@ -197,3 +197,147 @@ def test_backoff_resets_only_after_a_connection_that_was_up(caplog):
                                                                 r.getMessage())]
     # attempts 1..5 failed, the 6th connected for 100 s (>= reset), then the count starts again
     assert seen[:5] == [1, 2, 3, 4, 5] and seen[5] == 1 and seen[6:8] == [2, 3], seen
+
+
+# ------------------------------------------------------------------ replay: any malformed record is a reject
+def _agg_frame(agg_id: int, t_ms: int) -> str:
+    import json
+    return json.dumps({"e": "aggTrade", "E": t_ms, "a": agg_id, "s": "BTCUSDT", "p": "90000.5", "q": "0.010",
+                       "f": 2 * agg_id, "l": 2 * agg_id + 1, "T": t_ms - 2, "m": True}, separators=(",", ":"))
+
+
+T0 = 1_700_000_000_000
+BAD_RECORDS = [   # (line, reason of its reject)
+    ({"recv_ts_ms": T0, "source": "upbit", "raw": 5}, "capture record: raw is a number, not a string"),
+    ({"recv_ts_ms": T0, "source": "binance_ws", "raw": [1, 2]}, "capture record: raw is a list, not a string"),
+    ({"recv_ts_ms": T0, "source": "binance_ws", "raw": {"e": "aggTrade"}},
+     "capture record: raw is an object, not a string"),
+    ({"recv_ts_ms": T0, "source": "upbit"}, "capture record lacks raw"),
+    ({"source": "upbit", "raw": "x"}, "capture record lacks recv_ts_ms"),
+    ({"recv_ts_ms": str(T0), "source": "upbit", "raw": "x"}, "capture record: recv_ts_ms is a string, not an integer"),
+    ({"recv_ts_ms": 5, "source": "upbit", "raw": "x"}, "capture record: recv_ts_ms outside 2009-01-01..2100-01-01"),
+    ({"recv_ts_ms": T0, "source": 7, "raw": "x"}, "capture record: source is a number, not a string"),
+    ({"recv_ts_ms": T0, "source": "upbit", "raw": "x", "raw_b64": 5},
+     "capture record: raw_b64 is a number, not a string"),
+    ({"recv_ts_ms": T0, "source": "upbit_rest", "path": ["/v1/trades/ticks"], "status": 200, "raw": "[]"},
+     "capture record: path is a list, not a string"),
+    ({"recv_ts_ms": T0, "source": "upbit_rest", "path": "/v1/trades/ticks", "status": "200", "raw": "[]"},
+     "capture record: status is a string, not an integer"),
+    ({"recv_ts_ms": T0, "source": "coinglass", "path": "/x", "status": 200, "params": "interval=1h", "raw": "{}"},
+     "capture record: params is a string, not an object"),
+    ([1, 2, 3], "capture line is a list, not a record object"),
+    ("{bad json", "capture line is not JSON (cut or damaged)"),
+    (b'\xff\xfe{"recv_ts_ms":1}', "capture line is not UTF-8"),
+]
+
+
+def _bad_capture(path) -> tuple[list[int], list[str]]:
+    """Good aggTrade lines around every kind of bad line, ending with a cut line."""
+    import json
+    out, good, reasons = [], [], []
+    agg_id = 100
+    for bad, reason in BAD_RECORDS:
+        for _ in range(2):
+            agg_id += 1
+            good.append(agg_id)
+            out.append(json.dumps({"recv_ts_ms": T0 + agg_id, "source": "binance_ws",
+                                   "raw": _agg_frame(agg_id, T0 + agg_id)}).encode())
+        out.append(bad if isinstance(bad, bytes) else bad.encode() if isinstance(bad, str) else
+                   json.dumps(bad).encode())
+        reasons.append(reason)
+    agg_id += 1
+    good.append(agg_id)
+    out.append(json.dumps({"recv_ts_ms": T0 + agg_id, "source": "binance_ws",
+                           "raw": _agg_frame(agg_id, T0 + agg_id)}).encode())
+    cut = json.dumps({"recv_ts_ms": T0 + 999, "source": "binance_ws", "raw": _agg_frame(999, T0 + 999)}).encode()
+    path.write_bytes(b"\n".join(out) + b"\n" + cut[:len(cut) // 2])      # a kill -9 cut the last line
+    reasons.append("capture line is not JSON (cut or damaged)")
+    return good, reasons
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", ["0", "2"])
+def test_replay_rejects_every_malformed_record_and_stores_the_lines_around_it(tmp_path, processes):
+    import json
+    from collections import Counter
+    from helpers import cqt_env, run_bin
+    cap = tmp_path / "bad.jsonl"
+    good, reasons = _bad_capture(cap)
+    db = tmp_path / "out.db"
+    r = run_bin("cqt", "replay", str(cap), "--db", str(db), "--json", "--processes", processes,
+                env=cqt_env(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["bad_lines"] == len(reasons) and summary["rows"] == len(good)
+    assert [a for (a,) in query(db, "SELECT agg_id FROM binance_agg_trades ORDER BY agg_id")] == good
+    stored = dict(((s, reason), n) for s, reason, n in query(db, "SELECT source, reason, SUM(count) FROM "
+                                                               "reject_counts GROUP BY source, reason"))
+    assert stored == {("capture", reason): n for reason, n in Counter(reasons).items()}
+    assert query(db, "SELECT COUNT(*) FROM rejects WHERE source='capture'")[0][0] == len(reasons)
+
+
+_SAMPLE_RAWS = [
+    _agg_frame(7, T0),
+    '{"stream":"btcusdt@aggTrade","data":' + _agg_frame(8, T0) + "}",
+    '{"type":"trade","code":"KRW-BTC","timestamp":1700000000000,"trade_timestamp":1700000000000,'
+    '"trade_price":1.0,"trade_volume":1.0,"ask_bid":"BID","sequential_id":1}',
+    '[{"market":"KRW-BTC","timestamp":1700000000000,"trade_price":1,"trade_volume":1,"ask_bid":"ASK",'
+    '"sequential_id":2}]',
+    '{"code":"0","data":[{"time":1700000000000,"open":"1","high":"1","low":"1","close":"1"}]}',
+    "PING", "", "{}", "[]", "null",
+]
+
+
+def _record_lines():
+    import json
+    from hypothesis import strategies as st
+    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8)
+    values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
+                                                                                        max_size=3), max_leaves=6)
+    record = st.fixed_dictionaries({}, optional={
+        "recv_ts_ms": st.integers(T0 - 10**4, T0 + 10**4) | st.integers(-2**64, 2**64) | values,
+        "source": st.sampled_from(["upbit", "binance_ws", "binance_rest", "upbit_rest", "coinglass", "x"]) | values,
+        "raw": st.sampled_from(_SAMPLE_RAWS) | st.text(max_size=40) | values,
+        "raw_b64": st.sampled_from(["", "UElORw==", "!!"]) | values,
+        "path": st.sampled_from(["/fapi/v1/aggTrades", "/v1/trades/ticks", "/v1/ticker",
+                                 "/api/futures/open-interest/aggregated-history", "/fapi/v1/time"]) | values,
+        "status": st.sampled_from([200, 429, None]) | values,
+        "params": st.fixed_dictionaries({}, optional={"symbol": st.sampled_from(["BTCUSDT", 5]),
+                                                      "period": st.sampled_from(["5m", "bad"]),
+                                                      "interval": st.sampled_from(["1h", []])}) | values,
+    })
+    as_line = record.map(lambda d: json.dumps(d, allow_nan=False).encode())
+    return as_line | as_line.flatmap(lambda b: st.integers(0, len(b)).map(lambda k: b[:k])) | st.binary(max_size=80)
+
+
+@pytest.mark.timeout(120)
+def test_replay_record_reader_never_raises_on_any_line():
+    """Arbitrary capture lines -> rows, a reject with a reason, or a skip; never an exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from cqt.collectors.replay import RecordProcessor, ReplayStats
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_record_lines(), min_size=1, max_size=6))
+    def check(lines):
+        out = []
+        stats = ReplayStats()
+        proc = RecordProcessor(lambda kind, payload: out.append((kind, payload)), stats, ("s3cr3tkey",))
+        proc.lines(lines)
+        proc.flush()
+        assert stats.records + stats.bad_lines == sum(1 for line in lines if line.strip())
+        assert stats.rejects + stats.bad_lines == sum(1 for kind, _ in out if kind == "reject")
+        for kind, payload in out:
+            if kind == "reject":
+                source, reason, raw, ts = payload
+                assert isinstance(source, str) and isinstance(reason, str) and reason
+                assert raw is None or isinstance(raw, (str, bytes))
+                assert ts is None or (type(ts) is int and 1_230_768_000_000 <= ts < 4_102_444_800_000)
+            elif kind == "rows":
+                for _sql, params in payload:
+                    for row in params:
+                        for v in row:
+                            assert v is None or isinstance(v, (str, float)) or (
+                                type(v) is int and -2**63 <= v < 2**63), row
+    check()

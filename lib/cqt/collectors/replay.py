@@ -13,6 +13,12 @@ declines goes through the full path, so rejects are the same too. Revisable rows
 (binance_ratios, Coinglass bars) are written with the pollers' revise-only upsert
 (`Parsed.sql` = `store_sql`), so a re-fetched unchanged answer keeps its first recv_ts_ms.
 
+A line that is not a well-formed record (not UTF-8, not JSON, not an object, a missing
+or mistyped field, `raw` that is not a string, a cut last line) is a reject in the
+`capture` source with a reason naming the fault; a parser that fails on a record in an
+unexpected way makes it a `parser_error` reject. Either way the lines around it are
+stored and the replay goes on. Text kept for a reject is masked before it is cut.
+
 Differences from the live path, by design: bookTicker frames are not thinned (a capture
 keeps every frame, and so does its replay); no gaps are detected or backfilled (there is
 no network); Coinglass answers also get their `coinglass_call_status` row, with
@@ -27,11 +33,18 @@ import sys
 import time
 from typing import Any, Callable
 
-from ..capture import CaptureLineError, iter_lines, parse_line
+import base64
+import binascii
+
+import orjson
+
+from ..capture import iter_lines
+from ..db import redact
 from ..sources import Reject, insert_sql, parse_rest_answer
 from ..sources.binance import agg_trade_capture_row, parse_binance_frame
 from ..sources.upbit import parse_upbit_frame
 from ..stream import rows_per_statement
+from ..timeutil import MAX_TIME_MS, MIN_TIME_MS
 
 import click
 
@@ -44,6 +57,7 @@ PACK_ROWS = 2_000      # rows per multi-row INSERT here (live: 256); 20 000 para
 BLOCK_BYTES = 1 << 20  # a parser process's unit of work in a plain capture (gzip: BLOCK_LINES)
 BLOCK_LINES = 4_000
 AGG_SQL = insert_sql("binance_agg_trades")
+REJECT_TEXT = 4096      # characters of a bad line kept in `rejects` (masked first)
 CALL_STATUS_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok, latency_ms, rows, error) "
                    "VALUES (?, ?, ?, ?, NULL, ?, ?)")
 
@@ -100,14 +114,81 @@ UPSERT_ORDERED = frozenset({"binance_ratios", "coinglass_open_interest", "coingl
                             "coinglass_liquidations", "coinglass_long_short"})
 
 
+class BadRecord(Exception):
+    """A capture line that is not a replayable record; `reason` says why."""
+
+    def __init__(self, reason: str, recv_ts_ms: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.recv_ts_ms = recv_ts_ms
+
+
+def _kind(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a fractional number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def read_record(line: bytes) -> dict:
+    """One capture line -> a record whose every field has the type the replay relies on:
+    recv_ts_ms an int in [2009, 2100), source a str, raw a str (or the bytes of raw_b64),
+    and for REST records path a str, status an int or null, params an object or null.
+    Raises BadRecord otherwise; never anything else."""
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRecord("capture line is not UTF-8") from None
+        raise BadRecord("capture line is not JSON (cut or damaged)") from None
+    if type(rec) is not dict:
+        raise BadRecord(f"capture line is {_kind(rec)}, not a record object")
+    ts = rec.get("recv_ts_ms")
+    if type(ts) is not int:
+        raise BadRecord("capture record lacks recv_ts_ms" if ts is None else
+                        f"capture record: recv_ts_ms is {_kind(ts)}, not an integer")
+    if not MIN_TIME_MS <= ts < MAX_TIME_MS:
+        raise BadRecord("capture record: recv_ts_ms outside 2009-01-01..2100-01-01")
+    src = rec.get("source")
+    if type(src) is not str:
+        raise BadRecord("capture record lacks source" if src is None else
+                        f"capture record: source is {_kind(src)}, not a string", ts)
+    if "raw" not in rec:
+        raise BadRecord("capture record lacks raw", ts)
+    b64 = rec.get("raw_b64")
+    if b64:
+        if type(b64) is not str:
+            raise BadRecord(f"capture record: raw_b64 is {_kind(b64)}, not a string", ts)
+        try:
+            rec["raw"] = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRecord("capture record: raw_b64 is not base64", ts) from None
+    elif type(rec["raw"]) is not str:
+        raise BadRecord(f"capture record: raw is {_kind(rec['raw'])}, not a string", ts)
+    if src in REST_SOURCES:
+        if type(rec.get("path")) is not str:
+            raise BadRecord(f"capture record: path is {_kind(rec.get('path'))}, not a string", ts)
+        status = rec.get("status")
+        if status is not None and type(status) is not int:
+            raise BadRecord(f"capture record: status is {_kind(status)}, not an integer", ts)
+        params = rec.get("params")
+        if params is not None and type(params) is not dict:
+            raise BadRecord(f"capture record: params is {_kind(params)}, not an object", ts)
+    return rec
+
+
 class RecordProcessor:
     """Parse capture lines; `emit(kind, payload)` gets, in file order:
     ("rows", [(sql, params), …]) packed inserts, ("put", (sql, params)) one row,
-    ("reject", (source, reason, raw, ts_ms)). Pure apart from `emit`."""
+    ("reject", (source, reason, raw, ts_ms)). Pure apart from `emit`; raises nothing for
+    any line (a bad one is a reject). `secrets` are masked in reject text before the cut."""
 
-    def __init__(self, emit: Callable[[str, Any], None], stats: ReplayStats):
+    def __init__(self, emit: Callable[[str, Any], None], stats: ReplayStats, secrets: tuple[str, ...] = ()):
         self.emit = emit
         self.stats = stats
+        self.secrets = secrets
         self.ws_parsers = {"upbit": parse_upbit_frame, "binance_ws": parse_binance_frame}
         self.buf: dict[str, list] = {}
         self.nbuf = 0
@@ -129,9 +210,13 @@ class RecordProcessor:
         if agg is None:
             agg = self.buf[AGG_SQL] = []
         n0 = len(agg)
+        lo, hi = MIN_TIME_MS, MAX_TIME_MS
         for i, line in enumerate(lines, lineno + 1):
-            row = fast(line)
-            if row is not None:
+            try:
+                row = fast(line)
+            except Exception:  # noqa: BLE001 - the full path names whatever is wrong with the line
+                row = None
+            if row is not None and lo <= row[-1] < hi:       # row[-1]: recv_ts_ms, as read_record checks
                 agg.append(row)
                 continue
             k = len(agg) - n0
@@ -155,12 +240,20 @@ class RecordProcessor:
         if not line.strip():
             return
         try:
-            rec = parse_line(line, lineno)
-        except CaptureLineError as err:
+            rec = read_record(line)
+        except BadRecord as err:
             self.stats.bad_lines += 1
-            self.emit("reject", ("capture", err.reason, err.line[:4096].decode("utf-8", "replace"), None))
+            self.emit("reject", ("capture", err.reason, self._text(line), err.recv_ts_ms))
             return
         self.record(rec)
+
+    def _text(self, raw) -> str:
+        """Reject text: decoded leniently, keys masked, then cut."""
+        if isinstance(raw, (bytes, bytearray)):
+            raw = bytes(raw[:REJECT_TEXT * 4 + 4096]).decode("utf-8", "replace")
+        elif not isinstance(raw, str):
+            raw = repr(raw)
+        return redact(raw, self.secrets, REJECT_TEXT)
 
     def record(self, rec: dict) -> None:
         stats = self.stats
@@ -188,7 +281,11 @@ class RecordProcessor:
             return
         except ValueError as exc:      # e.g. a REST record whose params name an unknown period
             stats.rejects += 1
-            self.emit("reject", (src, "bad_capture_record", f"{exc}: {str(raw)[:1000]}", ts))
+            self.emit("reject", (src, "bad_capture_record", self._text(f"{exc}: {raw}"), ts))
+            return
+        except Exception as exc:  # noqa: BLE001 - one odd record must not end the replay of the rest
+            stats.rejects += 1
+            self.emit("reject", (src, f"parser_error:{type(exc).__name__}", self._text(raw), ts))
             return
         rows = p.rows
         if not rows:
@@ -301,12 +398,12 @@ def _blocks(path: str, index: int, nproc: int, nblocks: int):
         yield b, buf
 
 
-def _child(path: str, conn, index: int, nproc: int, nblocks: int) -> None:
+def _child(path: str, conn, index: int, nproc: int, nblocks: int, secrets: tuple[str, ...] = ()) -> None:
     """Parser process `index` of `nproc`: sends ("block", b, items) for each of its own
     blocks, in order, then ("done", stats). `nblocks` < 0: a gzip capture (line blocks)."""
     stats = ReplayStats()
     out: list = []
-    proc = RecordProcessor(lambda k, p: out.append((k, p)), stats)
+    proc = RecordProcessor(lambda k, p: out.append((k, p)), stats, secrets)
     try:
         for b, lines in _blocks(path, index, nproc, nblocks):
             proc.lines(lines)
@@ -333,8 +430,9 @@ def replay_file(path: str, writer, rejects, *, processes: int = 2) -> ReplayStat
     in-process."""
     t0 = time.monotonic()
     stats = ReplayStats()
+    secrets = tuple(getattr(rejects, "secrets", ()) or ())
     if processes <= 0:
-        proc = RecordProcessor(lambda k, p: apply(writer, rejects, k, p), stats)
+        proc = RecordProcessor(lambda k, p: apply(writer, rejects, k, p), stats, secrets)
         buf: list[bytes] = []
         for line in iter_lines(path):
             buf.append(line)
@@ -351,7 +449,7 @@ def replay_file(path: str, writer, rejects, *, processes: int = 2) -> ReplayStat
     pipes, procs = [], []
     for i in range(processes):
         r, w = ctx.Pipe(duplex=False)
-        pr = ctx.Process(target=_child, args=(path, w, i, processes, nblocks), name=f"replay-parser-{i}",
+        pr = ctx.Process(target=_child, args=(path, w, i, processes, nblocks, secrets), name=f"replay-parser-{i}",
                          daemon=True)
         pr.start()
         w.close()
