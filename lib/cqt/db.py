@@ -289,6 +289,8 @@ class BatchWriter:
                           "queue_max=%d service=%s", self._q.maxsize, self.service)
             self._q.put(item, block=block)
         with self._lock:
+            if self._seq_done >= self._seq_put:
+                self._progress_at = self.clock()   # idle until now: a stall counts from here
             self._seq_put += 1
             self._queued_rows += nrows
 

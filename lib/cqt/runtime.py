@@ -160,12 +160,13 @@ class Service:
         self._count_lock = threading.Lock()
         self.started_ms = now_ms()
         self.writer = BatchWriter(settings.db, service=name, on_fatal=self._on_fatal,
-                                  **{"secrets": settings.secrets, **(writer_kwargs or {})})
+                                  **{"secrets": settings.secrets, "clock": clock, **(writer_kwargs or {})})
         self.rejects = RejectLog(self.writer, secrets=settings.secrets)
         self.events = EventLog(self.writer, name, secrets=settings.secrets)
         logging.getLogger().addHandler(_EventHandler(self.events))
         self._threads: list[threading.Thread] = []
         self._deadline: threading.Timer | None = None
+        self._owns_process = False
         self._watchdog_withheld = ""
 
     # -- called by the main loop -----------------------------------------------------
@@ -233,7 +234,8 @@ class Service:
         self._arm_deadline()
 
     def _arm_deadline(self) -> None:
-        if self._deadline is None and not self._finished:
+        # Only a Service that runs the process (install_signals) may end it.
+        if self._owns_process and self._deadline is None and not self._finished:
             self._deadline = threading.Timer(STOP_DEADLINE_S, self._deadline_exit)
             self._deadline.daemon = True
             self._deadline.start()
@@ -316,6 +318,8 @@ class Service:
             self.spawn("watchdog", self._watchdog_loop)
 
     def install_signals(self) -> None:
+        self._owns_process = True
+
         def handler(signum: int, _frame: Any) -> None:
             if self.stopping.is_set():
                 return
