@@ -341,3 +341,135 @@ def test_replay_record_reader_never_raises_on_any_line():
                             assert v is None or isinstance(v, (str, float)) or (
                                 type(v) is int and -2**63 <= v < 2**63), row
     check()
+
+
+# ------------------------------------------------------------------ cqt-sim control API bounds
+def _json_values():
+    from hypothesis import strategies as st
+    scalars = (st.none() | st.booleans() | st.integers(-2**80, 2**80) | st.floats() |
+               st.text(max_size=12) | st.sampled_from([1e9, 1e300, -1, 0, 0.5, 1000, 4999, 5000, 599]))
+    return st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
+                                                                                        max_size=3), max_leaves=8)
+
+
+def _fault_specs():
+    from hypothesis import strategies as st
+    from cqt.sim import faults
+    v = _json_values()
+    return st.fixed_dictionaries({"kind": st.sampled_from(faults.KINDS) | v}, optional={
+        "at": v, "source": st.sampled_from(["upbit", "binance", "x"]) | v, "seconds": v, "ids": v, "count": v,
+        "kinds": st.lists(st.sampled_from(faults.MALFORMED_KINDS + ("bogus",)), max_size=4) | v,
+        "per_frame": v, "close_code": v, "status": v, "retry_after": v, "delay": v, "rest": v,
+        "path": st.sampled_from(["*", "/fapi/*", "/v1/trades/ticks"]) | v, "body": st.sampled_from(
+            ["default", "truncated", "non_json", "empty"]) | v, "stream": v})
+
+
+@pytest.mark.timeout(120)
+def test_sim_fault_parser_returns_a_bounded_fault_or_a_400_error():
+    """Any request body: a fault whose every number is inside its bounds, or FaultError
+    naming the field; never another exception."""
+    import json
+    import math
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from cqt.sim import faults
+
+    bodies = (_fault_specs().map(lambda d: json.dumps(d).encode()) | _json_values().map(
+        lambda d: json.dumps(d).encode()) | st.binary(max_size=60))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(bodies)
+    def check(body):
+        try:
+            f = faults.parse_request(body)
+        except faults.FaultError as e:
+            assert str(e)
+            assert e.field is None or isinstance(e.field, str)
+            return
+        assert f["kind"] in faults.KINDS
+        for key, (lo, hi) in faults.BOUNDS.items():
+            if key in f:
+                x = f[key]
+                assert type(x) in (int, float) and math.isfinite(x) and lo <= x <= hi, (key, x)
+        assert faults.validate(f) == f                      # normalised specs validate to themselves
+        json.dumps(f)
+    check()
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"kind": "malformed", "count": 1e9}, "count"),
+    ({"kind": "malformed", "count": 10**30}, "count"),
+    ({"kind": "gap", "ids": 10**12}, "ids"),
+    ({"kind": "gap", "ids": 0}, "ids"),
+    ({"kind": "stall", "seconds": 1e9}, "seconds"),
+    ({"kind": "refuse", "seconds": -1}, "seconds"),
+    ({"kind": "drop", "at": 1e12}, "at"),
+    ({"kind": "drop", "close_code": 70000}, "close_code"),
+    ({"kind": "http_error", "path": "*", "status": 9999}, "status"),
+    ({"kind": "malformed", "count": 2.5}, "count"),
+    ({"kind": "malformed", "count": "10"}, "count"),
+    ({"kind": "malformed", "kinds": {"nan": 1}}, "kinds"),
+    ({"kind": "slow", "path": "*", "seconds": 99999}, "seconds"),
+])
+def test_sim_fault_out_of_bounds_names_the_field(spec, field):
+    from cqt.sim import faults
+    with pytest.raises(faults.FaultError) as exc:
+        faults.validate(spec)
+    assert exc.value.field == field and field in str(exc.value)
+
+
+def test_malformed_queue_is_lazy():
+    from cqt.sim.faults import MalformedQueue
+    q = MalformedQueue()
+    q.add(["nan", "zero_price"], 1_000_000)
+    q.add(["not_json"], 2)
+    assert len(q) == 1_000_002 and len(q.batches) == 2
+    assert [q.pop() for _ in range(3)] == ["nan", "zero_price", "nan"]
+    q.clear()
+    assert not q and q.pop() is None
+
+
+@pytest.mark.timeout(90)
+def test_sim_refuses_a_billion_malformed_frames_and_still_stops_on_sigterm(tmp_path):
+    """Over a real socket: the absurd count is a 400 naming `count`; the largest allowed
+    one is queued without building it; the sim keeps answering and stops on SIGTERM."""
+    import json
+    import signal
+    import subprocess
+    import urllib.error
+    import urllib.request
+    from simproc import ws_connect
+
+    def post(sim, body: bytes):
+        req = urllib.request.Request(sim.control + "/fault", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    with start_sim(tmp_path, "--seed", "5", "--history", "60") as sim:
+        status, ans = post(sim, b'{"kind":"malformed","count":1e9}')
+        assert status == 400 and ans["ok"] is False and ans["field"] == "count", ans
+        for body, field in ((b'{"kind":"gap","ids":1e15}', "ids"), (b'{"kind":"stall","seconds":Infinity}', "seconds"),
+                            (b'{"kind":"drop","at":NaN}', "at"), (b'\xff\xfe', None), (b"[1,2", None)):
+            status, ans = post(sim, body)
+            assert status == 400 and ans["field"] == field, (body, ans)
+        ws = ws_connect(sim.urls["CQT_UPBIT_WS_URL"])
+        try:
+            ws.send(json.dumps([{"ticket": "t"}, {"type": "trade", "codes": ["KRW-BTC"]}, {"format": "DEFAULT"}]))
+            status, ans = post(sim, json.dumps({"kind": "malformed", "count": 1_000_000, "source": "upbit",
+                                                "per_frame": 1000}).encode())
+            assert status == 200 and ans["ok"], ans
+            pending = sim.stats(ids=False)["faults"]["pending"]["malformed"]
+            assert pending["upbit"] <= 1_000_000
+        finally:
+            ws.close()
+        assert sim.stats(ids=False)["mode"] == "model"
+        sim.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = sim.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 0, sim.log()[-2000:]

@@ -187,7 +187,7 @@ class Sim:
         self.refuse_until = {"upbit": 0.0, "binance": 0.0}
         self.refuse_rest_until = 0.0
         self.gaps: dict[str, int] = {}
-        self.malformed: dict[str, deque] = {"upbit": deque(), "binance": deque()}
+        self.malformed = {"upbit": flt.MalformedQueue(), "binance": flt.MalformedQueue()}
         self.malformed_per_frame = {"upbit": 4, "binance": 4}
         self.http_rules: list[dict] = []
         self.cg_auth_fail = 0
@@ -461,9 +461,9 @@ class Sim:
         template = json.loads(template_raw)
         q = self.malformed[venue]
         for _ in range(self.malformed_per_frame[venue]):
-            if not q:
+            kind = q.pop()
+            if kind is None:
                 break
-            kind = q.popleft()
             n = self.malformed_sent[venue].get(kind, 0)
             text = flt.malformed_frame(venue, kind, template, n)
             self.malformed_sent[venue][kind] = n + 1
@@ -1021,10 +1021,9 @@ class Sim:
     # ------------------------------------------------------------------ control
     async def fault_handler(self, request: web.Request):
         try:
-            spec = await request.json()
-            f = flt.validate(spec)
-        except (ValueError, flt.FaultError) as e:
-            return web.json_response({"ok": False, "error": str(e)}, status=400)
+            f = flt.parse_request(await request.read())
+        except flt.FaultError as e:
+            return web.json_response({"ok": False, "error": str(e), "field": e.field}, status=400)
         if "at" in f:
             delay = f.pop("at")
             asyncio.get_running_loop().call_later(delay, self.apply_fault, f)
@@ -1069,8 +1068,7 @@ class Sim:
                 self.gaps[s] = self.gaps.get(s, 0) + f["ids"]
         elif kind == "malformed":
             for v in venues:
-                kinds = f["kinds"]
-                self.malformed[v].extend(kinds[i % len(kinds)] for i in range(f["count"]))
+                self.malformed[v].add(f["kinds"], f["count"])     # produced lazily, per_frame at a time
                 self.malformed_per_frame[v] = f["per_frame"]
         elif kind == "server_shutdown":
             ms = self.clock.now_ms()
