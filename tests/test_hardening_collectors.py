@@ -69,6 +69,130 @@ def test_upbit_trades_skipped_while_connected_are_reconciled(tmp_path, collector
     assert min(r[4] for r in rows) <= min(skipped_ts) and max(skipped_ts) <= max(r[5] for r in rows)
 
 
+class _DirectWriter:
+    """Runs writer calls at once on a real SQLite connection (the BatchWriter's thread does the same)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def call(self, fn):
+        fn(self.conn)
+        self.conn.commit()
+
+
+class _TicksRest:
+    """/v1/trades/ticks over a list of (sid, ts) trades, newest first, 500 a page, `cursor` = sid."""
+    name = "upbit_rest"
+
+    def __init__(self, trades, recv_ts_ms):
+        self.trades = sorted(trades, key=lambda t: -t[1])
+        self.recv_ts_ms = recv_ts_ms
+        self.calls = 0
+
+    def get(self, path, params):
+        import json
+        from cqt.rest import RestResponse
+        self.calls += 1
+        rows = self.trades
+        if "cursor" in params:
+            i = next(i for i, t in enumerate(rows) if t[0] == params["cursor"])
+            rows = rows[i + 1:]
+        page = [{"market": params["market"], "timestamp": ts, "trade_price": 100.0, "trade_volume": 1.0,
+                 "ask_bid": "BID", "sequential_id": sid} for sid, ts in rows[:params["count"]]]
+        return RestResponse(200, {}, json.dumps(page), 1, self.recv_ts_ms, path, dict(params))
+
+
+def _reconcile_setup(tmp_path, stored, on_rest, *, max_pages=20):
+    import threading
+    from cqt.collectors.backfill import GapBook, UpbitReconcile, UpbitTradeFill
+    from cqt.db import open_db
+    from cqt.sources import insert_sql
+    conn = open_db(tmp_path / "r.db")
+    conn.executemany(insert_sql("upbit_trades"), [("KRW-BTC", sid, ts, 100.0, 1.0, "buy", ts) for sid, ts in stored])
+    conn.commit()
+    svc = _FakeService()
+    svc.writer = _DirectWriter(conn)
+    svc.stopping = threading.Event()
+    filler = UpbitTradeFill(svc, on_rest, GapBook(svc.writer))
+    submitted = []
+
+    class _Worker:
+        def submit(self, fn, gap):
+            submitted.append((fn, gap))
+    clock = _Clock(0.0)
+    live = {"first": None, "newest": None, "connected": True}
+    rec = UpbitReconcile(filler, _Worker(), ("KRW-BTC",), interval_s=180.0, settle_ms=10_000,
+                         connected=lambda: live["connected"], stream_times=lambda code: (live["first"], live["newest"]),
+                         clock=clock, max_pages=max_pages, handover_s=0.0)
+    return conn, rec, clock, live, submitted
+
+
+def test_reconcile_inserts_only_settled_missing_trades_and_counts_them(tmp_path):
+    """Trades newer than the settle margin are left to the stream; older missing ones are
+    inserted once, with one gaps row saying how many; a run with nothing missing adds none."""
+    from cqt.timeutil import now_ms
+    base = now_ms() - 600_000
+    everything = [(sid, base + sid * 1000) for sid in range(1, 301)]
+    stored = [t for t in everything if t[0] % 7]            # every 7th trade never arrived
+    rest = _TicksRest(everything, base + 400_000)
+    conn, rec, clock, live, submitted = _reconcile_setup(tmp_path, stored, rest)
+    live.update(first=base + 1000, newest=base + 300_000)   # the stream saw trades 1..300
+    rec.tick()
+    assert not submitted                                    # not due yet
+    clock.t += 180.0
+    live["connected"] = False
+    rec.tick()
+    assert not submitted                                    # disconnected: the reconnect backfill's window
+    clock.t += 180.0
+    live["connected"] = True
+    rec.tick()
+    assert len(submitted) == 1
+    fn, gap = submitted.pop()
+    fn(gap)
+    horizon = base + 300_000 - 10_000                       # newest the stream saw, minus the settle margin
+    want = {sid for sid, ts in everything if sid % 7 == 0 and ts <= horizon}
+    have = {sid for (sid,) in conn.execute("SELECT sequential_id FROM upbit_trades")}
+    assert want <= have
+    assert not {sid for sid, ts in everything if sid % 7 == 0 and ts > horizon} & have   # left to the stream
+    rows = conn.execute("SELECT stream, status, filled_rows, reason, from_ts_ms, to_ts_ms FROM gaps").fetchall()
+    assert rows == [("KRW-BTC@trade", "filled", len(want), f"reconcile: missing={len(want)} filled={len(want)}",
+                     min(base + s * 1000 for s in want), max(base + s * 1000 for s in want))]
+    # the next run starts where this one ended and finds the one left to the stream then
+    live["newest"] = base + 300_000 + 10_000
+    clock.t += 180.0
+    rec.tick()
+    fn, gap = submitted.pop()
+    assert gap.from_ts_ms == horizon
+    fn(gap)
+    assert conn.execute("SELECT reason FROM gaps WHERE id = 2").fetchone() == ("reconcile: missing=1 filled=1",)
+    # nothing missing since: no new row
+    live["newest"] += 20_000
+    clock.t += 180.0
+    rec.tick()
+    fn, gap = submitted.pop()
+    fn(gap)
+    assert conn.execute("SELECT COUNT(*) FROM gaps").fetchone()[0] == 2
+    assert rec.snapshot() == {"runs": 3, "missing": len(want) + 1, "filled": len(want) + 1, "unchecked": 0}
+
+
+def test_reconcile_that_cannot_page_back_far_enough_records_the_unchecked_span(tmp_path):
+    from cqt.timeutil import now_ms
+    base = now_ms() - 3_000_000
+    everything = [(sid, base + sid * 1000) for sid in range(1, 2001)]       # 2000 trades since the last point
+    rest = _TicksRest(everything, base + 2_100_000)
+    conn, rec, clock, live, submitted = _reconcile_setup(tmp_path, everything, rest, max_pages=2)
+    live.update(first=base + 1000, newest=base + 2_000_000 + 10_000)
+    clock.t += 180.0
+    rec.tick()
+    fn, gap = submitted.pop()
+    fn(gap)
+    assert rest.calls == 2                                  # bounded: max_pages requests
+    rows = conn.execute("SELECT status, filled_rows, reason, from_ts_ms, to_ts_ms FROM gaps").fetchall()
+    oldest_seen = everything[-1000][1]
+    assert rows == [("unfillable", 0, "reconcile: not checked, more than 2 pages of trades since the previous run",
+                     base + 1000, oldest_seen)]
+
+
 # ------------------------------------------------------------------ stream: connects that cannot succeed
 class _FakeWriter:
     def put_many(self, sql, rows, nrows=None):
