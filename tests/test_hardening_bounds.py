@@ -159,6 +159,12 @@ def test_env_file_invalid_utf8_names_file_and_line(tmp_path):
     assert ei.value.var == "CQT_ENV_FILE"
 
 
+def test_env_file_read_is_capped(tmp_path):
+    with pytest.raises(ConfigError, match="larger than"):
+        load_settings({"CQT_ENV_FILE": "/dev/zero"})            # an endless file: refused, not read to the end
+    assert load_settings({"CQT_ENV_FILE": "/dev/null"}).log_level == "INFO"
+
+
 PROGRAMS = [("cqt-collect-binance", ()), ("cqt-aggregate", ()), ("altdata_check", ()),
             ("cqt-export", ("--output", "OUT"))]
 

@@ -23,8 +23,10 @@ live; `--rebuild` over the range recomputes them with the late rows and marks th
 
 Rebuild: recomputes [from, to] (bar times, both inclusive) from the raw tables in
 chunks, replacing the rows there, each chunk in its own short write transaction.
-`rebuild()` is the same path for `bin/cqt synth`.
-"""
+`rebuild()` is the same path for `bin/cqt synth`. The CLI first cuts [from, to] to the
+data's own range (`clamp_to_data`: no bar before the first stream row, after the last
+one or the last written bar, or after now) and refuses a span longer than
+CQT_AGGREGATE_MAX_REBUILD_S (exit 2)."""
 from __future__ import annotations
 
 import json

@@ -5,8 +5,14 @@ environment) and a hand-run program (which reads `.env`) see the same values.
 `.env` holds plain `KEY=value` lines only: systemd and dotenv parsers disagree on
 quotes, `export` and `${VAR}`, so those are rejected instead of guessed at.
 
-Every variable is declared once in VARIABLES (name, default, kind, help); the README
-table and `.env.example` are checked against it by the tests.
+Every variable is declared once in VARIABLES (name, default, kind, help, bounds); the
+README table and `.env.example` are checked against it by the tests.
+
+Bounds: a number must be finite and inside [minimum, maximum]; a number read with
+Settings.get_int/get_float and no `maximum` gets default_maximum() (ten years in the
+variable's unit for *_S / *_MS, else 2**53). URLs must parse with a host and a port in
+1..65535; paths must be encodable, without NUL, inside PATH_MAX / NAME_MAX; no value holds a
+control character. Every violation is a ConfigError naming the variable (exit 78).
 """
 from __future__ import annotations
 
