@@ -49,8 +49,8 @@ def _faults(ctx, param, values):
     for v in values:
         try:
             spec = json.loads(v)
-        except ValueError:
-            raise click.BadParameter(f"not JSON: {v}") from None
+        except (ValueError, RecursionError):
+            raise click.BadParameter(f"not JSON: {v[:200]}") from None
         for one in (spec if isinstance(spec, list) else [spec]):
             try:
                 out.append(validate(one))
