@@ -239,7 +239,9 @@ def parse_bool(name: str, value: str) -> bool:
 
 def _convert(var: Var, raw: str) -> Any:
     k = var.kind
-    control = next((c for c in raw if c < " " or c == "\x7f"), None)
+    # White space around a value is stripped below (paths excepted), so only what is kept is checked.
+    kept = raw if k == "path" else raw.strip()
+    control = next((c for c in kept if (c < " " and (c != "\t" or k == "path")) or c == "\x7f"), None)
     if control is not None:
         what = "a NUL byte" if control == "\x00" else f"a control character (U+{ord(control):04X})"
         raise ConfigError(var.name, f"contains {what}")
