@@ -220,9 +220,6 @@ def is_fatal_io(exc: BaseException) -> bool:
         or "malformed" in msg or "no space" in msg)
 
 
-_STOP = object()
-
-
 class BatchWriter:
     """Queue rows from any thread; one thread commits them in short transactions.
 
