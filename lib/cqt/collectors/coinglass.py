@@ -328,7 +328,7 @@ class CoinglassPoller:
 
     def record_call(self, r, path: str, ok: bool, rows: int, error: str | None) -> None:
         if error:
-            error = redact(error, self.svc.settings.secrets)[:200]
+            error = redact(error, self.svc.settings.secrets, limit=200)
         ts = r.recv_ts_ms - r.elapsed_ms
         self.svc.writer.put(CALL_SQL, (ts, path, r.status, 1 if ok else 0, r.elapsed_ms, rows, error))
         with self._lock:
