@@ -416,7 +416,8 @@ _SAMPLE_RAWS = [
 def _record_lines():
     import json
     from hypothesis import strategies as st
-    scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=8)
+    scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) |
+               st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
     values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c,
                                                                                         max_size=3), max_leaves=6)
     record = st.fixed_dictionaries({}, optional={
