@@ -13,8 +13,9 @@ Structural part (time rule of cqt.timerule):
                                   t0 + horizon (SKIP, saying so, when there is no export).
 
 Recomputation part (the strong one, in the spirit of freqtrade's lookahead analysis):
-for K sampled t0 in the window (CQT_CHECK_LEAK_SAMPLES, default 50; reproducible:
-seeded by --as-of), the ONE feature function (cqt.features.compute_range) is run on a
+for every second of the window when that fits the time budget (CQT_CHECK_LEAK_BUDGET_S,
+default 30 s), else for K sampled t0 (CQT_CHECK_LEAK_SAMPLES, default 50; reproducible:
+seeded by --as-of; the K samples are always done first and time the rest), the ONE feature function (cqt.features.compute_range) is run on a
 view of the database truncated at t0 — temporary views that shadow every raw and
 derived table with only the rows whose availability (cqt.timerule) is <= t0, so future
 rows do not exist for it, whatever the function does — with a warm-up of x1 and x3 the
@@ -36,9 +37,10 @@ from __future__ import annotations
 import math
 import random
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from .. import db, timerule
 from ..timeutil import fmt_ms
@@ -151,6 +153,19 @@ class RecomputeOutcome:
     warmup: list[Mismatch] = field(default_factory=list)
     late: list[int] = field(default_factory=list)
     missing_market: int = 0
+    elapsed_s: float = 0.0
+    sampled: int = 0           # of `samples`, the seeded K (the rest: the every-second sweep)
+    estimate_s: float = 0.0    # what every second of the window would take, at the samples' pace
+    stopped: bool = False      # the deadline ended it before every t0 was done
+
+    def merge(self, other: "RecomputeOutcome") -> None:
+        self.samples += other.samples
+        self.leaks += other.leaks
+        self.warmup += other.warmup
+        self.late = sorted(self.late + other.late)
+        self.missing_market += other.missing_market
+        self.elapsed_s += other.elapsed_s
+        self.stopped = self.stopped or other.stopped
 
 
 def _row(conn: sqlite3.Connection, table: str, t0: int) -> dict[str, Any] | None:
@@ -167,7 +182,13 @@ def _computed(features, res) -> tuple[dict[str, Any], dict[str, Any]]:
     return p, m
 
 
-def recompute(ctx: CheckContext, features, params, sample: list[int]) -> RecomputeOutcome:
+def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
+              deadline: float | None = None, warmup_check: bool = True) -> RecomputeOutcome:
+    """Recompute every t0 of `t0s` (a list, or an ascending iterable) on the truncated view;
+    stop early (outcome.stopped) once the monotonic clock passes `deadline`. Without
+    `warmup_check` only the short warm-up runs (the every-second sweep: the samples already
+    compare x1 with x3, and the sweep's job is the look-ahead; half the cost)."""
+    started = time.monotonic()
     th = ctx.thresholds
     tol = th("CQT_CHECK_LEAK_TOLERANCE")
     w_short, w_long = th("CQT_CHECK_LEAK_WARMUP_SHORT"), th("CQT_CHECK_LEAK_WARMUP_LONG")
@@ -180,9 +201,13 @@ def recompute(ctx: CheckContext, features, params, sample: list[int]) -> Recompu
     # t0 (ascending): every row in them was read through a view truncated at or before the
     # current t0, so reusing them never shows the function the future, and each raw row is
     # read once instead of once per sample.
-    caches = {w: features.SecondCache() for w in (max(1.0, w_short), max(1.0, w_long))}
+    warmups = (max(1.0, w_short), max(1.0, w_long)) if warmup_check else (max(1.0, w_short),)
+    caches = {w: features.SecondCache() for w in warmups}
     try:
-        for t0 in sorted(sample):
+        for t0 in (sorted(t0s) if isinstance(t0s, list) else t0s):
+            if deadline is not None and time.monotonic() > deadline:
+                out.stopped = True
+                break
             stored_p = _row(ctx.conn, "predictions", t0)
             if stored_p is None:
                 continue
@@ -193,7 +218,7 @@ def recompute(ctx: CheckContext, features, params, sample: list[int]) -> Recompu
             view.truncate(t0)
             runs = [_computed(features, features.compute_range(view.conn, t0, t0, params, warmup=w, cache=c))
                     for w, c in caches.items()]
-            if len(runs) == 1:  # short and long warm-up configured equal
+            if len(runs) == 1:  # short and long warm-up configured equal, or no warm-up comparison
                 runs.append(runs[0])
             (p1, m1), (p3, m3) = runs
             for table, a, b, cols in (("predictions", p1, p3, p_cols), ("market_1s", m1, m3, m_cols)):
@@ -224,18 +249,56 @@ def recompute(ctx: CheckContext, features, params, sample: list[int]) -> Recompu
             out.leaks += found
     finally:
         view.close()
+        out.elapsed_s = time.monotonic() - started
     return out
 
 
 # ------------------------------------------------------------------------------ the parts
+def window_t0(ctx: CheckContext) -> Iterator[int]:
+    """Every predictions ts_ms in the window, ascending, read in chunks (memory flat in the window)."""
+    for rows in db.iter_keyset(ctx.conn, "predictions", "ts_ms", "ts_ms", ctx.start_ms + 1, ctx.as_of_ms):
+        for (t,) in rows:
+            yield t
+
+
 def sample_t0(ctx: CheckContext) -> tuple[list[int], int]:
-    """Up to K predictions ts_ms in the window, reproducibly chosen (seeded by as-of)."""
+    """Up to K predictions ts_ms in the window, reproducibly chosen (seeded by as-of), and how
+    many rows the window has. Positions are drawn from range(n) and the rows walked in
+    chunks: the same choice as sampling the list of all of them, without holding that list."""
     k = int(ctx.thresholds("CQT_CHECK_LEAK_SAMPLES"))
-    all_t = [r[0] for r in ctx.conn.execute("SELECT ts_ms FROM predictions WHERE ts_ms > ? AND ts_ms <= ? "
-                                            "ORDER BY ts_ms", (ctx.start_ms, ctx.as_of_ms))]
-    if len(all_t) <= k:
-        return all_t, len(all_t)
-    return sorted(random.Random(ctx.as_of_ms).sample(all_t, k)), len(all_t)
+    n = ctx.conn.execute("SELECT COUNT(*) FROM predictions WHERE ts_ms > ? AND ts_ms <= ?",
+                         (ctx.start_ms, ctx.as_of_ms)).fetchone()[0]
+    if n <= k:
+        return list(window_t0(ctx)), n
+    picks = sorted(random.Random(ctx.as_of_ms).sample(range(n), k))
+    out: list[int] = []
+    want = iter(picks)
+    nxt = next(want)
+    for i, t in enumerate(window_t0(ctx)):
+        if i == nxt:
+            out.append(t)
+            nxt = next(want, None)
+            if nxt is None:
+                break
+    return out, n
+
+
+def recompute_window(ctx: CheckContext, features, params, sample: list[int], n_rows: int) -> RecomputeOutcome:
+    """The samples first; then every other second of the window if, at the samples' pace,
+    all of it fits CQT_CHECK_LEAK_BUDGET_S (a hard stop at 1.5 x the budget guards a wrong
+    estimate on a busy machine). Beyond the budget the samples stand alone."""
+    budget_s = ctx.thresholds("CQT_CHECK_LEAK_BUDGET_S")
+    started = time.monotonic()
+    res = recompute(ctx, features, params, sample)
+    res.sampled = res.samples
+    rest = n_rows - len(sample)
+    per_s = res.elapsed_s / max(1, len(sample))
+    res.estimate_s = res.elapsed_s + per_s * rest
+    if rest > 0 and budget_s > 0 and res.estimate_s <= budget_s:
+        done = set(sample)
+        others = (t for t in window_t0(ctx) if t not in done)
+        res.merge(recompute(ctx, features, params, others, deadline=started + 1.5 * budget_s, warmup_check=False))
+    return res
 
 
 def negative_ages(ctx: CheckContext) -> Metric:
@@ -356,11 +419,11 @@ def mismatch_metrics(prefix: str, items: list[Mismatch], samples: int, what: str
     total = Metric.judge(f"{prefix}.mismatches", len(items), "==", 0,
                          f"{len(by_col)} columns {what}{split}: " +
                          "; ".join(v[0].text(with_why=False) for v in list(by_col.values())[:3])
-                         if items else f"{samples} sampled t0")
+                         if items else f"{samples} t0 recomputed")
     out = [total]
     for col, v in by_col.items():
         out.append(Metric.judge(f"{prefix}.{col}", len(v), "==", 0,
-                                f"{len(v)} of {samples} samples; e.g. {v[0].text()}"))
+                                f"{len(v)} of {samples} t0; e.g. {v[0].text()}"))
     return out
 
 
@@ -378,12 +441,13 @@ def evaluate(ctx: CheckContext) -> list[Metric]:
     out.append(provenance(ctx, params, sample))
     out.append(source_presence(ctx, features, params, sample))
     out.append(label_metric(ctx))
-    res = recompute(ctx, features, params, sample)
-    out.append(Metric.judge("leak.recompute.samples", res.samples, ">=", 1,
-                            f"{res.samples} of {n_rows} rows recomputed on the database truncated at t0"))
+    res = recompute_window(ctx, features, params, sample, n_rows)
+    out.append(Metric.judge("leak.recompute.samples", res.sampled, ">=", 1,
+                            f"{res.sampled} of {n_rows} rows sampled and recomputed on the database truncated at t0"))
+    out.append(coverage_metric(ctx, res, n_rows))
     out += mismatch_metrics("leak.recompute", res.leaks, res.samples,
                             "differ from a recomputation that cannot see the future")
-    out += mismatch_metrics("leak.warmup", res.warmup, res.samples,
+    out += mismatch_metrics("leak.warmup", res.warmup, res.sampled,
                             "depend on the warm-up (x1 vs x3 the longest look-back)")
     if res.missing_market:
         ctx.note(f"{res.missing_market} sampled predictions rows have no market_1s row")
@@ -394,8 +458,24 @@ def evaluate(ctx: CheckContext) -> list[Metric]:
     return out
 
 
+def coverage_metric(ctx: CheckContext, res: RecomputeOutcome, n_rows: int) -> Metric:
+    """How much of the window was recomputed, and why not all of it."""
+    budget_s = ctx.thresholds("CQT_CHECK_LEAK_BUDGET_S")
+    took = f"in {res.elapsed_s:.1f} s (CQT_CHECK_LEAK_BUDGET_S={budget_s:g} s)"
+    if res.samples >= n_rows:
+        why = f"every second: {res.samples} of {n_rows} rows recomputed {took}"
+    elif res.stopped:
+        why = (f"{res.samples} of {n_rows} rows recomputed {took}: stopped at 1.5 x the budget "
+               "(slower than the samples' pace; a busy machine?)")
+    else:
+        why = (f"sampled: {res.samples} of {n_rows} rows recomputed {took}; every second would take about "
+               f"{res.estimate_s:.0f} s, over the budget (raise it or shorten --window to check every second)")
+    return Metric.judge("leak.recompute.seconds", res.samples, ">=", 1, why)
+
+
 main = check_command("feature_leak_check", evaluate, """Look-ahead leaks: the time rule on market_1s and
 predictions, label_ts >= t0 + horizon in the newest export, and a recomputation of
-sampled rows on the database truncated at t0 (warm-up x1 and x3).
+every second of the window (sampled rows beyond CQT_CHECK_LEAK_BUDGET_S) on the
+database truncated at t0 (warm-up x1 and x3).
 
 Exit 0 PASS, 1 FAIL, 2 usage error, 3 could not evaluate, 78 misconfigured.""")
