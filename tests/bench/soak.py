@@ -449,7 +449,10 @@ def main() -> int:
                         disk_full_at.append(off)
                         log(f"disk full: filler of {n / 2**20:.0f} MB for {a.disk_full_s:.0f} s")
                 else:
-                    ans = sim.fault(p)
+                    try:
+                        ans = sim.fault(p)
+                    except (OSError, ValueError) as e:     # a sim too busy to answer in time: skip this one
+                        ans = {"error": repr(e)}
                     if not ans.get("ok"):
                         log(f"fault rejected: {p}: {ans}")
                         continue
