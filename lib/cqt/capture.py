@@ -319,6 +319,8 @@ def parse_line(line: bytes, lineno: int = 0) -> dict:
         raise CaptureLineError(lineno, "capture line lacks recv_ts_ms/source/raw", line)
     b64 = rec.get("raw_b64")
     if b64:
+        if not isinstance(b64, str):
+            raise CaptureLineError(lineno, "capture line's raw_b64 is not a string", line)
         try:
             rec["raw"] = base64.b64decode(b64)
         except ValueError:

@@ -27,6 +27,19 @@ def config_or_exit(build: Callable[[], Any]) -> Any:
         sys.exit(CONFIG)
 
 
+def capture_target_or_exit(service: str, settings, capture_path: str | None) -> str | None:
+    """The `--capture` file, checked before the service starts: never the database, its side
+    files, a device or a foreign file (one line on stderr and exit 2, as for every output)."""
+    if not capture_path:
+        return None
+    from ..outputs import OutputRefused, guard_output
+    try:
+        return str(guard_output(capture_path, "capture", db_path=settings.db))
+    except OutputRefused as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+
+
 def read_positions(db_path, service: str) -> dict[str, tuple[int | None, int | None]]:
     """resume_state rows of `service`: stream -> (last_id, last_ts_ms)."""
     from ..db import connect
@@ -79,7 +92,8 @@ def open_capture_and_rest(svc, base_url: str, name: str, timeout_s: float, captu
     """The capture file (if asked for) and the REST client a WebSocket collector backfills with."""
     from ..capture import CaptureWriter
     from ..rest import RestClient
-    capture = CaptureWriter(capture_path, secrets=svc.settings.secrets) if capture_path else None
+    capture = CaptureWriter(capture_path, secrets=svc.settings.secrets, db_path=svc.settings.db) \
+        if capture_path else None
     rest = RestClient(base_url, name=name, timeout_s=timeout_s, capture=capture,
                       sleep=svc.stopping.wait, max_wait_s=7 * 86400.0)   # a ban is waited out, not a failure
     return capture, rest
@@ -99,9 +113,11 @@ def run_rest_poller(service: str, source: str, settings, cfg, base_url: str, mak
     from ..rest import RestClient
     from ..runtime import run_service
     holder: dict = {}
+    capture_path = capture_target_or_exit(service, settings, capture_path)
 
     def main_loop(svc) -> int:
-        capture = CaptureWriter(capture_path, secrets=settings.secrets) if capture_path else None
+        capture = CaptureWriter(capture_path, secrets=settings.secrets, db_path=settings.db) \
+            if capture_path else None
         client = RestClient(base_url, name=source, timeout_s=cfg.timeout_s, capture=capture,
                             headers=headers or {}, secrets=settings.secrets, sleep=svc.sleep)
         try:

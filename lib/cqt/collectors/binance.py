@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import click
 
-from . import config_or_exit, open_capture_and_rest, read_positions, report_in_heartbeat, run_ws_collector
+from . import capture_target_or_exit, config_or_exit, open_capture_and_rest, read_positions, report_in_heartbeat, run_ws_collector
 
 log = logging.getLogger("cqt.collect.binance")
 
@@ -201,4 +201,5 @@ def main(db: str | None, capture_path: str | None, symbol: str | None) -> None:
     from ..runtime import load_settings_or_exit, run_service
     settings = load_settings_or_exit(db=db, binance_symbol=symbol)
     cfg = config_or_exit(lambda: BinanceConfig.from_settings(settings))
+    capture_path = capture_target_or_exit(SERVICE, settings, capture_path)
     sys.exit(run_service(SERVICE, lambda svc: run(svc, cfg, capture_path), settings))

@@ -550,6 +550,10 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
     if writer.fatal is not None or not ok:
         print(f"cqt replay: database write failed: {writer.fatal or 'flush timed out'}", file=sys.stderr)
         sys.exit(exitcodes.IOERR)
+    if writer.failure is not None:
+        # A row the database refused (not a storage fault): the rest is stored, but not all.
+        print(f"cqt replay: some rows could not be stored: {writer.failure}", file=sys.stderr)
+        sys.exit(exitcodes.FAIL)
     d = stats.as_dict()
     if as_json:
         print(json.dumps(d))
