@@ -328,6 +328,12 @@ def test_integrity_budget_is_a_note_not_a_failure(tmp_path, healthy):
     assert any("PRAGMA quick_check stopped after CQT_CHECK_INTEGRITY_BUDGET_S" in n for n in res.notes), res.notes
 
 
+def test_bad_integrity_budget_is_misconfigured(tmp_path, healthy):
+    p = gate(tmp_path, "--as-of", AS_OF, "--db", healthy, CQT_CHECK_INTEGRITY_BUDGET_S="abc", timeout=60)
+    assert p.returncode == 78, p.stdout + p.stderr
+    assert "CQT_CHECK_INTEGRITY_BUDGET_S" in p.stdout + p.stderr
+
+
 def test_stream_fill_counts_in_chunks(healthy):
     """The coverage model consumes the chunked reader once and counts what it saw."""
     res = run("altdata_check", healthy)

@@ -97,6 +97,10 @@ class CannotEvaluate(Exception):
     """The database cannot answer (missing, unreadable, wrong schema): exit 3."""
 
 
+class DatabaseDamaged(CannotEvaluate):
+    """The file itself is damaged (integrity pragma, malformed, not a database): exit 3, no writes."""
+
+
 def open_for_check(path: Path) -> sqlite3.Connection:
     try:
         return db.open_readonly(path)
@@ -104,6 +108,10 @@ def open_for_check(path: Path) -> sqlite3.Connection:
         raise CannotEvaluate(f"database not found: {path} (check CQT_DB / --db; has a collector run yet?)") from None
     except db.SchemaTooNew as exc:
         raise CannotEvaluate(str(exc)) from None
+    except sqlite3.OperationalError as exc:
+        raise CannotEvaluate(f"cannot open database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:   # malformed, not a database: the file, not its access
+        raise DatabaseDamaged(f"database {path} is damaged: cannot open it: {exc}") from None
     except sqlite3.Error as exc:
         raise CannotEvaluate(f"cannot open database {path}: {exc}") from None
 
@@ -133,16 +141,16 @@ def verify_integrity(conn: sqlite3.Connection, settings: Settings, mode: str = "
         if timed_out:
             return (f"PRAGMA {pragma} stopped after CQT_CHECK_INTEGRITY_BUDGET_S={budget_s:g} s (a large file): "
                     "integrity not fully verified; the nightly run checks it in full (--integrity full)")
-        raise CannotEvaluate(f"database {settings.db} is damaged: PRAGMA {pragma} failed: {exc}") from None
+        raise DatabaseDamaged(f"database {settings.db} is damaged: PRAGMA {pragma} failed: {exc}") from None
     except sqlite3.DatabaseError as exc:
-        raise CannotEvaluate(f"database {settings.db} is damaged: PRAGMA {pragma} failed: {exc}") from None
+        raise DatabaseDamaged(f"database {settings.db} is damaged: PRAGMA {pragma} failed: {exc}") from None
     finally:
         if budget_s > 0:
             conn.set_progress_handler(None, 0)
     if rows == ["ok"]:
         return None
     shown = "; ".join(rows[:3]) + (f"; +{len(rows) - 3} more" if len(rows) > 3 else "")
-    raise CannotEvaluate(f"database {settings.db} is damaged: PRAGMA {pragma} found {len(rows)}"
+    raise DatabaseDamaged(f"database {settings.db} is damaged: PRAGMA {pragma} found {len(rows)}"
                          f"{'+' if len(rows) >= INTEGRITY_REPORTED else ''} problem(s): {shown} "
                          "(restore it from a backup; do not trust any result from it)")
 

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import click
 
-from .. import db
+from .. import db, exitcodes
+from ..config import ConfigError
 from ..timeutil import fmt_ms, now_ms
 from . import CHECKS, RUNNER_NAME
-from .base import CannotEvaluate, common_options, open_for_check, run_check, settings_for_cli, verify_integrity
+from .base import (CannotEvaluate, DatabaseDamaged, common_options, open_for_check, run_check, settings_for_cli,
+                   verify_integrity)
 from .result import FAIL, CheckResult, combine_exit_codes, fmt_num
 
 log = logging.getLogger("cqt.checks.runner")
@@ -42,14 +44,15 @@ def run_all(settings, as_of_ms: int, window_s: int, integrity: str = "quick") ->
     try:
         conn = open_for_check(settings.db)
         note = verify_integrity(conn, settings, integrity)
-    except (CannotEvaluate, sqlite3.Error) as exc:
+    except (CannotEvaluate, ConfigError, sqlite3.Error) as exc:
         # One reason for all four: not evaluated. A damaged file is never a PASS.
-        results.damaged = conn is not None
+        results.damaged = isinstance(exc, DatabaseDamaged)
         if conn is not None:
             conn.close()
-        reason = str(exc) if isinstance(exc, CannotEvaluate) else f"cannot read database {settings.db}: {exc}"
+        reason = str(exc) if not isinstance(exc, sqlite3.Error) else f"cannot read database {settings.db}: {exc}"
+        code = exitcodes.CONFIG if isinstance(exc, ConfigError) else None
         for name, _ in CHECKS:
-            results.append(CheckResult(name, window_s, as_of_ms, error=" ".join(reason.split())))
+            results.append(CheckResult(name, window_s, as_of_ms, error=" ".join(reason.split()), error_code=code))
         return results
     try:
         for name, module in CHECKS:
