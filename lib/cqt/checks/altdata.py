@@ -315,8 +315,8 @@ def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
         if stale_s > worst[0]:
             away = max((bid - low) / bid if low < bid else 0.0, (high - ask) / ask if high > ask else 0.0)
             still = ("still unchanged at its newest row" if next_t is None else f"until {fmt_ms(end)}")
-            worst = (stale_s, f"best bid/ask {bid:g}/{ask:g} unchanged from {fmt_ms(t)} {still} while trades "
-                              f"printed outside it from {fmt_ms(first_out)} (prices {low:g} .. {high:g}, up to "
+            worst = (stale_s, f"best bid/ask {bid:.10g}/{ask:.10g} unchanged from {fmt_ms(t)} {still} while trades "
+                              f"printed outside it from {fmt_ms(first_out)} (prices {low:.10g} .. {high:.10g}, up to "
                               f"{away * 100:.2g} % away): the book stream is stuck; restart cqt-collect-upbit")
     if not worst[1]:
         return Metric.judge(name, 0.0, "<=", limit, "")
