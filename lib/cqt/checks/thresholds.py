@@ -51,7 +51,7 @@ THRESHOLDS: tuple[Threshold, ...] = (
        "upbit.KRW-USDT.trade.lag_s (sparse: lag only; counted from the collector's start when none yet)"),
     _T("CQT_CHECK_BOOK_FROZEN_S", 120,
        "<book>.frozen_s: seconds the best bid/ask stood unchanged while trades printed outside it "
-       "(Binance bookTicker, Upbit KRW-BTC orderbook)"),
+       "(the Upbit KRW-BTC orderbook)", 1),
     _T("CQT_CHECK_BOOK_MOVE_BPS", 10,
        "a trade this many basis points outside the unchanged best bid/ask counts as the market moving"),
     # ------------------------------------------------------------------ altdata_check: Binance REST
