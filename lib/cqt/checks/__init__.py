@@ -1,8 +1,8 @@
 """Pipeline checks: one module per check, one shared result type, Unix exit codes.
 
-    altdata_check       cqt.checks.altdata    raw streams: lag, fill, skew, gaps, rejects
-    feature_check       cqt.checks.feature    market_1s / predictions: coverage, nulls, ranges
-    feature_leak_check  cqt.checks.leak       time rule, label horizon, recomputation at t0
+    altdata_check       cqt.checks.altdata    raw streams: lag, fill, skew, stuck book, gaps, rejects
+    feature_check       cqt.checks.feature    market_1s / predictions: coverage, nulls, ranges; export labels
+    feature_leak_check  cqt.checks.leak       time rule, label horizon, recomputation at every t0
     coinglass_check     cqt.checks.coinglass  enabled, key, calls per endpoint, errors
 
 Each module has `evaluate(ctx) -> list[Metric]` (the check itself, on a read-only
