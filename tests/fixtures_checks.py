@@ -9,6 +9,7 @@ values, not computed by cqt.features: feature_check judges shape, not arithmetic
 """
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import shutil
@@ -46,14 +47,19 @@ def fill_raw(conn: sqlite3.Connection, start_ms: int, end_ms: int, seed: int = 1
     agg, book, mark, up_tr, up_ob = [], [], [], [], []
     agg_id, upd = 1_000_000, 5_000_000
     seq = 10_000
+    path: list[tuple[int, float]] = []          # (time, price): the book quotes the price of its moment
     for t in _every(start_ms, end_ms, 500, 137):
         px *= math.exp(rnd.gauss(0, 2e-4))
         agg_id += 1
+        path.append((t, px))
         agg.append((SYMBOL, agg_id, t, round(px, 1), 0.01 + rnd.random(), rnd.choice(("buy", "sell")),
                     agg_id * 3, agg_id * 3 + 1, t + 5, t + 60))
+    times = [t for t, _ in path]
     for t in _every(start_ms, end_ms, 200, 51):
         upd += 1
-        book.append((SYMBOL, upd, t, round(px - 0.1, 1), 1.0, round(px + 0.1, 1), 2.0, t + 40))
+        i = bisect.bisect_right(times, t) - 1
+        bpx = path[i][1] if i >= 0 else path[0][1]
+        book.append((SYMBOL, upd, t, round(bpx - 0.1, 1), 1.0, round(bpx + 0.1, 1), 2.0, t + 40))
     for t in _every(start_ms, end_ms, 1000, 3):
         mark.append((SYMBOL, t, px, px * 0.9999, 0.0001, end_ms + 3_600_000, t + 30))
     krw = px * usdt * 1.02

@@ -139,6 +139,24 @@ def test_book_frozen_then_moving_again_counts_until_the_change(healthy, tmp_path
     assert start  # ramp applied
 
 
+def test_binance_book_ticker_frozen_while_agg_trades_move_fails(tmp_path, healthy):
+    db = copy_db(healthy, tmp_path / "cqt.db")
+    start = AS_OF - 300_000
+    execute(db, "UPDATE binance_agg_trades SET price = price * (1 + 0.012 * (trade_ts_ms - ?) / 300000) "
+                "WHERE trade_ts_ms > ?", (start, start))
+    # the bookTicker rows keep arriving, all quoting the price of the ramp's start
+    conn = sqlite3.connect(db)
+    bid, ask = conn.execute("SELECT bid_price, ask_price FROM binance_book_ticker WHERE event_ts_ms <= ? "
+                            "ORDER BY event_ts_ms DESC LIMIT 1", (start,)).fetchone()
+    conn.close()
+    execute(db, "UPDATE binance_book_ticker SET bid_price = ?, ask_price = ? WHERE event_ts_ms > ?", (bid, ask, start))
+    res = run("altdata_check", db)
+    m = metric(res, "binance.bookTicker.frozen_s")
+    assert res.exit_code == 1 and m.status == "FAIL" and 200 < m.value <= 300, res.text()
+    assert "restart cqt-collect-binance" in m.reason
+    assert metric(run("altdata_check", healthy), "binance.bookTicker.frozen_s").value == 0
+
+
 # ------------------------------------------------------------------------------ label distribution
 def _export(tmp_path, db, threshold):
     out = tmp_path / f"export-{threshold.replace(':', '_')}.parquet"
@@ -339,3 +357,12 @@ def test_stream_fill_counts_in_chunks(healthy):
     res = run("altdata_check", healthy)
     assert metric(res, "binance.markPrice.fill").reason == "600 updates in 600 s"
     assert altdata.coverage(iter([1000, 2000]), None, 0, 3000, 1500) == pytest.approx(2000 / 3000)
+
+
+def test_nightly_runs_the_full_integrity_check(tmp_path):
+    from cqt import nightly
+    from cqt.config import load_settings
+    settings = load_settings({"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_DB": str(tmp_path / "cqt.db")})
+    assert nightly.checks_command(settings)[-2:] == ["--integrity", "full"]
+    custom = load_settings({"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_NIGHTLY_CHECKS_CMD": "sh my.sh"})
+    assert nightly.checks_command(custom) == ["sh", "my.sh"]

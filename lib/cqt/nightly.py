@@ -85,9 +85,12 @@ def worst(codes: Iterable[int]) -> int:
 
 # ------------------------------------------------------------------------------ steps
 def checks_command(settings: Settings) -> list[str]:
-    """CQT_NIGHTLY_CHECKS_CMD (a command line; default: the pipeline runner) - `--window N --db DB` are appended."""
+    """CQT_NIGHTLY_CHECKS_CMD (a command line; default: the pipeline runner) - `--window N --db DB` are appended.
+
+    The default runner does the full `integrity_check` at night (the scheduled runs do the
+    bounded quick check), so a damaged page anywhere is found within a day."""
     text = settings.get_str("CQT_NIGHTLY_CHECKS_CMD", "")
-    return shlex.split(text) if text.strip() else ["sh", str(RUNNER)]
+    return shlex.split(text) if text.strip() else ["sh", str(RUNNER), "--integrity", "full"]
 
 
 def step_checks(settings: Settings, window: int, timeout_s: float) -> Step:

@@ -87,12 +87,19 @@ class Book:
     bid_col: str
     ask_col: str
     trades_table: str            # same key column; trade_ts_ms, price
+    service: str                 # the collector to restart when it is stuck
+
+    def key(self, ctx: CheckContext) -> str:
+        return ctx.settings.binance_symbol if self.key_val == "binance" else self.key_val
 
 
-# The Upbit KRW-BTC book is the one the features read (spread, imbalance, best bid/ask).
+# The Upbit KRW-BTC book is the one the features read (spread, imbalance, best bid/ask); the
+# Binance bookTicker is the futures venue's top of book.
 BOOKS: tuple[Book, ...] = (
     Book(f"upbit.{UPBIT_BTC}.orderbook", "upbit_orderbook", "ts_ms", "ts_ms", "code", UPBIT_BTC,
-         "best_bid", "best_ask", "upbit_trades"),
+         "best_bid", "best_ask", "upbit_trades", "cqt-collect-upbit"),
+    Book("binance.bookTicker", "binance_book_ticker", "event_ts_ms", "event_ts_ms, update_id", "symbol", "binance",
+         "bid_price", "ask_price", "binance_agg_trades", "cqt-collect-binance"),
 )
 
 
@@ -282,6 +289,7 @@ def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
     move = th("CQT_CHECK_BOOK_MOVE_BPS") / 1e4
     name = f"{b.metric}.frozen_s"
     lo, hi = ctx.start_ms, ctx.as_of_ms
+    key = b.key(ctx)
     # Runs of unchanged quotes, in SQL (window functions spill to disk, not to RAM): each change
     # point starts a run that lasts to the next one; only runs long enough to matter come back.
     min_run_ms = int(limit * 500)
@@ -296,19 +304,19 @@ def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
             SELECT t, bid, ask, next_t FROM spans
             WHERE COALESCE(next_t, (SELECT MAX({b.time_col}) FROM {b.table} WHERE {b.key_col} = ?
                                     AND {b.time_col} > ? AND {b.time_col} <= ?)) - t >= ?
-            ORDER BY t""", (b.key_val, lo, hi, b.key_val, lo, hi, min_run_ms)).fetchall()
+            ORDER BY t""", (key, lo, hi, key, lo, hi, min_run_ms)).fetchall()
     newest = None
     worst = (0.0, "")
     for t, bid, ask, next_t in runs:
         if next_t is None:
             newest = newest or ctx.conn.execute(
                 f"SELECT MAX({b.time_col}), COUNT(*) FROM {b.table} WHERE {b.key_col} = ? AND {b.time_col} >= ? "
-                f"AND {b.time_col} <= ?", (b.key_val, t, hi)).fetchone()
+                f"AND {b.time_col} <= ?", (key, t, hi)).fetchone()
         end = next_t if next_t is not None else newest[0]
         first_out, low, high = ctx.conn.execute(
             f"SELECT MIN(trade_ts_ms), MIN(price), MAX(price) FROM {b.trades_table} WHERE {b.key_col} = ? "
             "AND trade_ts_ms > ? AND trade_ts_ms <= ? AND (price < ? OR price > ?)",
-            (b.key_val, t, end, bid * (1 - move), ask * (1 + move))).fetchone()
+            (key, t, end, bid * (1 - move), ask * (1 + move))).fetchone()
         if first_out is None:
             continue
         stale_s = (end - first_out) / 1000
@@ -317,7 +325,7 @@ def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
             still = ("still unchanged at its newest row" if next_t is None else f"until {fmt_ms(end)}")
             worst = (stale_s, f"best bid/ask {bid:.10g}/{ask:.10g} unchanged from {fmt_ms(t)} {still} while trades "
                               f"printed outside it from {fmt_ms(first_out)} (prices {low:.10g} .. {high:.10g}, up to "
-                              f"{away * 100:.2g} % away): the book stream is stuck; restart cqt-collect-upbit")
+                              f"{away * 100:.2g} % away): the book stream is stuck; restart {b.service}")
     if not worst[1]:
         return Metric.judge(name, 0.0, "<=", limit, "")
     return Metric.judge(name, round(worst[0], 3), "<=", limit, worst[1])
