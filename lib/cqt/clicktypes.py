@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .timeutil import parse_time_ms
+from .timeutil import parse_duration_ms, parse_time_ms
 
 
 class TimeParam(click.ParamType):
@@ -23,4 +23,19 @@ class TimeParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class DurationParam(click.ParamType):
+    """A length of time: '90s', '30m', '1h', '7d' -> milliseconds (1 s ... the span of accepted times)."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            return parse_duration_ms(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 TIME = TimeParam()
+DURATION = DurationParam()

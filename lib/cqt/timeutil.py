@@ -70,6 +70,29 @@ def parse_time_ms(text: str | int | float) -> int:
     return check_time_ms(ms, text)
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$", re.IGNORECASE)
+
+# No range is longer than the span of accepted times (2009-01-01 .. 2100-01-01).
+MAX_DURATION_MS = MAX_TIME_MS - MIN_TIME_MS
+
+
+def parse_duration_ms(text: str) -> int:
+    """'1h', '24h', '30m', '90s', '7d' -> milliseconds (at least 1 s, at most MAX_DURATION_MS)."""
+    m = _DURATION_RE.match(text) if len(text) <= 40 else None
+    if not m:
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise ValueError(f"{shown} is not a duration like 1h or 24h")
+    mult = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2).lower()]
+    value = float(m.group(1)) * mult
+    if not value <= MAX_DURATION_MS:        # also inf, from a number too long for a float
+        raise ValueError(f"{text.strip()!r} is longer than the span of accepted times "
+                         f"(2009-01-01 .. 2100-01-01: at most {MAX_DURATION_MS // 86_400_000}d)")
+    ms = int(value)
+    if ms < 1000:
+        raise ValueError("duration must be at least 1 s")
+    return ms
+
+
 def fmt_ms(ms: int | None) -> str:
     """Epoch ms -> '2026-11-24T01:02:03.456Z' (UTC); '-' for None; a time no datetime holds as '<n>ms'."""
     if ms is None:
