@@ -1,0 +1,198 @@
+"""Settings: one frozen object built from the process environment, falling back to `.env`.
+
+The environment wins over `.env`, so systemd's `EnvironmentFile=` (which sets the
+environment) and a hand-run program (which reads `.env`) see the same values.
+
+The core table (tables/core.py) is converted eagerly into typed fields: a bad value there
+fails every program. Every other variable is read where it is used, through get_int /
+get_float / get_str / get_bool / get_path, which take its default and bounds from the
+registry; a call site passes only the name. (A default passed by a caller must equal the
+declared one: anything else is a RegistryError, a programming error the tests catch.)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .registry import component as component_table, lookup
+from .tables.core import VARIABLES
+from .values import ROOT, check_number, check_path, convert, env_file_path, is_placeholder, parse_bool, parse_env_file
+from .var import RegistryError, Var
+
+_BY_NAME = {v.name: v for v in VARIABLES}
+_NOT_GIVEN: Any = object()
+
+
+def _declared_default(var: Var | None, name: str, given: Any, reader: str) -> Any:
+    """The default of one read: the declared one (a caller's must agree), else the caller's own."""
+    if var is None or var.default is None:
+        if given is _NOT_GIVEN:
+            why = "not declared in the settings registry" if var is None else "its default is computed by the caller"
+            raise RegistryError(f"{name}: {why}; pass a default")
+        return given
+    declared: Any = var.default
+    if reader == "int":
+        declared = int(declared)
+    elif reader == "float":
+        declared = float(declared)
+    elif reader == "bool":
+        declared = parse_bool(name, declared)
+    if given is not _NOT_GIVEN and given != declared and not (reader == "path" and str(given) == declared):
+        raise RegistryError(f"{name}: read with default {given!r}, declared {var.default!r} "
+                            f"(lib/cqt/config/tables/{var.component}.py)")
+    return declared
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: Path
+    upbit_ws_url: str
+    upbit_rest_url: str
+    binance_ws_url: str
+    binance_rest_url: str
+    coinglass_url: str
+    upbit_codes: tuple[str, ...]
+    binance_symbol: str
+    coinglass_enabled: bool
+    coinglass_api_key: str = field(repr=False)
+    coinglass_interval: str
+    coinglass_delay_s: int
+    report: Path
+    dataset_dir: Path
+    log_level: str
+    backfill_s: int
+    bookticker_min_ms: int
+    label_max_delay_s: int
+    keep_days: int
+    heartbeat_s: float
+    env_file: Path
+    raw: Mapping[str, str] = field(repr=False)   # merged environment (.env < process env)
+    source: Mapping[str, str] = field(repr=False)  # where each documented value came from
+
+    # -- every other variable: default and bounds from the registry ----------------------
+    # Bounds passed by a caller are used only for a name the registry does not declare; a
+    # declared variable always gets its declared ones (without a maximum: default_maximum()).
+    def get_str(self, name: str, default: str = _NOT_GIVEN) -> str:
+        default = _declared_default(lookup(name), name, default, "str")
+        v = self.raw.get(name, "")
+        return v if v != "" else default
+
+    def get_int(self, name: str, default: int = _NOT_GIVEN, minimum: int | None = None, *,
+                maximum: int | None = None) -> int:
+        return int(self._number(name, "int", default, minimum, maximum))
+
+    def get_float(self, name: str, default: float = _NOT_GIVEN, minimum: float | None = None, *,
+                  maximum: float | None = None) -> float:
+        return float(self._number(name, "float", default, minimum, maximum))
+
+    def _number(self, name: str, kind: str, default: Any, minimum: float | None, maximum: float | None) -> Any:
+        var = lookup(name)
+        default = _declared_default(var, name, default, kind)
+        if var is not None:
+            minimum, maximum = var.minimum, var.maximum
+        v = self.raw.get(name, "")
+        return default if v == "" else check_number(name, v, kind, minimum, maximum)
+
+    def get_bool(self, name: str, default: bool = _NOT_GIVEN) -> bool:
+        default = _declared_default(lookup(name), name, default, "bool")
+        v = self.raw.get(name, "")
+        return default if v == "" else parse_bool(name, v)
+
+    def get_path(self, name: str, default: str = _NOT_GIVEN) -> Path:
+        """A path variable, absolute (relative ones under the toolkit root); ConfigError if unusable."""
+        default = _declared_default(lookup(name), name, default, "path")
+        v = self.raw.get(name, "")
+        return check_path(name, v if v != "" else str(default))
+
+    def get(self, name: str) -> Any:
+        """A declared variable, typed by its kind (core ones as load_settings converted them)."""
+        var = lookup(name)
+        if var is None:
+            raise RegistryError(f"{name}: not declared in the settings registry")
+        if var.kind in ("int", "float"):
+            return self._number(name, var.kind, _NOT_GIVEN, None, None)
+        if var.kind == "bool":
+            return self.get_bool(name)
+        if var.kind == "path":
+            return self.get_path(name)
+        if name in _BY_NAME:
+            raw = self.raw.get(name, "")
+            return convert(var, raw if raw.strip() != "" or var.kind == "secret" else var.default)
+        return self.get_str(name)
+
+    def component(self, name: str) -> dict[str, Any]:
+        """Every variable of one component (families and computed defaults left out), typed."""
+        return {v.name: self.get(v.name) for v in component_table(name)
+                if not v.is_pattern and v.default is not None}
+
+    def resolve_path(self, p: str | Path) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else ROOT / p
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs, the database or reports."""
+        key = self.coinglass_api_key
+        return (key,) if key and len(key) >= 4 else ()
+
+    @property
+    def coinglass_key_state(self) -> str:
+        """present | missing | placeholder (never the value)."""
+        if not self.coinglass_api_key:
+            return "missing"
+        return "placeholder" if is_placeholder(self.coinglass_api_key) else "present"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) -> Settings:
+    """Build Settings from `environ` (default os.environ) over the `.env` file.
+
+    `overrides` (e.g. db="/tmp/x.db" from a --db option) win over both.
+    Raises ConfigError naming the variable on any bad value.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    env_path = env_file_path(environ)
+    merged: dict[str, str] = {}
+    source: dict[str, str] = {}
+    for k, v in parse_env_file(env_path).items():
+        merged[k], source[k] = v, ".env"
+    for k, v in environ.items():
+        merged[k], source[k] = v, "environment"
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = merged.get(var.name, "")
+        if raw.strip() == "" and var.kind != "secret":
+            raw = var.default
+            source.setdefault(var.name, "default")
+        values[var.name] = convert(var, raw)
+    for key, val in overrides.items():
+        if val is not None:
+            name = "CQT_" + key.upper()
+            values[name] = convert(_BY_NAME[name], str(val))
+            source[name] = "command line"
+    return Settings(
+        db=check_path("CQT_DB", values["CQT_DB"]),
+        upbit_ws_url=values["CQT_UPBIT_WS_URL"],
+        upbit_rest_url=values["CQT_UPBIT_REST_URL"],
+        binance_ws_url=values["CQT_BINANCE_WS_URL"],
+        binance_rest_url=values["CQT_BINANCE_REST_URL"],
+        coinglass_url=values["CQT_COINGLASS_URL"],
+        upbit_codes=tuple(c.upper() for c in values["CQT_UPBIT_CODES"]),
+        binance_symbol=values["CQT_BINANCE_SYMBOL"].upper(),
+        coinglass_enabled=values["COINGLASS_ENABLED"],
+        coinglass_api_key=values["COINGLASS_API_KEY"].strip(),
+        coinglass_interval=values["CQT_COINGLASS_INTERVAL"],
+        coinglass_delay_s=values["CQT_COINGLASS_DELAY_S"],
+        report=check_path("CQT_REPORT", values["CQT_REPORT"]),
+        dataset_dir=check_path("CQT_DATASET_DIR", values["CQT_DATASET_DIR"]),
+        log_level=values["CQT_LOG_LEVEL"],
+        backfill_s=values["CQT_BACKFILL_S"],
+        bookticker_min_ms=values["CQT_BOOKTICKER_MIN_MS"],
+        label_max_delay_s=values["CQT_LABEL_MAX_DELAY_S"],
+        keep_days=values["CQT_KEEP_DAYS"],
+        heartbeat_s=float(values["CQT_HEARTBEAT_S"]),
+        env_file=env_path,
+        raw=merged,
+        source=source,
+    )

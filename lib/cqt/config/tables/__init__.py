@@ -1,0 +1,30 @@
+"""The per-component tables of the settings registry, in the order the docs show them.
+
+SECTIONS: (README heading, marker key, components shown under it). A new component is a
+module here with a TABLE, listed in TABLES and placed in a section.
+"""
+from __future__ import annotations
+
+from ..var import Var
+from . import aggregate, checks, collectors, core, export, nightly, pollers, scheduler
+
+TABLES: dict[str, tuple[Var, ...]] = {
+    "core": core.TABLE,
+    "collectors": collectors.TABLE,
+    "pollers": pollers.TABLE,
+    "aggregate": aggregate.TABLE,
+    "checks": checks.TABLE,
+    "scheduler": scheduler.TABLE,
+    "export": export.TABLE,
+    "nightly": nightly.TABLE,
+}
+
+SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Core", "core", ("core",)),
+    ("Collectors (WebSocket)", "collectors", ("collectors",)),
+    ("Pollers (REST)", "pollers", ("pollers",)),
+    ("Aggregation", "aggregate", ("aggregate",)),
+    ("Checks", "checks", ("checks", "scheduler")),
+    ("Export", "export", ("export",)),
+    ("Report and nightly job", "nightly", ("nightly",)),
+)
