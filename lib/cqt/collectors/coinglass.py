@@ -37,6 +37,7 @@ from typing import Any, Callable
 import click
 
 from .. import exitcodes
+from ..symbols import coinglass_coin_of_binance
 from . import run_rest_poller
 from ..config import ConfigError, Settings
 from ..db import connect, redact
@@ -76,11 +77,7 @@ def coin_of(settings: Settings) -> str:
     coin = settings.get_str("CQT_COINGLASS_SYMBOL", "")
     if coin:
         return coin.strip().upper()
-    sym = settings.binance_symbol
-    for quote in ("USDT", "USDC", "BUSD", "FDUSD", "USD"):
-        if sym.endswith(quote) and len(sym) > len(quote):
-            return sym[: -len(quote)]
-    return sym
+    return coinglass_coin_of_binance(settings.binance_symbol)
 
 
 def plan_refusal(text: str | None, interval: str) -> bool:
