@@ -10,7 +10,9 @@ import pytest
 
 from cqt.collectors.coinglass import CoinglassConfig, CoinglassPoller
 from cqt.config import load_settings
-from cqt.db import BatchWriter, RejectLog, connect
+from cqt.db import connect
+from cqt.sinks import RejectLog
+from cqt.writer import BatchWriter
 from cqt.poll import PollError
 from cqt.rest import RateLimitState, RestResponse
 

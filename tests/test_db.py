@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cqt import db as cdb
+from cqt import sinks, writer
 from helpers import PY, ROOT, cqt_env, python_env, query, run_bin
 
 SQL = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -61,7 +62,7 @@ def test_missing_db_readonly(tmp_path):
 
 def _writer_proc(path, offset, n):
     sys.path.insert(0, str(ROOT / "lib"))
-    from cqt.db import BatchWriter
+    from cqt.writer import BatchWriter
     w = BatchWriter(path, service=f"p{offset}")
     for start in range(offset, offset + n, 250):
         w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in range(start, min(start + 250, offset + n))])
@@ -85,7 +86,7 @@ def test_four_processes_200k_rows(tmp_path):
 
 
 def test_flush_and_close_commit_everything(tmp_path):
-    w = cdb.BatchWriter(tmp_path / "f.db", max_delay_s=5.0, max_rows=10**9)
+    w = writer.BatchWriter(tmp_path / "f.db", max_delay_s=5.0, max_rows=10**9)
     w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in range(1234)])
     w.put("INSERT INTO heartbeats VALUES (?,?,?,?)", ("x", 1, "running", None))
     assert w.close(timeout=10)
@@ -99,7 +100,7 @@ def test_busy_is_retried_not_raised(tmp_path):
     cdb.open_db(path).close()
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")          # hold the write lock past busy_timeout
-    w = cdb.BatchWriter(path, migrate_schema=False)
+    w = writer.BatchWriter(path, migrate_schema=False)
     w._conn.execute("PRAGMA busy_timeout=100")  # make the wait short for the test
     w.put("INSERT INTO heartbeats VALUES (?,?,?,?)", ("x", 1, "running", None))
     assert not w.flush(timeout=1.5)             # still waiting, not failed
@@ -115,7 +116,7 @@ def test_disk_full_is_fatal_clean(tmp_path):
     page = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.close()
     fatal = []
-    w = cdb.BatchWriter(path, migrate_schema=False, on_fatal=fatal.append)
+    w = writer.BatchWriter(path, migrate_schema=False, on_fatal=fatal.append)
     w._conn.execute(f"PRAGMA max_page_count={page + 2}")   # the database cannot grow: like a full disk
     w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in range(50_000)])
     w.flush(timeout=10)
@@ -126,11 +127,11 @@ def test_disk_full_is_fatal_clean(tmp_path):
 
 
 def test_reject_and_event_throttling(tmp_path):
-    w = cdb.BatchWriter(tmp_path / "r.db")
-    rl = cdb.RejectLog(w, secrets=("sekrit-key-1",), keep_per_hour=5, clock=lambda: 3_600_000 * 10 + 5)
+    w = writer.BatchWriter(tmp_path / "r.db")
+    rl = sinks.RejectLog(w, secrets=("sekrit-key-1",), keep_per_hour=5, clock=lambda: 3_600_000 * 10 + 5)
     for i in range(10_000):
         rl.record("binance_ws", "not_json", f"garbage {i} sekrit-key-1")
-    ev = cdb.EventLog(w, "svc", clock=lambda: 3_600_000 * 10 + 5)
+    ev = sinks.EventLog(w, "svc", clock=lambda: 3_600_000 * 10 + 5)
     for i in range(10_000):
         ev.record("ERROR", "connection refused")
     assert w.close(timeout=20)
@@ -143,7 +144,7 @@ def test_reject_and_event_throttling(tmp_path):
 
 def test_wal_bounded_by_checkpoint(tmp_path):
     path = tmp_path / "w.db"
-    w = cdb.BatchWriter(path, checkpoint_every_s=0.2)
+    w = writer.BatchWriter(path, checkpoint_every_s=0.2)
     for k in range(20):
         w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in range(k * 5000, (k + 1) * 5000)])
     w.flush(30)
@@ -154,7 +155,7 @@ def test_wal_bounded_by_checkpoint(tmp_path):
 
 def test_row_counts_follow_declared_nrows(tmp_path):
     """Packed multi-row statements: the writer's counters count table rows, not tuples."""
-    w = cdb.BatchWriter(tmp_path / "n.db")
+    w = writer.BatchWriter(tmp_path / "n.db")
     packed = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?),(?,?,?,?,?,?,?,?,?,?)"
     params = [("BTCUSDT", 2 * i, 1, 1.0, 1.0, "buy", 0, 0, None, 1, "BTCUSDT", 2 * i + 1, 1, 1.0, 1.0, "buy", 0, 0, None, 1)
               for i in range(50)]
@@ -166,7 +167,7 @@ def test_row_counts_follow_declared_nrows(tmp_path):
 
 def _open_fresh(path, barrier):
     sys.path.insert(0, str(ROOT / "lib"))
-    from cqt.db import BatchWriter
+    from cqt.writer import BatchWriter
     barrier.wait(10)
     w = BatchWriter(path, service="opener")       # connect + WAL + migrations, as every service starts
     w.put("INSERT INTO heartbeats VALUES (?,?,?,?)", ("opener", time.time_ns(), "running", None))

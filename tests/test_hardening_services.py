@@ -13,10 +13,11 @@ import time
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from cqt import db as cdb
+from cqt import redact as credact, sinks, writer
 from cqt import exitcodes
 from cqt.config import load_settings
-from cqt.runtime import InstanceLock, Service, lock_path
+from cqt.instance import InstanceLock, lock_path
+from cqt.runtime import Service
 from helpers import PY, ROOT, cqt_env, python_env, query, start_bin, stop_proc, wait_for
 
 SQL = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -27,7 +28,7 @@ def trade(i, agg_id=None):
     return ("BTCUSDT", i if agg_id is None else agg_id, 1, 1.0, 1.0, "buy", 0, 0, None, 1)
 
 
-def leaked_pieces(text, key, piece=cdb.FRAGMENT_MIN):
+def leaked_pieces(text, key, piece=credact.FRAGMENT_MIN):
     """Substrings of `key` at least `piece` long (the whole key if shorter) found in `text`."""
     n = min(piece, len(key))
     return [key[i:i + n] for i in range(len(key) - n + 1) if key[i:i + n] in text]
@@ -35,9 +36,9 @@ def leaked_pieces(text, key, piece=cdb.FRAGMENT_MIN):
 
 # ------------------------------------------------------------------------------ masking, then cutting
 def test_reject_with_key_across_the_cut_stores_no_piece_of_it(tmp_path):
-    w = cdb.BatchWriter(tmp_path / "cqt.db")
-    rejects = cdb.RejectLog(w, secrets=(KEY,), max_raw_bytes=4096)
-    events = cdb.EventLog(w, "svc", secrets=(KEY,))
+    w = writer.BatchWriter(tmp_path / "cqt.db")
+    rejects = sinks.RejectLog(w, secrets=(KEY,), max_raw_bytes=4096)
+    events = sinks.EventLog(w, "svc", secrets=(KEY,))
     # The key starts 10 characters before the 4 096-character cut (and the 500 of events).
     rejects.record("binance_ws", "bad_frame", "x" * 4086 + KEY + "tail")
     events.record("WARNING", "y" * 490 + KEY)
@@ -50,10 +51,10 @@ def test_reject_with_key_across_the_cut_stores_no_piece_of_it(tmp_path):
 
 
 def test_text_cut_upstream_has_the_key_prefix_masked():
-    assert cdb.redact("failed: https://x/?key=" + KEY[:12], [KEY]) == "failed: https://x/?key=***"
-    assert cdb.redact(KEY[-9:] + " rest", [KEY]) == "*** rest"
-    assert cdb.redact("ab " + KEY[:7], [KEY]) == "ab " + KEY[:7]       # 7 characters prove nothing
-    assert cdb.redact("pw=abc1 abc1", ["abc1"], limit=6) == "pw=***"   # short secrets: whole only
+    assert credact.redact("failed: https://x/?key=" + KEY[:12], [KEY]) == "failed: https://x/?key=***"
+    assert credact.redact(KEY[-9:] + " rest", [KEY]) == "*** rest"
+    assert credact.redact("ab " + KEY[:7], [KEY]) == "ab " + KEY[:7]       # 7 characters prove nothing
+    assert credact.redact("pw=abc1 abc1", ["abc1"], limit=6) == "pw=***"   # short secrets: whole only
 
 
 KEY_ALPHABET = string.ascii_letters + string.digits + "_-"
@@ -69,18 +70,18 @@ def test_redact_never_leaves_a_piece_of_the_key(key, before, after, upstream_cut
     text = before + key + after
     cut_early = (before + key)[: len(before) + upstream_cut]   # the caller cut inside the key
     for sample in (text, cut_early, text * 3):
-        out = cdb.redact(sample, [key], limit=limit)
+        out = credact.redact(sample, [key], limit=limit)
         assert leaked_pieces(out, key) == []
         if limit is not None:
             assert len(out) <= limit
             # A long text is masked by growing heads: the result is the whole text's, cut.
-            assert out == cdb.redact(sample, [key])[:limit]
+            assert out == credact.redact(sample, [key])[:limit]
 
 
 # ------------------------------------------------------------------------------ the writer
 def test_writer_commits_the_good_rows_and_drops_only_the_one_it_cannot_bind(tmp_path, caplog):
     failures = []
-    w = cdb.BatchWriter(tmp_path / "cqt.db", on_fatal=failures.append, secrets=(KEY,))
+    w = writer.BatchWriter(tmp_path / "cqt.db", on_fatal=failures.append, secrets=(KEY,))
     w.put_many(SQL, [trade(i) for i in range(10)])
     w.put(SQL, (KEY, 2 ** 64, 1, 1.0, 1.0, "buy", 0, 0, None, 1))          # beyond SQLite's 64 bits
     w.put_many(SQL, [trade(i) for i in range(100, 105)] + [trade(0, agg_id=2 ** 70)])
@@ -99,7 +100,7 @@ def test_writer_commits_the_good_rows_and_drops_only_the_one_it_cannot_bind(tmp_
 
 def test_writer_thread_death_is_fatal_and_reported(tmp_path):
     failures = []
-    w = cdb.BatchWriter(tmp_path / "cqt.db", on_fatal=failures.append)
+    w = writer.BatchWriter(tmp_path / "cqt.db", on_fatal=failures.append)
 
     def broken(batch, nrows):
         raise MemoryError("injected")

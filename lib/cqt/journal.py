@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .db import redact
+from .redact import redact
 
 LEVELS = ("WARNING", "ERROR", "CRITICAL")
 # syslog priority -> level (journal PRIORITY field)

@@ -1,7 +1,7 @@
 """Service runtime shared by every long-running cqt program.
 
-- logging: one event per line on stderr, level first (journald adds time and unit);
-  WARNING and above also go to the `events` table (rate-limited);
+- logging (`cqt.logsetup`): one event per line on stderr, level first (journald adds time
+  and unit); WARNING and above also go to the `events` table (rate-limited);
 - signals: SIGTERM/SIGINT stop the main loop, the writer is flushed, STOPPING=1, exit 0;
 - sd_notify: READY=1 when start-up is done, WATCHDOG=1 while the main loop is alive,
   STATUS= with a short human line;
@@ -9,15 +9,14 @@
 - failure: if the writer or a thread the service depends on fails, the service stops
   (ERROR line with the cause, exit 74 for storage, 1 otherwise) and the watchdog stops
   pinging while the writer makes no progress;
-- one instance per program and database: an flock on `<db>.<program>.lock`, which the
-  kernel releases however the process ends; a second instance exits 75 with one line.
+- one instance per program and database (`cqt.instance`): an flock on `<db>.<program>.lock`,
+  which the kernel releases however the process ends; a second instance exits 75 with one line.
 
 Timers use the monotonic clock; wall-clock time is only for timestamps.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -30,76 +29,17 @@ from typing import Any, Callable
 
 from . import exitcodes
 from .config import ConfigError, Settings, load_settings
-from .db import BatchWriter, EventLog, RejectLog, SchemaTooNew, is_fatal_io, redact
+from .db import SchemaTooNew, is_fatal_io
+from .instance import AlreadyRunning, InstanceLock
+from .logsetup import EventHandler, setup_logging
+from .redact import redact
+from .sinks import EventLog, RejectLog
 from .timeutil import now_ms
+from .writer import BatchWriter
 
 log = logging.getLogger("cqt.runtime")
 
 STOP_DEADLINE_S = 4.5
-MAX_LOG_CHARS = 20_000      # one log line at most (secrets are masked before the cut)
-
-
-# ------------------------------------------------------------------------------ logging
-_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-
-def _stderr_is_journal() -> bool:
-    """True when stderr is connected to journald (systemd sets JOURNAL_STREAM=dev:inode)."""
-    stream = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        dev, ino = (int(x) for x in stream.split(":"))
-        st = os.fstat(2)
-        return st.st_dev == dev and st.st_ino == ino
-    except (ValueError, OSError):
-        return False
-
-
-class _Formatter(logging.Formatter):
-    def __init__(self, secrets: tuple[str, ...] = ()):
-        super().__init__()
-        self.secrets = secrets
-        # Under journald a "<N>" prefix sets the line's priority, so `journalctl -p warning` finds it.
-        self.priority_prefix = _stderr_is_journal()
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
-        if record.exc_info and record.levelno >= logging.ERROR:
-            # Tracebacks only where they help: at debug level show the whole thing.
-            if logging.getLogger().isEnabledFor(logging.DEBUG):
-                msg += "\n" + self.formatException(record.exc_info)
-            else:
-                exc = record.exc_info[1]
-                msg += f" ({type(exc).__name__}: {exc})"
-        msg = redact(msg, self.secrets, limit=MAX_LOG_CHARS).replace("\n", "\n    ")
-        line = f"{record.levelname} {record.name.removeprefix('cqt.')}: {msg}"
-        return f"<{_SYSLOG_PRIORITY.get(record.levelname, 6)}>{line}" if self.priority_prefix else line
-
-
-class _EventHandler(logging.Handler):
-    """WARNING and above into the events table."""
-
-    def __init__(self, sink: EventLog):
-        super().__init__(level=logging.WARNING)
-        self.sink = sink
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.sink.record(record.levelname, record.getMessage())
-        except Exception:  # noqa: BLE001 - logging must never raise
-            pass
-
-
-def setup_logging(service: str, level: str = "INFO", secrets: tuple[str, ...] = ()) -> None:
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(secrets))
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level, logging.INFO))
-    # Third-party chatter (urllib3 retries, websocket traces) only at DEBUG.
-    for name in ("urllib3", "websocket", "aiohttp.access", "apscheduler.executors.default"):
-        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 # ------------------------------------------------------------------------------ sd_notify
@@ -158,12 +98,13 @@ class Service:
         self._counters: dict[str, list[int]] = {}    # source -> [frames, rows, rejects] since last heartbeat
         self._totals: dict[str, list[int]] = {}
         self._count_lock = threading.Lock()
+        self._fail_lock = threading.Lock()
         self.started_ms = now_ms()
         self.writer = BatchWriter(settings.db, service=name, on_fatal=self._on_fatal,
                                   **{"secrets": settings.secrets, "clock": clock, **(writer_kwargs or {})})
         self.rejects = RejectLog(self.writer, secrets=settings.secrets)
         self.events = EventLog(self.writer, name, secrets=settings.secrets)
-        logging.getLogger().addHandler(_EventHandler(self.events))
+        logging.getLogger().addHandler(EventHandler(self.events))
         self._threads: list[threading.Thread] = []
         self._deadline: threading.Timer | None = None
         self._owns_process = False
@@ -225,12 +166,15 @@ class Service:
     def fail(self, code: int, reason: str) -> None:
         """Stop the service because something it depends on failed: one ERROR line, exit `code`
         (the first failure wins), and a deadline so a main loop that does not notice still ends."""
-        if self.exit_code is not None:
-            return
-        self.exit_code = code
-        self.stop_reason = redact(reason, self.settings.secrets, limit=500)
-        log.error("stopping: %s exit_code=%d", self.stop_reason, code)
-        self.stopping.set()
+        reason = redact(reason, self.settings.secrets, limit=500)
+        with self._fail_lock:
+            if self.exit_code is not None:
+                return
+            # Together, so whoever sees the exit code also sees the service stopping.
+            self.stop_reason = reason
+            self.exit_code = code
+            self.stopping.set()
+        log.error("stopping: %s exit_code=%d", reason, code)
         self._arm_deadline()
 
     def _arm_deadline(self) -> None:
@@ -375,65 +319,7 @@ class Service:
         self.notifier.close()
 
 
-# ------------------------------------------------------------------------------ one instance
-class AlreadyRunning(Exception):
-    """Another process holds this program's lock on this database."""
-
-
-def lock_path(program: str, db: str | os.PathLike) -> str:
-    """`<db>.<program>.lock`, next to the database file its path resolves to (so two spellings
-    of one path, or a symlink, find the same lock)."""
-    real = os.path.realpath(os.fspath(db))
-    return f"{real}.{program}.lock"
-
-
-class InstanceLock:
-    """An exclusive flock held for the life of the process; the file holds the owner's pid.
-    The kernel drops the lock when the process ends in any way (kill -9 included), so a stale
-    file never blocks a start. The file is left in place: removing it would let a third
-    process lock a new file while the second still holds the old one."""
-
-    def __init__(self, program: str, db: str | os.PathLike):
-        self.program = program
-        self.db = os.fspath(db)
-        self.path = lock_path(program, db)
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder_pid()
-            os.close(self._fd)
-            self._fd = None
-            raise AlreadyRunning(
-                f"{program} is already running on {self.db} (pid {holder or 'unknown'}; lock {self.path}): "
-                "not starting a second instance") from None
-        except BaseException:
-            os.close(self._fd)
-            self._fd = None
-            raise
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
-
-    def _holder_pid(self) -> str:
-        # The holder writes its pid just after it locks: give it a moment.
-        for _ in range(20):
-            try:
-                text = os.pread(self._fd, 32, 0).decode("ascii", "replace").strip()
-            except OSError:
-                return ""
-            if text.isdigit():
-                return text
-            time.sleep(0.01)
-        return ""
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)   # closing the only descriptor drops the flock
-            self._fd = None
-
-
-def _lock_or_exit_code(name: str, settings: Settings) -> InstanceLock | int:
+def lock_or_exit_code(name: str, settings: Settings) -> InstanceLock | int:
     try:
         return InstanceLock(name, settings.db)
     except AlreadyRunning as exc:
@@ -463,7 +349,7 @@ def run_service(name: str, main_fn: Callable[[Service], int | None], settings: S
     """Run a long-running program: returns the process exit code (never raises)."""
     settings = settings or load_settings_or_exit()
     setup_logging(name, settings.log_level, settings.secrets)
-    lock = _lock_or_exit_code(name, settings)
+    lock = lock_or_exit_code(name, settings)
     if isinstance(lock, int):
         return lock
     try:

@@ -46,7 +46,9 @@ from . import exitcodes
 from .collectors.binance_rest import BinanceRestConfig, BinanceRestPoller
 from .collectors.coinglass import CoinglassConfig, CoinglassPoller
 from .config import ConfigError, Settings
-from .db import BatchWriter, RejectLog, connect
+from .db import connect
+from .sinks import RejectLog
+from .writer import BatchWriter
 from .rest import RateLimitState, RestResponse
 from .sources import COINGLASS_ENDPOINTS, Reject, insert_sql, parse_binance_frame, parse_upbit_frame
 from .timerule import RAW_TABLES
