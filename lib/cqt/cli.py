@@ -44,6 +44,7 @@ class _LazyGroup(click.Group):
 
 
 OPERATOR_COMMANDS = {
+    "db": ("cqt.dbcli:db_group", "The database file: apply schema migrations (db migrate)."),
     "env": ("cqt.ops:env", "Create or check .env (keys are never printed)."),
     "status": ("cqt.ops:status", "One screen: services, rows, freshness, checks, sizes, errors."),
     "demo": ("cqt.demo:demo", "Run the whole pipeline against cqt-sim for a few minutes."),

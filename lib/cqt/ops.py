@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 from . import exitcodes
-from .config import ROOT, ConfigError, is_placeholder, load_settings, parse_env_file
+from .config import ROOT, ConfigError, is_placeholder, load_settings
 from .db import DatabaseMissing, SchemaTooNew, check_version, connect, latest_version, wal_size
+from .options import db_option, json_option
 from .timeutil import fmt_ms, now_ms
 
 # (name, what makes it right) — the seed's required keys.
@@ -217,8 +218,8 @@ def render_status(st: dict) -> str:
 
 
 @click.command("status")
-@click.option("--db", type=click.Path(dir_okay=False), help="Database file (default: CQT_DB).")
-@click.option("--json", "as_json", is_flag=True, help="Print the same as one JSON object.")
+@db_option
+@json_option(help="Print the same as one JSON object.")
 def status(db: str | None, as_json: bool) -> None:
     """One screen: services, rows per table, freshness, last checks, sizes, recent errors."""
     try:
