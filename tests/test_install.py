@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from cqt import install
+from cqt import install_units
 from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
-UNITS = sorted(p.name for p in install.unit_templates(ROOT))
+UNITS = sorted(p.name for p in install_units.unit_templates(ROOT))
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "data", "reports", ".env", "__pycache__", ".pytest_cache", "tmp")
 
 
@@ -114,7 +114,7 @@ def test_systemd_rerun_is_safe_and_upgrades(checkout, tmp_path):
     (prefix / "data" / "cqt.db").write_bytes(b"pretend data")
     (prefix / "lib" / "cqt" / "obsolete_module.py").write_text("# from an older version\n")
     stale_unit = root / "etc/systemd/system/cqt-old.service"
-    stale_unit.write_text(f"{install.MARKER} /opt/cqt/systemd/cqt-old.service\n[Service]\n")
+    stale_unit.write_text(f"{install_units.MARKER} /opt/cqt/systemd/cqt-old.service\n[Service]\n")
     foreign_unit = root / "etc/systemd/system/cqt-mine.service"
     foreign_unit.write_text("[Service]\nExecStart=/bin/true\n")
     # an upgrade: the checkout changed
@@ -193,8 +193,8 @@ def test_cron_staged_then_uninstall_keeps_data_and_foreign_lines(checkout, tmp_p
         p = run_install(checkout, "--cron", *args)
         assert p.returncode == 0, p.stdout + p.stderr
     text = spool.read_text()
-    assert text.count(install.CRON_BEGIN) == 1 and "/usr/local/bin/mine" in text
-    block = text[text.index(install.CRON_BEGIN):]
+    assert text.count(install_units.CRON_BEGIN) == 1 and "/usr/local/bin/mine" in text
+    block = text[text.index(install_units.CRON_BEGIN):]
     assert "\nCQT_HOME=/srv/cqt-prod\n" in block and "/opt/cqt" not in block.replace("CQT_HOME=/opt/cqt", "")
     assert "pipeline_checks" in block and "nightly" in block
     assert (spool.stat().st_mode & 0o777) == 0o600
@@ -222,11 +222,11 @@ def test_cron_staged_then_uninstall_keeps_data_and_foreign_lines(checkout, tmp_p
 
 
 def test_crontab_block_replacement():
-    block = f"{install.CRON_BEGIN}\n*/10 * * * * x\n{install.CRON_END}\n"
-    assert install.replace_block("", block) == block
+    block = f"{install_units.CRON_BEGIN}\n*/10 * * * * x\n{install_units.CRON_END}\n"
+    assert install_units.replace_block("", block) == block
     mine = "MAILTO=a@b\n1 2 * * * mine\n"
-    once = install.replace_block(mine, block)
+    once = install_units.replace_block(mine, block)
     assert once == mine + "\n" + block
-    assert install.replace_block(once, block) == once
-    assert install.replace_block(once, None).strip() == mine.strip()
-    assert install.replace_block(block, None) == ""
+    assert install_units.replace_block(once, block) == once
+    assert install_units.replace_block(once, None).strip() == mine.strip()
+    assert install_units.replace_block(block, None) == ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cqt import install
+from cqt import install_layout, install_units
 from cqt.cli import PROGRAMS
 from helpers import ROOT
 
@@ -69,7 +69,7 @@ def one(unit: dict, section: str, key: str) -> str:
     return vals[-1]
 
 
-TEMPLATES = {p.stem: p for p in install.unit_templates(ROOT) if p.suffix == ".service"}
+TEMPLATES = {p.stem: p for p in install_units.unit_templates(ROOT) if p.suffix == ".service"}
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +87,13 @@ def systemd_analyze() -> str:
 def rendered(tmp_path_factory) -> Path:
     """The units rendered for the checkout as prefix, with the production user name."""
     tmp = tmp_path_factory.mktemp("units")
-    lay = install.make_layout(str(ROOT), "cqt", None)
+    lay = install_layout.make_layout(str(ROOT), "cqt", None)
     lay.group = "cqt"
     lay.data_dirs = {"@DATADIR@": tmp / "data", "@DATASETDIR@": tmp / "data" / "datasets",
                      "@REPORTDIR@": tmp / "reports"}
     out = tmp / "etc"
     out.mkdir()
-    for name, text in install.render_units(lay).items():
+    for name, text in install_units.render_units(lay).items():
         (out / name).write_text(text)
     return out
 
@@ -169,16 +169,16 @@ def test_every_setting_line_is_explained_where_not_obvious():
 
 def test_render_replaces_every_placeholder_and_rejects_unknown_ones(rendered):
     names = sorted(p.name for p in rendered.iterdir())
-    assert names == sorted(p.name for p in install.unit_templates(ROOT))
+    assert names == sorted(p.name for p in install_units.unit_templates(ROOT))
     for p in rendered.iterdir():
         text = p.read_text()
-        assert text.startswith(install.MARKER)
+        assert text.startswith(install_units.MARKER)
         settings = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
         assert not re.search(r"@[A-Z_]+@", settings), f"{p.name}: placeholder left"
         if p.suffix == ".service":
             assert f"ExecStart={ROOT}/" in settings and "User=cqt" in settings
-    with pytest.raises(install.InstallError, match="@NOPE@"):
-        install.render("x=@NOPE@", {"@PREFIX@": "/x"}, "t")
+    with pytest.raises(install_layout.InstallError, match="@NOPE@"):
+        install_units.render("x=@NOPE@", {"@PREFIX@": "/x"}, "t")
 
 
 def test_systemd_analyze_verify_is_silent(systemd_analyze, rendered, tmp_path):

@@ -1,0 +1,95 @@
+"""Rendering the systemd units and the crontab block with the real paths, and finding installed units."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .install_layout import InstallError, Layout
+
+UNIT_SUFFIXES = (".service", ".timer", ".target")
+# Written into every rendered unit: uninstall removes only files carrying it.
+MARKER = "# Installed by cqt (./install.sh --systemd) from"
+CRON_BEGIN = "# BEGIN cqt (installed by ./install.sh --cron; re-run it to update, --uninstall to remove)"
+CRON_END = "# END cqt"
+PLACEHOLDER_RE = re.compile(r"@[A-Z_]+@")
+
+
+def render(text: str, values: dict[str, str], origin: str) -> str:
+    for key, val in values.items():
+        text = text.replace(key, val)
+    left = sorted(set(PLACEHOLDER_RE.findall(text)))
+    if left:
+        raise InstallError(f"{origin}: unknown placeholder(s) {', '.join(left)}")
+    return text
+
+
+def unit_templates(src: Path) -> list[Path]:
+    return sorted(p for p in (src / "systemd").iterdir() if p.suffix in UNIT_SUFFIXES and p.name.startswith("cqt"))
+
+
+def render_units(lay: Layout) -> dict[str, str]:
+    """name -> rendered unit text (with the MARKER line first)."""
+    out: dict[str, str] = {}
+    for t in unit_templates(lay.source):
+        body = render(t.read_text(encoding="utf-8"), lay.placeholders(), f"systemd/{t.name}")
+        out[t.name] = f"{MARKER} {lay.prefix}/systemd/{t.name}\n{body}"
+    return out
+
+
+def installed_units(unit_dir: Path) -> list[Path]:
+    """Unit files in unit_dir that this installer wrote (they carry MARKER)."""
+    found = []
+    if unit_dir.is_dir():
+        for p in sorted(unit_dir.iterdir()):
+            if p.is_file() and not p.is_symlink() and p.name.startswith("cqt") and p.suffix in UNIT_SUFFIXES:
+                try:
+                    with p.open(encoding="utf-8") as f:
+                        if f.readline().startswith(MARKER):
+                            found.append(p)
+                except (OSError, UnicodeDecodeError):
+                    continue
+    return found
+
+
+def ensure_exec_paths(lay: Layout, units: dict[str, str]) -> None:
+    """Every ExecStart= program must exist on disk (systemd refuses to start the unit otherwise)."""
+    for name, text in units.items():
+        for line in text.splitlines():
+            if line.startswith("ExecStart="):
+                exe = Path(line.split("=", 1)[1].split()[0].lstrip("-@:+!"))
+                on_disk = lay.disk(exe)
+                if not os.access(on_disk, os.X_OK):
+                    raise InstallError(f"{name}: {on_disk} is missing or not executable")
+
+
+def crontab_block(lay: Layout) -> str:
+    src = lay.source / "cron" / "cqt.crontab"
+    if not src.exists():
+        raise InstallError(f"{src} not found")
+    body = render(src.read_text(encoding="utf-8"), lay.placeholders(), "cron/cqt.crontab")
+    # The crontab names the toolkit through one variable line: point it at the prefix.
+    body, n = re.subn(r"(?m)^CQT_HOME=.*$", f"CQT_HOME={lay.prefix}", body)
+    if n == 0 and "@PREFIX@" not in src.read_text(encoding="utf-8"):
+        raise InstallError(f"{src}: no CQT_HOME= line to point at {lay.prefix}")
+    return f"{CRON_BEGIN}\n{body.rstrip()}\n{CRON_END}\n"
+
+
+def replace_block(existing: str, block: str | None) -> str:
+    """existing crontab text with the cqt block replaced (or removed when block is None)."""
+    lines = existing.splitlines(keepends=True)
+    out, inside = [], False
+    for line in lines:
+        if line.rstrip("\n") == CRON_BEGIN:
+            inside = True
+            continue
+        if inside:
+            if line.rstrip("\n") == CRON_END:
+                inside = False
+            continue
+        out.append(line)
+    text = "".join(out).rstrip("\n")          # the blank line that separated the block goes too
+    text = text + "\n" if text.strip() else ""
+    if block is not None:
+        text = (text + "\n" if text else "") + block
+    return text
