@@ -77,7 +77,8 @@ THRESHOLDS: tuple[Var, ...] = (
 # for every column, the three below are relaxed because those columns may legitimately be empty.
 NULL_RATE: tuple[Var, ...] = (
     Var("CQT_CHECK_NULL_RATE_MAX_<TABLE>_<COLUMN>", None, "float", "one column's null-rate limit", 0.0,
-        component="checks", default_doc="see above"),
+        component="checks",
+        default_doc="`CQT_CHECK_NULL_RATE_MAX`, or the column's own row below"),
     Var("CQT_CHECK_NULL_RATE_MAX_PREDICTIONS_LIQ_NOTIONAL_60S", "1.0", "float",
         "liquidations are sparse; the forceOrder stream is judged by altdata_check", 0.0, component="checks"),
     Var("CQT_CHECK_NULL_RATE_MAX_PREDICTIONS_CG_OI_CHG", "0.05", "float",
