@@ -36,7 +36,9 @@ import click
 
 from . import db, exitcodes
 from .config import ROOT, ConfigError, Settings, load_settings
-from .runtime import Service, run_service, setup_logging
+from .logsetup import setup_logging
+from .options import db_option
+from .runtime import Service, run_service
 from .schedule import BY_NAME, JOBS, Job
 from .timeutil import fmt_ms, now_ms
 
@@ -362,7 +364,7 @@ def _run_once(name: str, trigger: str, settings: Settings) -> int:
 @click.option("--trigger", type=click.Choice(["manual", "cron"]), default="manual", show_default=True,
               help="With --run: who started it (recorded).")
 @click.option("--list", "list_jobs", is_flag=True, help="Print the jobs and their next run times (UTC).")
-@click.option("--db", type=click.Path(dir_okay=False), default=None, help="Database file (default: CQT_DB).")
+@db_option
 def main(run_name: str | None, trigger: str, list_jobs: bool, db: str | None) -> None:
     """Run the cqt schedule (pipeline checks every 10 min, nightly job at 00:10 UTC)
     without cron: an APScheduler service, or one job with --run."""

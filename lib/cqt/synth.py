@@ -47,6 +47,7 @@ from .collectors.binance_rest import BinanceRestConfig, BinanceRestPoller
 from .collectors.coinglass import CoinglassConfig, CoinglassPoller
 from .config import ConfigError, Settings
 from .db import connect
+from .options import db_option, json_option
 from .sinks import RejectLog
 from .writer import BatchWriter
 from .rest import RateLimitState, RestResponse
@@ -432,13 +433,12 @@ def _usage_exit(message: str) -> None:
 
 @click.command(name="synth", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--hours", type=float, required=True, help="Length of the synthetic history in hours (e.g. 24, 0.25).")
-@click.option("--db", type=click.Path(dir_okay=False), default=None,
-              help="SQLite database to build or extend (required; CQT_DB is not used, so a live database "
-                   "is never the default).")
+@db_option(help="SQLite database to build or extend (required; CQT_DB is not used, so a live database "
+                "is never the default).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Market model seed.")
 @click.option("--end", "end", default=None, help="When the history ends: ISO-8601 or epoch ms (default: now).")
 @click.option("--force", is_flag=True, help="Write into a database that holds collected data anyway.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option(help="Print the summary as JSON.")
 def synth(hours: float, db: str | None, seed: int, end: str | None, force: bool, as_json: bool) -> None:
     """Build a synthetic database from cqt-sim's market model: raw tables of all four
     collectors, REST series at their polling slots, Coinglass call status, heartbeats,
