@@ -1,4 +1,4 @@
-"""cqt.sim.model without sockets: determinism, magnitudes, ids, REST backfill."""
+"""cqt.sim.model and cqt.sim.market without sockets: determinism, magnitudes, ids, REST backfill."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,14 @@ import time
 
 import pytest
 
-from cqt.sim.model import AGG, FORCE, MARK1, UPBIT_STREAMS, MarketModel, jdbl
+from cqt.sim.market import Market
+from cqt.sim.venues.binance.frames import AGG, FORCE, MARK1
+from cqt.sim.venues.upbit.frames import STREAMS as UPBIT_STREAMS, jdbl
 
 ORIGIN = 1_767_225_600_000          # 2026-01-01T00:00:00Z
 
 
-def frames(m: MarketModel, venue: str, a: int, b: int, chunk_ms: int):
+def frames(m: Market, venue: str, a: int, b: int, chunk_ms: int):
     out = []
     t = a
     while t < b:
@@ -24,8 +26,8 @@ def frames(m: MarketModel, venue: str, a: int, b: int, chunk_ms: int):
 
 @pytest.mark.timeout(60)
 def test_same_seed_and_origin_same_frames_whatever_the_chunking():
-    a = MarketModel(42, ORIGIN, history_s=0)
-    b = MarketModel(42, ORIGIN, history_s=0, cache_blocks=8)
+    a = Market.build(42, ORIGIN, history_s=0)
+    b = Market.build(42, ORIGIN, history_s=0, cache_blocks=8)
     for venue in ("binance", "upbit"):
         x = frames(a, venue, ORIGIN, ORIGIN + 120_000, 120_000)
         y = frames(b, venue, ORIGIN, ORIGIN + 120_000, 777)
@@ -33,14 +35,14 @@ def test_same_seed_and_origin_same_frames_whatever_the_chunking():
     # random access into the past (cache evicted: regenerated from a checkpoint)
     again = list(b.ws_frames("binance", ORIGIN + 5_000, ORIGIN + 9_000))
     assert again == [f for f in frames(a, "binance", ORIGIN + 5_000, ORIGIN + 9_000, 4000)]
-    other = MarketModel(43, ORIGIN, history_s=0)
+    other = Market.build(43, ORIGIN, history_s=0)
     assert frames(other, "binance", ORIGIN, ORIGIN + 10_000, 10_000) != frames(a, "binance", ORIGIN, ORIGIN + 10_000,
                                                                                10_000)
 
 
 @pytest.mark.timeout(60)
 def test_magnitudes_rates_and_ids():
-    m = MarketModel(5, ORIGIN, history_s=0)
+    m = Market.build(5, ORIGIN, history_s=0)
     H = 2400
     agg_ids, mark_secs, force_secs = [], [], []
     bn_last = usdt = None
@@ -96,7 +98,7 @@ def test_magnitudes_rates_and_ids():
 
 @pytest.mark.timeout(60)
 def test_generation_is_fast_and_memory_bounded():
-    m = MarketModel(9, ORIGIN, history_s=0, cache_blocks=300)
+    m = Market.build(9, ORIGIN, history_s=0, cache_blocks=300)
     t0 = time.monotonic()
     count = 0
     for c in range(0, 1800, 60):
@@ -106,7 +108,7 @@ def test_generation_is_fast_and_memory_bounded():
     dt = time.monotonic() - t0
     assert count > 30_000
     assert dt < 25, f"30 min of model took {dt:.1f} s"      # ~1 s here; 24 h is ~45 s
-    assert len(m._cache) <= 300
+    assert len(m.model._cache) <= 300
 
 
 def test_java_double_formatting():
@@ -120,7 +122,7 @@ def test_java_double_formatting():
 
 @pytest.mark.timeout(60)
 def test_rest_backfill_returns_the_ws_trades():
-    m = MarketModel(3, ORIGIN, history_s=600)
+    m = Market.build(3, ORIGIN, history_s=600)
     now = ORIGIN
     ws = [json.loads(r) for _, s, r in m.ws_frames("binance", ORIGIN - 120_000, ORIGIN - 60_000, [AGG])][:1000]
     first = ws[0]["a"]
@@ -167,7 +169,7 @@ def test_rest_backfill_returns_the_ws_trades():
 
 
 def test_coinglass_newest_bar_forms_and_closes():
-    m = MarketModel(3, ORIGIN, history_s=3600)
+    m = Market.build(3, ORIGIN, history_s=3600)
     p = {"symbol": "BTC", "interval": "1m", "limit": "3"}
     path = "/api/futures/open-interest/aggregated-history"
     a = json.loads(m.rest(path, p, ORIGIN + 10_000)[1])["data"]

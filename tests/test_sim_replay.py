@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from cqt.capture import CaptureWriter
-from cqt.sim.model import AGG, BOOK, FORCE, MARK1, MarketModel
+from cqt.sim.market import Market
+from cqt.sim.venues.binance.frames import AGG, BOOK, FORCE, MARK1
 from simproc import recv_frames, start_sim, ws_connect
 
 START = 1_767_225_600_000
@@ -51,14 +52,14 @@ def test_same_seed_and_start_give_the_same_first_1000_messages(tmp_path):
     (bn_a, up_a), (bn_b, up_b) = got
     assert len(bn_a) == 1000 and len(up_a) == 1000
     assert bn_a == bn_b and up_a == up_b                                # byte for byte
-    m = MarketModel(21, START, history_s=60)
+    m = Market.build(21, START, history_s=60)
     exp_bn = [raw for _, _, raw in m.ws_frames("binance", START, START + 600_000, [AGG, MARK1, FORCE])][:1000]
     assert bn_a == exp_bn                                               # = the model without sockets
     exp_up = [raw.encode() for _, _, raw in m.ws_frames("upbit", START, START + 600_000)][:994]
     assert up_a[6:] == exp_up
 
 
-def _write_capture(path, m: MarketModel, t0: int, seconds: int) -> list[tuple[str, str]]:
+def _write_capture(path, m: Market, t0: int, seconds: int) -> list[tuple[str, str]]:
     """A capture as a collector writes it: combined /market frames, bare /public frames,
     Upbit frames, and a few REST answers. Returns the (source, raw) frames in order."""
     w = CaptureWriter(path, rotate=False)
@@ -85,7 +86,7 @@ def _write_capture(path, m: MarketModel, t0: int, seconds: int) -> list[tuple[st
 
 @pytest.mark.timeout(60)
 def test_replay_reproduces_the_capture_byte_for_byte(tmp_path):
-    m = MarketModel(5, START, history_s=0)
+    m = Market.build(5, START, history_s=0)
     cap = tmp_path / "capture.jsonl.gz"
     frames = _write_capture(cap, m, START, 4)
     h = start_sim(tmp_path, "--replay", str(cap), "--speed", "4", "--paused")
@@ -123,7 +124,7 @@ def test_replay_reproduces_the_capture_byte_for_byte(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_replay_speed_zero_sends_everything_at_once(tmp_path):
-    m = MarketModel(6, START, history_s=0)
+    m = Market.build(6, START, history_s=0)
     cap = tmp_path / "capture.jsonl"
     frames = _write_capture(cap, m, START, 30)              # 30 s of capture
     exp = [r for s, r in frames if s == "binance_ws" and not r.startswith('{"stream"')]

@@ -12,61 +12,14 @@ then the latest recorded).
 """
 from __future__ import annotations
 
-import json
-import re
+from ..capture import iter_capture
 
 WS_SOURCES = {"upbit": "upbit", "binance_ws": "binance"}
 REST_SOURCES = ("binance_rest", "upbit_rest", "coinglass")
-_COMBINED = re.compile(r'^\{"stream":"([^"]+)","data":(.*)\}$', re.S)
 
 
 class CaptureError(ValueError):
     pass
-
-
-def split_binance(raw: str) -> tuple[str | None, str, bool]:
-    """(stream name or None, bare event text, was it wrapped in a combined envelope)."""
-    m = _COMBINED.match(raw)
-    if m:
-        return m.group(1), m.group(2), True
-    stream = None
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        return None, raw, False
-    if isinstance(d, dict):
-        e, s = d.get("e"), str(d.get("s") or (d.get("o") or {}).get("s") or "").lower()
-        if e == "aggTrade":
-            stream = f"{s}@aggTrade"
-        elif e == "markPriceUpdate":
-            stream = f"{s}@markPrice@1s"
-        elif e == "bookTicker":
-            stream = f"{s}@bookTicker"
-        elif e == "forceOrder":
-            stream = f"{s}@forceOrder"
-        elif e == "kline":
-            stream = f"{s}@kline_{(d.get('k') or {}).get('i', '1m')}"
-        elif e == "depthUpdate":
-            stream = f"{s}@depth"
-        elif e == "serverShutdown":
-            stream = "!serverShutdown"
-    return stream, raw, False
-
-
-def upbit_stream(raw) -> str | None:
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        return None
-    if isinstance(d, list) and d:
-        d = d[0]
-    if not isinstance(d, dict):
-        return None
-    t = d.get("type", d.get("ty"))
-    c = d.get("code", d.get("cd"))
-    if not t or not c:
-        return None
-    return f"{c}@{t}"
 
 
 class Capture:
@@ -75,7 +28,6 @@ class Capture:
     frames) is cqt.capture's."""
 
     def __init__(self, path: str):
-        from cqt.capture import iter_capture
         self.path = str(path)
         self.frames: list[tuple[int, str, str | bytes]] = []     # (recv_ts_ms, venue, raw)
         self.rest: dict[str, list[tuple[dict, int, str, int]]] = {}

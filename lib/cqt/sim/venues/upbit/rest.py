@@ -1,140 +1,18 @@
-"""Upbit quotation: REST answers (pure, from the model), WebSocket subscription
-parsing and the SIMPLE format.
+"""Upbit quotation REST: answers (pure, from the market) and their error shapes.
 
-Wire facts reproduced: subscriptions are a JSON array (ticket, type objects,
-format); both `is_only_snapshot`/`is_only_realtime` and the older camelCase
-spellings are accepted; unknown or lower-case codes get nothing, silently; a bad
-request gets ``{"error":{"name":…,"message":…}}`` and the socket is closed with
-1000; REST errors are ``{"error":{"name":<int>,"message":…}}``.
+Errors are ``{"error":{"name":<int>,"message":…}}``; unknown codes are 404 "Code not
+found". Handlers get the `cqt.sim.market.Market` (``m.model`` is the dynamics;
+``m.last_frames`` the latest formatted frames, for the ticker and order book).
 """
 from __future__ import annotations
 
 import json
 import re
 
-from .model import DAY_MS, UPBIT_CODES, MarketModel, utc_parts
+from ...model import DAY_MS, UPBIT_CODES
+from .frames import utc_parts
 
-TYPES = ("trade", "orderbook", "ticker")
-
-# ------------------------------------------------------------------ WebSocket subscription
-ERRORS = {
-    "WRONG_FORMAT": "Format 이 맞지 않습니다.",
-    "NO_TICKET": "티켓이 존재하지 않거나, 유효하지 않습니다.",
-    "NO_TYPE": "type 필드가 존재하지 않습니다.",
-    "NO_CODES": "codes 필드가 존재하지 않습니다.",
-}
-
-
-def ws_error(name: str, message: str | None = None) -> str:
-    return json.dumps({"error": {"name": name, "message": message or ERRORS.get(name, name)}},
-                      ensure_ascii=False, separators=(",", ":"))
-
-
-class SubscriptionError(Exception):
-    def __init__(self, name: str, message: str | None = None):
-        super().__init__(name)
-        self.name = name
-        self.message = message or ERRORS.get(name, name)
-
-
-def _flag(obj: dict, snake: str, camel: str) -> bool:
-    v = obj.get(snake, obj.get(camel, False))
-    return v is True or (isinstance(v, str) and v.lower() == "true")
-
-
-def parse_subscription(text: str) -> dict:
-    """Parse a subscription request -> {"format": F, "subs": {stream: (snapshot, realtime)},
-    "ignored": [codes the model does not have]}; raises SubscriptionError."""
-    try:
-        req = json.loads(text)
-    except ValueError:
-        raise SubscriptionError("WRONG_FORMAT") from None
-    if not isinstance(req, list) or not req or not all(isinstance(o, dict) for o in req):
-        raise SubscriptionError("WRONG_FORMAT")
-    if not any(isinstance(o.get("ticket"), str) and o.get("ticket") for o in req):
-        raise SubscriptionError("NO_TICKET")
-    fmt = "DEFAULT"
-    types = []
-    for o in req:
-        if "format" in o:
-            f = str(o.get("format")).upper()
-            fmt = f if f in ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST") else "DEFAULT"
-        elif "ticket" in o:
-            continue
-        else:
-            types.append(o)
-    if not types:
-        raise SubscriptionError("NO_TYPE")
-    subs: dict[str, tuple[bool, bool]] = {}
-    ignored = []
-    for o in types:
-        t = o.get("type")
-        if t is None:
-            raise SubscriptionError("NO_TYPE")
-        if t not in TYPES:
-            raise SubscriptionError("INVALID_PARAM", f"{t} 은 지원하지 않는 타입입니다.")
-        if "codes" not in o:
-            raise SubscriptionError("NO_CODES")
-        codes = o.get("codes")
-        if not isinstance(codes, list):
-            raise SubscriptionError("WRONG_FORMAT")
-        if not codes:
-            raise SubscriptionError("INVALID_PARAM", "codes 필드가 비어 있습니다.")
-        only_snap = _flag(o, "is_only_snapshot", "isOnlySnapshot")
-        only_real = _flag(o, "is_only_realtime", "isOnlyRealtime")
-        for c in codes:
-            code = str(c)
-            if t == "orderbook" and "." in code:      # "KRW-BTC.15": depth suffix
-                code = code.split(".", 1)[0]
-            if code not in UPBIT_CODES:               # unknown or lower case: nothing, silently
-                ignored.append(str(c))
-                continue
-            subs[f"{code}@{t}"] = (not only_real, not only_snap)
-    return {"format": fmt, "subs": subs, "ignored": ignored}
-
-
-SIMPLE_KEYS = {
-    "type": "ty", "code": "cd", "timestamp": "tms", "stream_type": "st",
-    # trade
-    "trade_date": "td", "trade_time": "ttm", "trade_timestamp": "ttms", "trade_price": "tp",
-    "trade_volume": "tv", "ask_bid": "ab", "prev_closing_price": "pcp", "change": "c",
-    "change_price": "cp", "sequential_id": "sid", "best_ask_price": "bap", "best_ask_size": "bas",
-    "best_bid_price": "bbp", "best_bid_size": "bbs",
-    # orderbook
-    "total_ask_size": "tas", "total_bid_size": "tbs", "orderbook_units": "obu", "ask_price": "ap",
-    "bid_price": "bp", "ask_size": "as", "bid_size": "bs", "level": "lv",
-    # ticker
-    "opening_price": "op", "high_price": "hp", "low_price": "lp", "signed_change_price": "scp",
-    "change_rate": "cr", "signed_change_rate": "scr", "acc_trade_volume": "atv",
-    "acc_trade_volume_24h": "atv24h", "acc_trade_price": "atp", "acc_trade_price_24h": "atp24h",
-    "acc_ask_volume": "aav", "acc_bid_volume": "abv", "highest_52_week_price": "h52wp",
-    "highest_52_week_date": "h52wdt", "lowest_52_week_price": "l52wp", "lowest_52_week_date": "l52wdt",
-    "market_state": "ms", "is_trading_suspended": "its", "delisting_date": "dd",
-    "market_warning": "mw",
-}
-
-
-def _simple(obj):
-    if isinstance(obj, dict):
-        return {SIMPLE_KEYS.get(k, k): _simple(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_simple(v) for v in obj]
-    return obj
-
-
-def to_format(raw: str, fmt: str) -> str:
-    """A DEFAULT frame in another format (SIMPLE renames keys; *_LIST wraps in an array)."""
-    if fmt == "DEFAULT":
-        return raw
-    if fmt == "JSON_LIST":
-        return "[" + raw + "]"
-    s = json.dumps(_simple(json.loads(raw)), separators=(",", ":"), ensure_ascii=False)
-    return "[" + s + "]" if fmt == "SIMPLE_LIST" else s
-
-
-def as_snapshot(raw: str) -> str:
-    return raw.replace('"stream_type":"REALTIME"', '"stream_type":"SNAPSHOT"')
-
+PREFIXES = ("/v1/",)
 
 # ------------------------------------------------------------------ REST
 class UpbitError(Exception):
@@ -170,7 +48,7 @@ def _int(p: dict, name: str, default=None):
     return int(v)
 
 
-def trades_ticks(m: MarketModel, p: dict, now: int):
+def trades_ticks(m, p: dict, now: int):
     """GET /v1/trades/ticks: market, to (HHmmss | HH:mm:ss, UTC), count (<= 500),
     cursor (sequential_id), days_ago (1..7); newest first."""
     code = _market(p)
@@ -191,14 +69,14 @@ def trades_ticks(m: MarketModel, p: dict, now: int):
     cursor = _int(p, "cursor")
     after_sid = None
     if cursor is not None:
-        t_c = m.upbit_find_sid(code, cursor, now)
+        t_c = m.model.upbit_find_sid(code, cursor, now)
         if t_c is not None:
             after_sid = cursor
             before = min(before, t_c + 1)
         else:
             before = min(before, cursor // 1000)
     out = []
-    for tr in m.upbit_trades_before(code, before, now, after_sid):
+    for tr in m.model.upbit_trades_before(code, before, now, after_sid):
         if days_ago is not None and tr[1] < day0:
             break
         out.append(tr)
@@ -217,7 +95,7 @@ def trades_ticks(m: MarketModel, p: dict, now: int):
 _KST_MS = 9 * 3600 * 1000
 
 
-def ticker(m: MarketModel, p: dict, now: int):
+def ticker(m, p: dict, now: int):
     v = p.get("markets")
     if not v:
         raise UpbitError(400, _MISSING)
@@ -248,7 +126,7 @@ def ticker(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def orderbook(m: MarketModel, p: dict, now: int):
+def orderbook(m, p: dict, now: int):
     v = p.get("markets")
     if not v:
         raise UpbitError(400, _MISSING)
@@ -271,7 +149,7 @@ def orderbook(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def market_all(m: MarketModel, p: dict, now: int):
+def market_all(m, p: dict, now: int):
     return 200, _dump([{"market": "KRW-BTC", "korean_name": "비트코인", "english_name": "Bitcoin"},
                        {"market": "KRW-USDT", "korean_name": "테더", "english_name": "Tether"}])
 
@@ -298,8 +176,14 @@ GROUPS = {"/v1/trades/ticks": "trade", "/v1/ticker": "ticker", "/v1/orderbook": 
 
 
 def owns(path: str) -> bool:
-    return path.startswith("/v1/")
+    return path.startswith(PREFIXES)
 
 
 def not_found(path: str) -> tuple[int, str]:
     return 404, _dump({"error": {"name": "not_found", "message": "no Route matched with those values"}})
+
+
+def error_body(status: int) -> str:
+    """The body of an injected HTTP error (a fault), as the real service words it."""
+    msg = "Too many API requests." if status in (429, 418) else "Internal server error"
+    return json.dumps({"error": {"name": status, "message": msg}}, separators=(",", ":"))

@@ -1,4 +1,4 @@
-"""Coinglass API v4: REST answers (pure, from the model) and the plan rules.
+"""Coinglass API v4: REST answers (pure, from the model), error shapes and the plan rules.
 
 Bars carry their OPEN time; a bar covers [time, time + interval).  The newest bar
 returned may still be forming: its values are computed up to "now" and change
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 
-from .model import MarketModel
+from ...model import MarketModel
+
+PREFIXES = ("/api/",)
 
 INTERVALS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
              "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
@@ -242,9 +244,9 @@ def taker_pair(m: MarketModel, p: dict, now: int):
 
 
 def _wrap(fn):
-    def handler(m, p, now):
+    def handler(market, p, now):
         try:
-            return 200, fn(m, p, now)
+            return 200, fn(market.model, p, now)
         except CoinglassError as e:
             return e.status, error_body(str(e.status), e.msg)
     handler.__name__ = fn.__name__
@@ -265,7 +267,7 @@ REST = {path: _wrap(fn) for path, fn in {
 
 
 def owns(path: str) -> bool:
-    return path.startswith("/api/")
+    return path.startswith(PREFIXES)
 
 
 def not_found(path: str) -> tuple[int, str]:

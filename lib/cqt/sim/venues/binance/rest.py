@@ -1,50 +1,18 @@
-"""Binance USD-M futures: REST answers (pure, from the model) and WebSocket routing rules.
+"""Binance USD-M futures REST: answers (pure, from the model), request weights, error shapes.
 
 Answers follow the real service: prices and quantities as JSON strings, times as
-integer ms, errors as ``{"code": -XXXX, "msg": "..."}`` with HTTP 400.
+integer ms, errors as ``{"code": -XXXX, "msg": "..."}`` with HTTP 400. Handlers get
+the `cqt.sim.market.Market`; the endpoint functions its ``model``.
 """
 from __future__ import annotations
 
 import json
 import re
 
-from .model import (AGG, BOOK, FORCE, FUNDING_MS, MARK1, MARK3, SYMBOL, MarketModel, px2, qty3)
+from ...model import FUNDING_MS, MarketModel
+from .frames import SYMBOL, px2, qty3
 
-# ------------------------------------------------------------------ WebSocket routing
-# Since April 2026 the service is split into routed entry points: /market carries
-# regular market data, /public the high-frequency book streams.  The legacy
-# un-routed /ws and /stream paths still ACK any SUBSCRIBE but only deliver
-# /public streams (the trap a collector on the wrong URL falls into).
-_MARKET_RE = re.compile(r"^[a-z0-9]+@(aggTrade|trade|markPrice(@1s)?|kline_\w+|continuousKline_\w+|"
-                        r"ticker|miniTicker|forceOrder|compositeIndex|assetIndex)$|^!forceOrder@arr$|"
-                        r"^!contractInfo$|^!(mini)?[tT]icker@arr$|^!markPrice@arr(@1s)?$")
-_PUBLIC_RE = re.compile(r"^[a-z0-9]+@(bookTicker|depth(5|10|20)?(@100ms|@500ms)?|rpiDepth(@500ms)?)$|"
-                        r"^!bookTicker$")
-MODEL_STREAMS = {AGG, MARK1, MARK3, BOOK, FORCE}
-
-
-def stream_route(stream: str) -> str | None:
-    """'market', 'public' or None (a name the real service does not know)."""
-    if _MARKET_RE.match(stream):
-        return "market"
-    if _PUBLIC_RE.match(stream):
-        return "public"
-    return None
-
-
-def delivers(route: str, stream: str) -> bool:
-    """Whether a connection on `route` ('market' | 'public' | 'legacy') gets data for stream."""
-    r = stream_route(stream)
-    if route == "market":
-        return r == "market"
-    return r == "public"          # /public and the legacy paths
-
-
-def ws_error(code: int, msg: str, req_id=None) -> str:
-    d = {"code": code, "msg": msg}
-    if req_id is not None:
-        d["id"] = req_id
-    return json.dumps(d, separators=(",", ":"))
+PREFIXES = ("/fapi/", "/futures/data/")
 
 
 # ------------------------------------------------------------------ REST helpers
@@ -322,9 +290,9 @@ def book_ticker(m: MarketModel, p: dict, now: int):
 
 
 def _wrap(fn):
-    def handler(m, p, now):
+    def handler(market, p, now):
         try:
-            return fn(m, p, now)
+            return fn(market.model, p, now)
         except BinanceError as e:
             return _err(e.code, e.msg, e.status)
     handler.__name__ = fn.__name__
@@ -361,7 +329,7 @@ def weight(path: str, params: dict) -> int:
 
 
 def owns(path: str) -> bool:
-    return path.startswith("/fapi/") or path.startswith("/futures/data/")
+    return path.startswith(PREFIXES)
 
 
 def not_found(path: str) -> tuple[int, str]:

@@ -1,0 +1,1 @@
+"""cqt-sim: Binance USD-M futures (frames, rest, protocol)."""

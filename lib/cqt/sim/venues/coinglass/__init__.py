@@ -1,0 +1,1 @@
+"""cqt-sim: Coinglass API v4 (rest, protocol; no WebSocket)."""

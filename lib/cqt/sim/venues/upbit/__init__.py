@@ -1,0 +1,1 @@
+"""cqt-sim: Upbit quotation (frames, rest, protocol)."""
