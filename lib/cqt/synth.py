@@ -48,12 +48,12 @@ from .collectors.coinglass import CoinglassConfig, CoinglassPoller
 from .config import ConfigError, Settings
 from .db import connect
 from .options import db_option, json_option
-from .sinks import RejectLog
-from .writer import BatchWriter
 from .rest import RateLimitState, RestResponse
+from .sinks import RejectLog
 from .sources import COINGLASS_ENDPOINTS, Reject, insert_sql, parse_binance_frame, parse_upbit_frame
 from .timerule import RAW_TABLES
 from .timeutil import fmt_ms, now_ms, parse_time_ms
+from .writer import BatchWriter
 
 SERVICES = {  # service -> ingest source
     "cqt-collect-upbit": "upbit",
@@ -129,8 +129,8 @@ class _SynthService:
 class ModelRestClient:
     """RestClient stand-in answering from the model at the virtual time (no sockets)."""
 
-    def __init__(self, model, name: str, clock: Callable[[], int], latency: Latency):
-        self.model = model
+    def __init__(self, market, name: str, clock: Callable[[], int], latency: Latency):
+        self.market = market
         self.name = name
         self.clock = clock
         self.latency = latency
@@ -142,7 +142,7 @@ class ModelRestClient:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         now = self.clock()
         lat = self.latency()
-        status, body = self.model.rest(path, params, now)
+        status, body = self.market.rest(path, params, now)
         self.calls += 1
         return RestResponse(status, {}, body, lat, now + lat, path, params,
                             None if 200 <= status < 300 else f"http {status}")
@@ -154,6 +154,7 @@ class ModelRestClient:
 class Synth:
     def __init__(self, settings: Settings, db_path, start_ms: int, end_ms: int, seed: int,
                  out: Callable[[str], None] = print):
+        from .sim.market import Market
         from .sim.model import MarketModel
 
         self.settings = settings
@@ -163,7 +164,7 @@ class Synth:
         self.seed = seed
         self.out = out
         # The model starts exactly at start_ms; everything before is its smooth pre-history.
-        self.model = MarketModel(seed, end_ms, history_s=(end_ms - start_ms) // 1000)
+        self.market = Market(MarketModel(seed, end_ms, history_s=(end_ms - start_ms) // 1000))
         self.hb_ms = max(100, int(settings.heartbeat_s * 1000))
         self.counters = Counters(start_ms, self.hb_ms)
         self.writer = BatchWriter(db_path, service="cqt-synth", max_rows=50_000, max_delay_s=0.5,
@@ -192,7 +193,7 @@ class Synth:
         book_slot, book_row = self.book_pending          # a slot may straddle two chunks
         books = buckets["binance_book_ticker"]
         n = 0
-        for ts, _stream, raw in self.model.ws_frames(venue, a, b):
+        for ts, _stream, raw in self.market.ws_frames(venue, a, b):
             recv = ts + lat()
             c = counts[bucket(recv)]
             c[0] += 1
@@ -232,11 +233,11 @@ class Synth:
         clock = lambda: self.vnow  # noqa: E731
         mono = lambda: self.vnow / 1000.0  # noqa: E731  (rate limits count virtual time too)
         bsvc = _SynthService("cqt-poll-binance", self.settings, self.writer, self.rejects, self.counters, clock)
-        bclient = ModelRestClient(self.model, "binance_rest", clock, self.lat_rest)
+        bclient = ModelRestClient(self.market, "binance_rest", clock, self.lat_rest)
         bpoll = BinanceRestPoller(bsvc, BinanceRestConfig.from_settings(self.settings), bclient, clock=clock,
                                   mono=mono)
         csvc = _SynthService("cqt-poll-coinglass", self.settings, self.writer, self.rejects, self.counters, clock)
-        cclient = ModelRestClient(self.model, "coinglass", clock, self.lat_rest)
+        cclient = ModelRestClient(self.market, "coinglass", clock, self.lat_rest)
         cpoll = SynthCoinglassPoller(csvc, CoinglassConfig.from_settings(self.settings, require_key=False),
                                      cclient, clock=clock, mono=mono)
         self.rest_clients = (bclient, cclient)
