@@ -382,3 +382,35 @@ def test_call_site_scan_catches_a_different_default(tmp_path):
                  "d = g('CQT_GAP_MIN_MS', 3000, 0)\n"                           # declared int, read as float
                  "e = s.get_int('CQT_COINGLASS_RATE_PER_MIN', plan_limit, minimum=1)\n")   # computed: fine
     assert [p.split(":")[1] for p in _call_site_problems(f)] == ["3", "4", "6"]
+
+
+# ------------------------------------------------------------------------------ bounds and the foundation
+CORE = {v.name for v in VARIABLES}
+
+
+@pytest.mark.parametrize("name", [v.name for v in REGISTRY if v.kind in ("int", "float") and v.default is not None])
+def test_every_declared_number_is_bounded(tmp_path, name):
+    """Finite, at least the minimum, at most the maximum (declared, else the default ceiling): ConfigError naming it."""
+    var = BY_NAME[name]
+    top = var.maximum if var.maximum is not None else default_maximum(name, var.kind)
+    above = str(int(top) + 1) if var.kind == "int" else repr(float(top) * 2 + 1)   # 2**53 + 1 rounds to 2**53
+    cases = ["inf", "nan", "1e999", above] + ([str(var.minimum - 1)] if var.minimum is not None else [])
+    for value in cases:
+        env = {"CQT_ENV_FILE": str(tmp_path / "none.env"), name: value}
+        with pytest.raises(ConfigError) as ei:
+            s = load_settings(env)      # core variables fail here, the others where they are read
+            assert name not in CORE
+            s.get(name)
+        assert ei.value.var == name and "\n" not in str(ei.value), value
+
+
+def test_config_imports_nothing_else_of_cqt():
+    """The foundation: cqt.config knows no commands, venues or checks."""
+    for path in (ROOT / "lib" / "cqt" / "config").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                depth = len(path.relative_to(ROOT / "lib" / "cqt" / "config").parts) - 1
+                assert node.level == 0 or node.level <= depth + 1, (path, node.module)
+                assert node.level > 0 or not (node.module or "").startswith("cqt"), (path, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("cqt") for a in node.names), path
