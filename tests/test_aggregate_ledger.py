@@ -10,7 +10,10 @@ import threading
 import pytest
 from freezegun import freeze_time
 
-from cqt.aggregate import AggregateConfig, CountLedger, LiveAggregator, _wait_for_collectors
+from cqt.aggregate.config import AggregateConfig
+from cqt.aggregate.late import CountLedger
+from cqt.aggregate.service import LiveAggregator
+from cqt.aggregate.service import wait_for_collectors as _wait_for_collectors
 from cqt.db import connect, open_db
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache, compute_range
 from fixtures_raw import DirectWriter, at, make_raw_db

@@ -133,7 +133,7 @@ COLLECTORS = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "c
 def _pipeline_missing() -> str | None:
     try:
         import simproc  # noqa: F401
-        from cqt.collectors import binance, binance_rest, coinglass, upbit  # noqa: F401
+        from cqt.venues import binance, coinglass, upbit  # noqa: F401
         from cqt.sim import cli  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - another engineer's part is not there yet
         return f"cqt-sim / collectors not available: {type(exc).__name__}: {exc}"
@@ -151,7 +151,7 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
         pytest.skip(why)
     from simproc import start_sim
 
-    from cqt.features import max_lookback_ms, FeatureParams
+    from cqt.featureparams import max_lookback_ms, FeatureParams
 
     db = tmp_path / "cqt.db"
     sim = start_sim(tmp_path, "--seed", "5", "--history", "1800", "--coinglass-key", CG_KEY, "--coinglass-limit", "1000")

@@ -9,7 +9,9 @@ import sqlite3
 import pytest
 from freezegun import freeze_time
 
-from cqt.aggregate import AggregateConfig, LiveAggregator, rebuild
+from cqt.aggregate.config import AggregateConfig
+from cqt.aggregate.rebuilds import rebuild
+from cqt.aggregate.service import LiveAggregator
 from cqt.db import connect
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams
 from fixtures_raw import DirectWriter, at, make_raw_db
@@ -177,7 +179,7 @@ def test_rebuild_cli_replaces_rows_bounds_inclusive(db, tmp_path):
 def test_cli_errors(db, tmp_path):
     from click.testing import CliRunner
 
-    from cqt.aggregate import main
+    from cqt.aggregate.cli import main
 
     env = {"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_DB": str(db)}
 

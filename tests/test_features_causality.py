@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cqt import features, timerule
-from cqt.aggregate import rebuild
+from cqt.aggregate.rebuilds import rebuild
 from cqt.db import connect
 from cqt.features import (FEATURE_COLUMNS, MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache,
                           compute_range)

@@ -15,7 +15,7 @@ import click
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from cqt.aggregate import clamp_to_data, data_range
+from cqt.aggregate.rebuilds import clamp_to_data, data_range
 from cqt.clicktypes import TIME
 from cqt.config import (MAX_EXACT_INT, TEN_YEARS_S, VARIABLES, ConfigError, default_maximum, load_settings,
                         parse_env_file)

@@ -4,53 +4,45 @@ Per table: lag_s (as-of minus newest row), coverage (rows / seconds, in a window
 ends CQT_CHECK_FEATURE_LATENCY_S before as-of: the aggregate writes a second only after
 its grace delay), duplicated ts_ms, ts_ms off the whole-second grid, rows stamped after
 the wall clock; per column: null_rate (with per-column overrides, thresholds.py) and
-range (violating rows: prices > 0, spread >= 0, |kimchi premium| < 0.2, |funding| <= 0.03,
-volatilities >= 0, ratios > 0, ages >= 0, imbalances in [-1, 1]; every number finite).
+range (violating rows, by each column's valid range in cqt.catalogue: prices > 0,
+spread >= 0, |kimchi premium| < 0.2, |funding| <= 0.03, volatilities >= 0, ratios > 0,
+ages >= 0, imbalances in [-1, 1]; every number finite).
 Columns the aggregate adds later are covered automatically (null rate + finite).
 The newest export's label distribution (cqt.checks.exports): each of UP/DOWN/NONE at least
 CQT_CHECK_LABEL_MIN_SHARE of its rows, and never all NONE.
 """
 from __future__ import annotations
 
-from .. import timerule
+from .. import catalogue, timerule
+from ..featureparams import params_from_settings
 from ..timeutil import fmt_ms, now_ms
 from .base import CheckContext, check_command
 from .exports import label_metrics
 from .rawkeys import key_filter
 from .result import Metric
-from .thresholds import NULL_BY_DESIGN
+from .thresholds import NULL_BY_DESIGN, Thresholds
 
 TABLES = ("market_1s", "predictions")
 _INF = "1e308"
 
-# (table, column) -> (violation SQL with {c} for the column, what must hold); "*" = any table.
-_POSITIVE = ("{c} <= 0", "> 0")
-_NONNEG = ("{c} < 0", ">= 0")
-_UNIT = ("({c} < -1 OR {c} > 1)", "in [-1, 1]")
-_AGE = ("{c} < 0", ">= 0 (a negative age means a value from after the row's time)")
+# valid-range kind (cqt.catalogue) -> violation SQL with {c} for the column ({b}: the bound)
+_VIOLATION = {
+    catalogue.POSITIVE: "{c} <= 0", catalogue.NONNEG: "{c} < 0", catalogue.AGE: "{c} < 0",
+    catalogue.UNIT: "({c} < -1 OR {c} > 1)", catalogue.FLAG: "{c} NOT IN (0, 1)",
+    catalogue.ABS_BELOW: "ABS({c}) >= {b}", catalogue.ABS_AT_MOST: "ABS({c}) > {b}",
+}
 
 
-def range_rule(table: str, column: str, kimchi_max: float, funding_max: float) -> tuple[str, str] | None:
-    c = column
-    if c == "has_trade":
-        return "{c} NOT IN (0, 1)", "0 or 1"
-    if c.endswith("_age_ms"):
-        return _AGE
-    if c == "kimchi_premium":
-        return f"ABS({{c}}) >= {kimchi_max!r}", f"|x| < {kimchi_max:g}"
-    if c == "funding_rate":
-        return f"ABS({{c}}) > {funding_max!r}", f"|x| <= {funding_max:g}"
-    if table == "market_1s" and c in ("open", "high", "low", "close", "vwap", "best_bid", "best_ask", "mid",
-                                      "binance_last", "mark_price", "index_price", "usdt_krw"):
-        return _POSITIVE
-    if c in ("volume", "buy_volume", "sell_volume", "trade_count", "spread_bps", "liq_notional_60s") \
-            or c.startswith("rv_"):
-        return _NONNEG
-    if c in ("book_imbalance",) or c.startswith("flow_imb_"):
-        return _UNIT
-    if c in ("ls_ratio", "horizon_sec"):
-        return _POSITIVE
-    return None
+def range_rule(table: str, column: str, th: Thresholds) -> tuple[str, str] | None:
+    """(violation SQL with {c} for the column, what must hold) of a column the catalogue
+    gives a valid range; None for any other (judged finite only). A bound an operator may
+    override is read through its CQT_CHECK_* variable."""
+    rec = catalogue.column(table, column)
+    if rec is None or rec.valid is None:
+        return None
+    v = rec.valid
+    bound = th(v.env) if v.env else v.bound
+    return _VIOLATION[v.kind].replace("{b}", repr(bound)), v.text(bound)
 
 
 def columns(ctx: CheckContext, table: str) -> list[tuple[str, str]]:
@@ -123,12 +115,7 @@ def warmup_starts(ctx: CheckContext) -> tuple[dict[str, int], dict[str, str]]:
     that decides it. Before that a NULL is the aggregate's rule ("a look-back that reaches
     before the data is NULL"), not missing data: e.g. oi_chg_300s in the first 5 minutes of a
     collection (open interest has no history to backfill)."""
-    try:
-        from .. import features
-    except ImportError:
-        ctx.note("cqt.features not importable: null rates judged without warm-up exclusion")
-        return {}, {}
-    params = features.params_from_settings(ctx.settings)
+    params = params_from_settings(ctx.settings)
     first: dict[str, int | None] = {}
 
     def first_of(table: str) -> int | None:
@@ -143,13 +130,13 @@ def warmup_starts(ctx: CheckContext) -> tuple[dict[str, int], dict[str, str]]:
         return first[table]
 
     starts, why = {}, {}
-    for feat, tables in features.FEATURE_SOURCES.items():
+    for feat, tables in catalogue.FEATURE_SOURCES.items():
         known = [(first_of(t), t) for t in tables if t not in _OPTIONAL_SOURCES]
         known = [(t, name) for t, name in known if t is not None]
         if not known:
             continue            # no data at all: judged on every row (and it fails, rightly)
         t_first, name = max(known)
-        starts[feat] = -(-(t_first + features.FEATURE_WINDOW_S.get(feat, 0) * 1000) // 1000) * 1000
+        starts[feat] = -(-(t_first + catalogue.FEATURE_WINDOW_S.get(feat, 0) * 1000) // 1000) * 1000
         why[feat] = name
     return starts, why
 
@@ -186,12 +173,11 @@ def null_metrics(ctx: CheckContext, table: str, cols: list[tuple[str, str]], n: 
 
 def range_metrics(ctx: CheckContext, table: str, cols: list[tuple[str, str]]) -> list[Metric]:
     th = ctx.thresholds
-    kim, fund = th("CQT_CHECK_KIMCHI_ABS_MAX"), th("CQT_CHECK_FUNDING_ABS_MAX")
     rules: list[tuple[str, str, str]] = []  # (column, violation sql, description)
     for c, ctype in cols:
         if "CHAR" in ctype or "TEXT" in ctype or "CLOB" in ctype:
             continue
-        rule = range_rule(table, c, kim, fund)
+        rule = range_rule(table, c, th)
         finite = f"({c} > {_INF} OR {c} < -{_INF})"
         if rule is None:
             rules.append((c, finite, "finite"))

@@ -7,7 +7,7 @@ Structural part (time rule of cqt.timerule):
                                   Binance last, mark, KRW-USDT) is found in its raw table at
                                   t0 - age with the same value and availability <= t0;
 - leak.predictions.sources        a feature that is not NULL at t0 must have at least one
-                                  row of its source tables (cqt.features.FEATURE_SOURCES)
+                                  row of its source tables (cqt.catalogue.FEATURE_SOURCES)
                                   available at t0 within the longest look-back;
 - leak.labels.violations          the newest export whose file exists: every label_ts >=
                                   t0 + horizon (SKIP, saying so, when there is no export).
@@ -43,6 +43,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .. import db, timerule
+from ..catalogue import FEATURE_SOURCES
+from ..featureparams import max_lookback_ms
+from ..rawread import SecondCache
 from ..timeutil import fmt_ms
 from .base import CannotEvaluate, CheckContext, check_command
 from .exports import newest_export
@@ -192,7 +195,10 @@ def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
     th = ctx.thresholds
     tol = th("CQT_CHECK_LEAK_TOLERANCE")
     w_short, w_long = th("CQT_CHECK_LEAK_WARMUP_SHORT"), th("CQT_CHECK_LEAK_WARMUP_LONG")
-    grace_ms = int(ctx.settings.get_float("CQT_AGGREGATE_GRACE_S", 2.0, 0.0) * 1000)
+    # the aggregate's own reading of its grace (imported here: the package pulls in the feature function)
+    from ..aggregate.config import grace_ms_from
+
+    grace_ms = grace_ms_from(ctx.settings)
     p_cols = [c for c in features.PREDICTION_COLUMNS if c != "ts_ms"]
     m_cols = [c for c in features.MARKET_COLUMNS if c != "ts_ms"]
     out = RecomputeOutcome()
@@ -202,7 +208,7 @@ def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
     # current t0, so reusing them never shows the function the future, and each raw row is
     # read once instead of once per sample.
     warmups = (max(1.0, w_short), max(1.0, w_long)) if warmup_check else (max(1.0, w_short),)
-    caches = {w: features.SecondCache() for w in warmups}
+    caches = {w: SecondCache() for w in warmups}
     try:
         for t0 in (sorted(t0s) if isinstance(t0s, list) else t0s):
             if deadline is not None and time.monotonic() > deadline:
@@ -343,7 +349,7 @@ def provenance(ctx: CheckContext, params, sample: list[int]) -> Metric:
 
 def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> Metric:
     """A non-NULL feature needs a source row available at t0 within the longest look-back."""
-    lookback = int(features.max_lookback_ms(params) * max(1.0, ctx.thresholds("CQT_CHECK_LEAK_WARMUP_LONG")))
+    lookback = int(max_lookback_ms(params) * max(1.0, ctx.thresholds("CQT_CHECK_LEAK_WARMUP_LONG")))
     delay = params.cg_delay_s
     cache: dict[tuple[str, int], bool] = {}
     bad: list[str] = []
@@ -363,12 +369,12 @@ def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> M
         p = _row(ctx.conn, "predictions", t0)
         if p is None:
             continue
-        for feat, tables in features.FEATURE_SOURCES.items():
+        for feat, tables in FEATURE_SOURCES.items():
             if p.get(feat) is not None and not any(available(t, t0) for t in tables):
                 bad.append(f"predictions.{feat} at {fmt_ms(t0)} = {fmt_num(p.get(feat))} but no "
                            f"{'/'.join(tables)} row was available then")
     reason = "; ".join(bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "") if bad else \
-        f"{len(sample)} sampled rows x {len(features.FEATURE_SOURCES)} features"
+        f"{len(sample)} sampled rows x {len(FEATURE_SOURCES)} features"
     return Metric.judge("leak.predictions.sources", len(bad), "==", 0, reason)
 
 

@@ -6,14 +6,16 @@ config error, exit 78). docs/checks.md lists the same table; a test keeps the tw
 in step.
 
 Per-column null-rate limits of feature_check: `CQT_CHECK_NULL_RATE_MAX` is the
-default for every column; NULL_RATE_DEFAULTS below relaxes it for columns that may
-legitimately be empty, and any column can be set on its own with
+default for every column; NULL_RATE_DEFAULTS (from each column's record in
+cqt.catalogue) relaxes it for columns that may legitimately be empty, and any column
+can be set on its own with
 `CQT_CHECK_NULL_RATE_MAX_<TABLE>_<COLUMN>` (e.g. CQT_CHECK_NULL_RATE_MAX_PREDICTIONS_RV_300S).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import catalogue
 from ..config import Settings
 
 
@@ -67,8 +69,8 @@ THRESHOLDS: tuple[Threshold, ...] = (
     _T("CQT_CHECK_FEATURE_LAG_MAX_S", 10, "market_1s.lag_s / predictions.lag_s: as-of minus newest row"),
     _T("CQT_CHECK_COVERAGE_MIN", 0.98, "rows / seconds in the window, per table"),
     _T("CQT_CHECK_NULL_RATE_MAX", 0.01, "default null-rate limit per column (per-column overrides: see below)"),
-    _T("CQT_CHECK_KIMCHI_ABS_MAX", 0.2, "|kimchi_premium| must be below this"),
-    _T("CQT_CHECK_FUNDING_ABS_MAX", 0.03, "|funding_rate| must be at most this"),
+    _T(catalogue.KIMCHI_VALID.env, catalogue.KIMCHI_VALID.bound, "|kimchi_premium| must be below this"),
+    _T(catalogue.FUNDING_VALID.env, catalogue.FUNDING_VALID.bound, "|funding_rate| must be at most this"),
     _T("CQT_CHECK_LABEL_MIN_SHARE", 0.05,
        "export.labels.<UP|DOWN|NONE>.share: each class's share of the newest export's rows (all NONE always fails)"),
     # ------------------------------------------------------------------ feature_leak_check
@@ -85,25 +87,12 @@ THRESHOLDS: tuple[Threshold, ...] = (
 )
 BY_ENV = {t.env: t for t in THRESHOLDS}
 
-# Null-rate limits that differ from CQT_CHECK_NULL_RATE_MAX, keyed "table.column".
-# Why each one: see docs/checks.md ("Null-rate overrides").
-NULL_RATE_DEFAULTS: dict[str, float] = {
-    # Liquidations are sparse: "no liquidation in 60 s" is a legitimate empty value if the
-    # feature is written as NULL; the forceOrder stream itself is judged by altdata_check.
-    "predictions.liq_notional_60s": 1.0,
-    # Coinglass bars are hourly and usable only after close + CQT_COINGLASS_DELAY_S: a fresh
-    # collection has none for up to ~1 h; coinglass_check judges the source itself.
-    "predictions.cg_oi_chg": 0.05,
-    "predictions.cg_funding": 0.05,
-}
+# Null-rate limits that differ from CQT_CHECK_NULL_RATE_MAX, keyed "table.column": the
+# catalogue's records say which and why (docs/checks.md "Null-rate overrides").
+NULL_RATE_DEFAULTS: dict[str, float] = catalogue.null_rate_limits()
 
-# Columns NULL by design (the schema says so), judged by a consistency rule instead.
-NULL_BY_DESIGN = {
-    "market_1s.open": "NULL when the second had no trade (has_trade = 0)",
-    "market_1s.high": "NULL when the second had no trade (has_trade = 0)",
-    "market_1s.low": "NULL when the second had no trade (has_trade = 0)",
-    "market_1s.vwap": "NULL when the second had no trade (has_trade = 0)",
-}
+# Columns NULL by design (the catalogue says so), judged by a consistency rule instead.
+NULL_BY_DESIGN: dict[str, str] = catalogue.null_by_design()
 
 
 def null_rate_env(table: str, column: str) -> str:

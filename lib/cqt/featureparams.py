@@ -1,0 +1,122 @@
+"""What the feature values depend on besides the data, and how far back each source is read.
+
+    params = params_from_settings(settings)      # FeatureParams (frozen), from the documented variables
+    lookback_ms(source, params)                  # raw rows older than this before t_from never matter
+    max_lookback_ms(params)                      # the longest of them
+
+Sources are the per-second stream summaries and the polled series of cqt.rawread; each
+feature's own look-back is in cqt.catalogue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .catalogue import BN_RET_WINDOWS, KIMCHI_CHG_S, LIQ_WINDOW_S, OI_CHG_S, WINDOW_S
+from .config import ConfigError
+from .timerule import PERIOD_MS
+
+SECOND_MS = 1000
+MODEL = "baseline-v1"
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Everything the feature values depend on besides the data. Build it from the
+    settings with `params_from_settings`, so every caller computes the same thing."""
+    upbit_code: str = "KRW-BTC"
+    usdt_code: str = "KRW-USDT"
+    binance_symbol: str = "BTCUSDT"
+    horizon_sec: int = 120
+    model: str = MODEL
+    carry_s: int = 600           # KRW-BTC close, Upbit book, Binance last, mark price
+    usdt_carry_s: int = 3600     # KRW-USDT last trade (a sparse market)
+    oi_carry_s: int = 300        # Binance open interest (polled every ~10 s)
+    ls_period: str = "5m"        # binance_ratios period used for ls_ratio
+    cg_symbol: str = "BTC"       # coinglass_open_interest.symbol (coin)
+    cg_exchange: str = "Binance"  # coinglass_funding.exchange
+    cg_interval: str = "1h"      # CQT_COINGLASS_INTERVAL
+    cg_delay_s: int = 60         # CQT_COINGLASS_DELAY_S
+
+    def __post_init__(self) -> None:
+        for name in ("ls_period", "cg_interval"):
+            if getattr(self, name) not in PERIOD_MS:
+                raise ValueError(f"{name}: unknown period {getattr(self, name)!r}")
+        for name in ("carry_s", "usdt_carry_s", "oi_carry_s", "horizon_sec"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def cg_symbol_pair(self) -> str:
+        return self.binance_symbol
+
+    def carry_ms(self, source: str) -> int:
+        """How long a value of `source` may be carried forward, measured from its
+        observation time (a value observed at o is used at t only while t - o < carry)."""
+        if source == "ls":      # available at period end: up to ~2 periods old before the next
+            return 3 * PERIOD_MS[self.ls_period]
+        if source in ("cg_oi", "cg_funding"):   # bar close + delay, then one interval to the next
+            return 2 * PERIOD_MS[self.cg_interval] + self.cg_delay_s * SECOND_MS
+        secs = {"upbit": self.carry_s, "book": self.carry_s, "binance": self.carry_s, "mark": self.carry_s,
+                "usdt": self.usdt_carry_s, "oi": self.oi_carry_s, "liq": 0}[source]
+        return secs * SECOND_MS
+
+
+def params_from_settings(settings: Any) -> FeatureParams:
+    """FeatureParams from cqt Settings (documented variables in docs/aggregate.md).
+    Raises cqt.config.ConfigError on a bad value."""
+    codes = settings.upbit_codes
+    upbit = next((c for c in codes if c.startswith("KRW-BTC")), "KRW-BTC")
+    usdt = next((c for c in codes if c.startswith("KRW-USDT")), "KRW-USDT")
+    sym = settings.binance_symbol
+    ls_period = settings.get_str("CQT_AGGREGATE_LS_PERIOD", "5m")
+    if ls_period not in PERIOD_MS:
+        raise ConfigError("CQT_AGGREGATE_LS_PERIOD", f"{ls_period!r} is not one of {', '.join(PERIOD_MS)}")
+    return FeatureParams(
+        upbit_code=upbit, usdt_code=usdt, binance_symbol=sym,
+        # at most a day each: a carry or horizon sets how far back every computation reads
+        horizon_sec=settings.get_int("CQT_AGGREGATE_HORIZON_S", 120, minimum=1, maximum=86_400),
+        carry_s=settings.get_int("CQT_AGGREGATE_CARRY_S", 600, minimum=1, maximum=86_400),
+        usdt_carry_s=settings.get_int("CQT_AGGREGATE_USDT_CARRY_S", 3600, minimum=1, maximum=86_400),
+        oi_carry_s=settings.get_int("CQT_AGGREGATE_OI_CARRY_S", 300, minimum=1, maximum=86_400),
+        ls_period=ls_period,
+        cg_symbol=settings.get_str("CQT_AGGREGATE_CG_SYMBOL", sym.removesuffix("USDT") or sym),
+        cg_exchange=settings.get_str("CQT_AGGREGATE_CG_EXCHANGE", "Binance"),
+        cg_interval=settings.coinglass_interval,
+        cg_delay_s=settings.coinglass_delay_s,
+    )
+
+
+def as_params(p: Any) -> FeatureParams:
+    """FeatureParams from FeatureParams, cqt Settings or None (the defaults)."""
+    if p is None:
+        return FeatureParams()
+    if isinstance(p, FeatureParams):
+        return p
+    return params_from_settings(p)
+
+
+STREAM_SOURCES = ("upbit", "usdt", "book", "binance", "mark", "liq")
+POLLED_SOURCES = ("oi", "ls", "cg_oi", "cg_funding")
+#: seconds before t_from a source's per-second values are needed (its longest window)
+SOURCE_WINDOW_S = {"upbit": WINDOW_S, "usdt": KIMCHI_CHG_S, "binance": max(max(BN_RET_WINDOWS), LIQ_WINDOW_S,
+                   KIMCHI_CHG_S), "book": 0, "mark": 0, "liq": LIQ_WINDOW_S, "oi": OI_CHG_S, "ls": 0,
+                   "cg_oi": 0, "cg_funding": 0}
+
+
+def lookback_ms(source: str, params: FeatureParams) -> int:
+    """How far before t_from raw rows of `source` can matter (before the warm-up factor):
+    its window, plus how long a value may be carried, plus one second for stream
+    buckets (a bucket holds (b-1 s, b]). Rows older than that never change a result."""
+    extra = SECOND_MS if source in STREAM_SOURCES else 0
+    return SOURCE_WINDOW_S[source] * SECOND_MS + params.carry_ms(source) + extra
+
+
+def max_lookback_ms(params: FeatureParams | None = None) -> int:
+    """The longest raw-data look-back of any feature for these parameters."""
+    p = as_params(params)
+    return max(lookback_ms(s, p) for s in STREAM_SOURCES + POLLED_SOURCES)
+
+
+#: the longest look-back with the default parameters (1 h Coinglass bars: 2 h + 60 s)
+MAX_LOOKBACK_MS = max_lookback_ms(FeatureParams())
