@@ -9,6 +9,7 @@ import time
 import pytest
 
 from cqt.sim.market import Market
+from cqt.sim.model import MarketModel
 from cqt.sim.venues.binance.frames import AGG, FORCE, MARK1
 from cqt.sim.venues.upbit.frames import STREAMS as UPBIT_STREAMS, jdbl
 
@@ -26,8 +27,8 @@ def frames(m: Market, venue: str, a: int, b: int, chunk_ms: int):
 
 @pytest.mark.timeout(60)
 def test_same_seed_and_origin_same_frames_whatever_the_chunking():
-    a = Market.build(42, ORIGIN, history_s=0)
-    b = Market.build(42, ORIGIN, history_s=0, cache_blocks=8)
+    a = Market(MarketModel(42, ORIGIN, history_s=0))
+    b = Market(MarketModel(42, ORIGIN, history_s=0, cache_blocks=8))
     for venue in ("binance", "upbit"):
         x = frames(a, venue, ORIGIN, ORIGIN + 120_000, 120_000)
         y = frames(b, venue, ORIGIN, ORIGIN + 120_000, 777)
@@ -35,14 +36,14 @@ def test_same_seed_and_origin_same_frames_whatever_the_chunking():
     # random access into the past (cache evicted: regenerated from a checkpoint)
     again = list(b.ws_frames("binance", ORIGIN + 5_000, ORIGIN + 9_000))
     assert again == [f for f in frames(a, "binance", ORIGIN + 5_000, ORIGIN + 9_000, 4000)]
-    other = Market.build(43, ORIGIN, history_s=0)
+    other = Market(MarketModel(43, ORIGIN, history_s=0))
     assert frames(other, "binance", ORIGIN, ORIGIN + 10_000, 10_000) != frames(a, "binance", ORIGIN, ORIGIN + 10_000,
                                                                                10_000)
 
 
 @pytest.mark.timeout(60)
 def test_magnitudes_rates_and_ids():
-    m = Market.build(5, ORIGIN, history_s=0)
+    m = Market(MarketModel(5, ORIGIN, history_s=0))
     H = 2400
     agg_ids, mark_secs, force_secs = [], [], []
     bn_last = usdt = None
@@ -98,7 +99,7 @@ def test_magnitudes_rates_and_ids():
 
 @pytest.mark.timeout(60)
 def test_generation_is_fast_and_memory_bounded():
-    m = Market.build(9, ORIGIN, history_s=0, cache_blocks=300)
+    m = Market(MarketModel(9, ORIGIN, history_s=0, cache_blocks=300))
     t0 = time.monotonic()
     count = 0
     for c in range(0, 1800, 60):
@@ -122,7 +123,7 @@ def test_java_double_formatting():
 
 @pytest.mark.timeout(60)
 def test_rest_backfill_returns_the_ws_trades():
-    m = Market.build(3, ORIGIN, history_s=600)
+    m = Market(MarketModel(3, ORIGIN, history_s=600))
     now = ORIGIN
     ws = [json.loads(r) for _, s, r in m.ws_frames("binance", ORIGIN - 120_000, ORIGIN - 60_000, [AGG])][:1000]
     first = ws[0]["a"]
@@ -169,7 +170,7 @@ def test_rest_backfill_returns_the_ws_trades():
 
 
 def test_coinglass_newest_bar_forms_and_closes():
-    m = Market.build(3, ORIGIN, history_s=3600)
+    m = Market(MarketModel(3, ORIGIN, history_s=3600))
     p = {"symbol": "BTC", "interval": "1m", "limit": "3"}
     path = "/api/futures/open-interest/aggregated-history"
     a = json.loads(m.rest(path, p, ORIGIN + 10_000)[1])["data"]

@@ -10,6 +10,7 @@ import requests
 import websocket
 
 from cqt.sim.market import Market
+from cqt.sim.model import MarketModel
 from cqt.sim.venues.binance.frames import FORCE
 from simproc import json_shape, recv_frames, sample, start_sim, ws_connect
 
@@ -21,7 +22,7 @@ def _seed_with_early_liquidation() -> int:
     """A seed whose first forceOrder comes within 15 model seconds of START, so the
     forceOrder format can be checked through the server within a test's time."""
     for seed in range(1, 200):
-        m = Market.build(seed, START, history_s=0)
+        m = Market(MarketModel(seed, START, history_s=0))
         if any(True for _ in m.ws_frames("binance", START, START + 15_000, [FORCE])):
             return seed
     raise AssertionError("no seed with an early liquidation")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .model import MarketModel
 from .venues.binance import frames as binance_frames, rest as binance_rest
 from .venues.coinglass import rest as coinglass_rest
 from .venues.upbit import frames as upbit_frames, rest as upbit_rest
@@ -20,16 +19,13 @@ REST_MODULES = (binance_rest, upbit_rest, coinglass_rest)
 
 
 class Market:
-    """A MarketModel as the venues publish it. `model` is the dynamics."""
+    """A `cqt.sim.model.MarketModel` as the venues publish it: ``Market(MarketModel(seed,
+    origin_ms, history_s=…))``. `model` is the dynamics."""
 
-    def __init__(self, model: MarketModel):
+    def __init__(self, model):
         self.model = model
         self.frames = {venue: cls(model) for venue, cls in WS_FRAMES.items()}
 
-    @classmethod
-    def build(cls, *args, **kwargs) -> "Market":
-        """A Market over a new MarketModel(*args, **kwargs)."""
-        return cls(MarketModel(*args, **kwargs))
 
     # -------------------------------------------------------------- WebSocket frames
     def ws_frames(self, venue: str, t_from_ms: int, t_to_ms: int,

@@ -5,7 +5,7 @@ are strings from integer cents and thousandths, times integer ms.
 """
 from __future__ import annotations
 
-from ...model import Block
+from ...blocks import Block
 
 SYMBOL = "BTCUSDT"
 AGG = "btcusdt@aggTrade"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from ...model import FUNDING_MS, MarketModel
+from ...blocks import FUNDING_MS
 from .frames import SYMBOL, px2, qty3
 
 PREFIXES = ("/fapi/", "/futures/data/")
@@ -66,7 +66,7 @@ def _agg_rest(tr) -> dict:
     return {"a": a, "p": px2(pc), "q": q, "nq": q, "f": f, "l": l, "T": T, "m": m}
 
 
-def _latest_mark(m: MarketModel, now: int):
+def _latest_mark(m, now: int):
     k = (now - 1) // 1000
     for kk in (k, k - 1):
         b = m.block(kk)
@@ -77,15 +77,15 @@ def _latest_mark(m: MarketModel, now: int):
 
 
 # ------------------------------------------------------------------ endpoints
-def time_(m: MarketModel, p: dict, now: int):
+def time_(m, p: dict, now: int):
     return 200, _dump({"serverTime": now})
 
 
-def ping(m: MarketModel, p: dict, now: int):
+def ping(m, p: dict, now: int):
     return 200, "{}"
 
 
-def exchange_info(m: MarketModel, p: dict, now: int):
+def exchange_info(m, p: dict, now: int):
     return 200, _dump({
         "timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
         "rateLimits": [
@@ -107,7 +107,7 @@ def exchange_info(m: MarketModel, p: dict, now: int):
     })
 
 
-def agg_trades(m: MarketModel, p: dict, now: int):
+def agg_trades(m, p: dict, now: int):
     _symbol(p)
     limit = _limit(p, 500, 1000)
     from_id = _int(p, "fromId")
@@ -148,7 +148,7 @@ def agg_trades(m: MarketModel, p: dict, now: int):
     return 200, _dump([_agg_rest(tr) for tr in out])
 
 
-def open_interest(m: MarketModel, p: dict, now: int):
+def open_interest(m, p: dict, now: int):
     _symbol(p)
     t = now - now % 10          # the real value refreshes in steps, not every ms
     return 200, _dump({"openInterest": f"{m.open_interest(t):.3f}", "symbol": SYMBOL, "time": t})
@@ -191,7 +191,7 @@ def _supply(t: int) -> float:
     return 19_850_000.0 + (t - 1_767_225_600_000) / 600_000 * 3.125
 
 
-def open_interest_hist(m: MarketModel, p: dict, now: int):
+def open_interest_hist(m, p: dict, now: int):
     _period, _P, times = _period_times(p, now)
     rows = []
     for t in times:
@@ -202,7 +202,7 @@ def open_interest_hist(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def global_ls_ratio(m: MarketModel, p: dict, now: int):
+def global_ls_ratio(m, p: dict, now: int):
     _period, _P, times = _period_times(p, now)
     rows = []
     for t in times:
@@ -213,7 +213,7 @@ def global_ls_ratio(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def top_ls_position_ratio(m: MarketModel, p: dict, now: int):
+def top_ls_position_ratio(m, p: dict, now: int):
     _period, _P, times = _period_times(p, now)
     rows = []
     for t in times:
@@ -224,7 +224,7 @@ def top_ls_position_ratio(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def taker_ls_ratio(m: MarketModel, p: dict, now: int):
+def taker_ls_ratio(m, p: dict, now: int):
     _period, P, times = _period_times(p, now)
     rows = []
     for t in times:
@@ -234,21 +234,21 @@ def taker_ls_ratio(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def _premium_row(m: MarketModel, now: int) -> dict:
+def _premium_row(m, now: int) -> dict:
     e, mark, index, settle, rate, next_t = _latest_mark(m, now)
     return {"symbol": SYMBOL, "markPrice": f"{mark:.8f}", "indexPrice": f"{index:.8f}",
             "estimatedSettlePrice": f"{settle:.8f}", "lastFundingRate": f"{rate:.8f}",
             "interestRate": "0.00010000", "nextFundingTime": next_t, "time": e}
 
 
-def premium_index(m: MarketModel, p: dict, now: int):
+def premium_index(m, p: dict, now: int):
     if p.get("symbol"):
         _symbol(p)
         return 200, _dump(_premium_row(m, now))
     return 200, _dump([_premium_row(m, now)])
 
 
-def funding_rate(m: MarketModel, p: dict, now: int):
+def funding_rate(m, p: dict, now: int):
     if p.get("symbol"):
         _symbol(p)
     limit = _limit(p, 100, 1000)
@@ -271,7 +271,7 @@ def funding_rate(m: MarketModel, p: dict, now: int):
     return 200, _dump(rows)
 
 
-def book_ticker(m: MarketModel, p: dict, now: int):
+def book_ticker(m, p: dict, now: int):
     if p.get("symbol"):
         _symbol(p)
     k = (now - 1) // 1000

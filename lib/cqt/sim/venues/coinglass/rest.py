@@ -4,13 +4,12 @@ Bars carry their OPEN time; a bar covers [time, time + interval).  The newest ba
 returned may still be forming: its values are computed up to "now" and change
 until the interval closes; older bars are final.  Envelope
 ``{"code":"0","msg":"success","data":[...]}``; numbers are strings or JSON
-numbers per endpoint exactly as in the official examples.
+numbers per endpoint exactly as in the official examples. Handlers get the
+`cqt.sim.market.Market`; the endpoint functions its ``model`` (m).
 """
 from __future__ import annotations
 
 import json
-
-from ...model import MarketModel
 
 PREFIXES = ("/api/",)
 
@@ -110,7 +109,7 @@ _AGG_LIQ_MULT = 4.2
 _AGG_TAKER_MULT = 3.0
 
 
-def oi_aggregated(m: MarketModel, p: dict, now: int):
+def oi_aggregated(m, p: dict, now: int):
     _need(p, "symbol")
     I, opens = _bars(p, now)
     if p["symbol"].upper() != "BTC":
@@ -132,7 +131,7 @@ def _pair_ok(p: dict) -> bool:
     return p["exchange"].lower() == "binance" and p["symbol"].upper() == "BTCUSDT"
 
 
-def oi_pair(m: MarketModel, p: dict, now: int):
+def oi_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     I, opens = _bars(p, now)
     if not _pair_ok(p):
@@ -145,7 +144,7 @@ def oi_pair(m: MarketModel, p: dict, now: int):
     return envelope(rows)
 
 
-def funding_history(m: MarketModel, p: dict, now: int):
+def funding_history(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     I, opens = _bars(p, now)
     if not _pair_ok(p):
@@ -158,7 +157,7 @@ def funding_history(m: MarketModel, p: dict, now: int):
     return envelope(rows)
 
 
-def liq_aggregated(m: MarketModel, p: dict, now: int):
+def liq_aggregated(m, p: dict, now: int):
     _need(p, "exchange_list", "symbol")
     I, opens = _bars(p, now)
     if p["symbol"].upper() != "BTC":
@@ -173,7 +172,7 @@ def liq_aggregated(m: MarketModel, p: dict, now: int):
     return envelope(rows)
 
 
-def liq_pair(m: MarketModel, p: dict, now: int):
+def liq_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     I, opens = _bars(p, now)
     if not _pair_ok(p):
@@ -196,7 +195,7 @@ def _ratio_rows(fn, prefix: str, opens, I, now):
     return rows
 
 
-def global_ls(m: MarketModel, p: dict, now: int):
+def global_ls(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     I, opens = _bars(p, now)
     if not _pair_ok(p):
@@ -204,7 +203,7 @@ def global_ls(m: MarketModel, p: dict, now: int):
     return envelope(_ratio_rows(m.long_account, "global_account", opens, I, now))
 
 
-def top_position(m: MarketModel, p: dict, now: int):
+def top_position(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     I, opens = _bars(p, now)
     if not _pair_ok(p):
@@ -212,7 +211,7 @@ def top_position(m: MarketModel, p: dict, now: int):
     return envelope(_ratio_rows(m.top_long_position, "top_position", opens, I, now))
 
 
-def taker_aggregated(m: MarketModel, p: dict, now: int):
+def taker_aggregated(m, p: dict, now: int):
     _need(p, "exchange_list", "symbol")
     I, opens = _bars(p, now)
     if p["symbol"].upper() != "BTC":
@@ -227,7 +226,7 @@ def taker_aggregated(m: MarketModel, p: dict, now: int):
     return envelope(rows)
 
 
-def taker_pair(m: MarketModel, p: dict, now: int):
+def taker_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     I, opens = _bars(p, now)
     if not _pair_ok(p):

@@ -11,7 +11,7 @@ import random
 import time
 from collections import OrderedDict
 
-from ...model import DAY_MS, UP_TICK, UPBIT_CODES, Block
+from ...blocks import DAY_MS, UP_TICK, UPBIT_CODES, Block
 
 TYPES = ("trade", "orderbook", "ticker")
 STREAMS = tuple(f"{c}@{t}" for c in UPBIT_CODES for t in TYPES)

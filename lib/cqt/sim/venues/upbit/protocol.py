@@ -19,7 +19,7 @@ import time
 from aiohttp import WSMsgType, web
 
 from ...limits import Limiter, SlidingCount
-from ...model import UPBIT_CODES
+from ...blocks import UPBIT_CODES
 from ...venue import VenueProtocol
 from ...wsio import BINARY, ws_frame
 from . import rest

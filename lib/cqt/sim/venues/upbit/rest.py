@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from ...model import DAY_MS, UPBIT_CODES
+from ...blocks import DAY_MS, UPBIT_CODES
 from .frames import utc_parts
 
 PREFIXES = ("/v1/",)
