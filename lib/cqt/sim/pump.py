@@ -7,8 +7,6 @@ import asyncio
 import json
 import logging
 
-from . import faults as flt
-
 log = logging.getLogger("cqt-sim")
 
 CHUNK_MS = 2000               # model time pumped at once
@@ -132,6 +130,6 @@ class Pump:
             if kind is None:
                 break
             n = sent.get(kind, 0)
-            text = flt.malformed_frame(venue, kind, template, n)
+            text = proto.malformed_frame(kind, template, n)
             sent[kind] = n + 1
             proto.push_malformed(targets, stream, kind, text)

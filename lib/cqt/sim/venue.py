@@ -40,6 +40,10 @@ class VenueProtocol:
     def replay(self, raw) -> None:
         """Send one captured frame to the connections subscribed to its stream."""
 
+    def malformed_frame(self, kind: str, template: dict, seq: int) -> str:
+        """A bad frame of `kind` (faults.MALFORMED_KINDS) made from the last real trade."""
+        raise NotImplementedError
+
     def push_malformed(self, targets, stream: str, kind: str, text: str) -> None:
         """Send one bad frame (a fault) to `targets`."""
 

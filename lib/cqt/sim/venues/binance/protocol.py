@@ -396,6 +396,31 @@ class Protocol(VenueProtocol):
         if delivered:
             sim.stat("binance:" + stream).sent(delivered, fid)
 
+    def malformed_frame(self, kind: str, template: dict, seq: int) -> str:
+        """One bad trade frame (a fault) built from the last real one: same ids, so a
+        collector that stores it creates no gap; it must reject it by content."""
+        d = dict(template)
+        if kind == "not_json":
+            return '{"e":"aggTrade","E":' + str(d.get("E", 0)) + ',"a":' + str(d.get("a", 0)) + ',"p":"1'
+        if kind == "missing_keys":
+            d.pop("p", None)
+            d.pop("q", None)
+        elif kind == "wrong_types":
+            d["p"] = float(d.get("p", "0") or 0)
+            d["a"] = str(d.get("a"))
+            d["m"] = "maybe"
+        elif kind == "nan":
+            d["p"] = "NaN"
+            d["q"] = "NaN"
+        elif kind == "negative_price":
+            d["p"] = "-" + str(d.get("p", "1"))
+        elif kind == "zero_price":
+            d["p"] = "0.00"
+        elif kind == "absurd_ts":
+            d["T"] = 0 if seq % 2 else 99_999_999_999_999
+            d["E"] = d["T"]
+        return json.dumps(d, separators=(",", ":"))
+
     def push_malformed(self, targets, stream: str, kind: str, text: str) -> None:
         bare = ws_frame(text.encode(), TEXT)
         comb = ws_frame(('{"stream":"' + stream + '","data":' + text + "}").encode(), TEXT) \

@@ -264,6 +264,31 @@ class Protocol(VenueProtocol):
         if delivered:
             self.sim.stat("upbit:" + stream).sent(delivered, _trade_id(stream, raw))
 
+    def malformed_frame(self, kind: str, template: dict, seq: int) -> str:
+        """One bad trade frame (a fault) built from the last real one: same ids, so a
+        collector that stores it creates no gap; it must reject it by content."""
+        d = dict(template)
+        if kind == "not_json":
+            return '{"type":"trade","code":"' + str(d.get("code", "KRW-BTC")) + '","trade_price":'
+        if kind == "missing_keys":
+            d.pop("trade_price", None)
+            d.pop("trade_volume", None)
+        elif kind == "wrong_types":
+            d["trade_price"] = str(d.get("trade_price"))
+            d["sequential_id"] = "sid-" + str(d.get("sequential_id"))
+            d["ask_bid"] = 1
+        elif kind == "nan":
+            s = json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+            return s.replace('"trade_price":' + json.dumps(d.get("trade_price")), '"trade_price":NaN', 1)
+        elif kind == "negative_price":
+            d["trade_price"] = -abs(float(d.get("trade_price", 1) or 1))
+        elif kind == "zero_price":
+            d["trade_price"] = 0.0
+        elif kind == "absurd_ts":
+            d["trade_timestamp"] = 0 if seq % 2 else 99_999_999_999_999
+            d["timestamp"] = d["trade_timestamp"]
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+
     def push_malformed(self, targets, stream: str, kind: str, text: str) -> None:
         fr = ws_frame(text.encode(), BINARY)
         for c in targets:
