@@ -13,8 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from freezegun import freeze_time
 
-from cqt import dataset
-from cqt.dataset import ExportError, ExportRequest, Threshold, read_metadata, run_export
+from cqt.export import labelling
+from cqt.export.parquet import read_metadata
+from cqt.export.request import ExportError, ExportRequest, ExportResult
+from cqt.export.run import run_export
+from cqt.export.threshold import Threshold
+from cqt.timeutil import parse_duration_ms
 from cqt.db import open_db
 from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
 
@@ -51,7 +55,7 @@ def make_db(path: Path, market: dict[int, dict], preds: dict[int, dict]) -> Path
     return path
 
 
-def export(db: Path, out: Path, **kw) -> dataset.ExportResult:
+def export(db: Path, out: Path, **kw) -> ExportResult:
     kw.setdefault("record", False)
     return run_export(db, ExportRequest(output=out, **kw))
 
@@ -84,7 +88,7 @@ def test_labels_exact_at_just_above_and_just_below_threshold(tmp_path):
     assert all(int(rows[T + i * S]["label_ts"].timestamp() * 1000) == T + (10 + i) * S for i in range(5))
     assert rows[T + 1 * S]["price_label"] == 1025.0001 and rows[T]["price_t0"] == 1024.0
     assert res.labels == {"UP": 1, "DOWN": 1, "NONE": 3}
-    assert res.drops == {k: 0 for k in dataset.DROP_REASONS}
+    assert res.drops == {k: 0 for k in labelling.DROP_REASONS}
 
 
 def test_drops_by_reason_add_up(tmp_path):
@@ -124,12 +128,12 @@ def test_label_ts_violation_is_counted_not_hidden(monkeypatch):
     t0 = np.array([T, T + S], dtype=np.int64)
     market = np.array([[T + i * S, 1024.0 + i, 1, 0, 0, 0, 0, 0] for i in range(30)])
     feats = np.zeros((2, 1))
-    ok = dataset.label_rows(t0, feats, ["f"], market, 10, 5, Threshold(), T + 29 * S, {}, ())
+    ok = labelling.label_rows(t0, feats, ["f"], market, 10, 5, Threshold(), T + 29 * S, {}, ())
     assert ok.keep.tolist() == [True, True] and ok.label_ts.tolist() == [T + 10 * S, T + 11 * S]
-    real = dataset.first_at_or_after
-    monkeypatch.setattr(dataset, "first_at_or_after", lambda ts, target: real(ts, target) - 1)
-    bad = dataset.label_rows(t0, feats, ["f"], market, 10, 5, Threshold(), T + 29 * S, {}, ())
-    assert [dataset.DROP_REASONS[r] for r in bad.reason] == ["label_ts_violation"] * 2
+    real = labelling.first_at_or_after
+    monkeypatch.setattr(labelling, "first_at_or_after", lambda ts, target: real(ts, target) - 1)
+    bad = labelling.label_rows(t0, feats, ["f"], market, 10, 5, Threshold(), T + 29 * S, {}, ())
+    assert [labelling.DROP_REASONS[r] for r in bad.reason] == ["label_ts_violation"] * 2
     assert not bad.keep.any()
 
 
@@ -175,12 +179,12 @@ def test_dynamic_threshold_pure_function_is_causal():
     ts = T + np.arange(n, dtype=np.int64) * S
     close = 1e8 * np.exp(np.cumsum(rng.normal(0, 2e-4, n)))
     t0s = ts[400:1000:37]
-    base = dataset.dynamic_threshold(ts, close, t0s, 120, 0.001, 1.0, 300)
+    base = labelling.dynamic_threshold(ts, close, t0s, 120, 0.001, 1.0, 300)
     assert np.isfinite(base).all()
     for j, t0 in enumerate(t0s):
         future = close.copy()
         future[ts > t0] *= np.exp(rng.normal(0, 0.05, (ts > t0).sum()))
-        assert dataset.dynamic_threshold(ts, future, t0s, 120, 0.001, 1.0, 300)[j] == base[j]
+        assert labelling.dynamic_threshold(ts, future, t0s, 120, 0.001, 1.0, 300)[j] == base[j]
 
 
 def test_threshold_parse():
@@ -296,7 +300,7 @@ def test_failure_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dataset.os, "fsync", boom)
+    monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(ExportError) as ei:
         export(db, out, horizon_sec=10)
     assert ei.value.code == 74 and "No space left" in str(ei.value)
@@ -310,7 +314,7 @@ def test_default_range_ends_at_newest_prediction_not_wall_clock(tmp_path):
     with freeze_time("2031-01-01T00:00:00Z"):
         res = export(db, tmp_path / "a.parquet", horizon_sec=10)
         assert (res.from_ms, res.to_ms) == (newest - 86_400 * S + S, newest)
-        res = export(db, tmp_path / "b.parquet", horizon_sec=10, last_ms=dataset.parse_duration_ms("1m"))
+        res = export(db, tmp_path / "b.parquet", horizon_sec=10, last_ms=parse_duration_ms("1m"))
         assert (res.from_ms, res.to_ms) == (newest - 59 * S, newest) and res.candidates == 60
         res = export(db, tmp_path / "c.parquet", horizon_sec=10, to_ms=T + 99 * S, last_ms=60_000)
         assert (res.from_ms, res.to_ms) == (T + 40 * S, T + 99 * S)
@@ -318,11 +322,11 @@ def test_default_range_ends_at_newest_prediction_not_wall_clock(tmp_path):
 
 
 def test_parse_duration():
-    assert dataset.parse_duration_ms("1h") == 3_600_000
-    assert dataset.parse_duration_ms("24h") == 86_400_000
-    assert dataset.parse_duration_ms("90s") == 90_000
+    assert parse_duration_ms("1h") == 3_600_000
+    assert parse_duration_ms("24h") == 86_400_000
+    assert parse_duration_ms("90s") == 90_000
     with pytest.raises(ValueError):
-        dataset.parse_duration_ms("0s")
+        parse_duration_ms("0s")
 
 
 # ------------------------------------------------------------------------------ end to end

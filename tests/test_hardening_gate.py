@@ -360,9 +360,9 @@ def test_stream_fill_counts_in_chunks(healthy):
 
 
 def test_nightly_runs_the_full_integrity_check(tmp_path):
-    from cqt import nightly
+    from cqt.nightly.steps import checks_command
     from cqt.config import load_settings
     settings = load_settings({"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_DB": str(tmp_path / "cqt.db")})
-    assert nightly.checks_command(settings)[-2:] == ["--integrity", "full"]
+    assert checks_command(settings)[-2:] == ["--integrity", "full"]
     custom = load_settings({"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_NIGHTLY_CHECKS_CMD": "sh my.sh"})
-    assert nightly.checks_command(custom) == ["sh", "my.sh"]
+    assert checks_command(custom) == ["sh", "my.sh"]

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cqt import nightly, outputs
+from cqt import outputs
+from cqt.nightly.steps import dated_copy, step_export, step_report
 from cqt.capture import CaptureWriter
 from cqt.config import load_settings
 from cqt.db import open_db
@@ -296,7 +297,7 @@ def settings_for(tmp_path: Path, db: Path, **env: str):
 def test_report_plots_on_a_full_disk_leave_no_png_tmp(tmp_path, tiny_disk):
     """The disk fills at every point of the report's writes (plots of ~55 KB, then the report), in
     8 KiB steps: whichever write hits ENOSPC, no temp file is left and finished files are whole."""
-    from cqt import report
+    from cqt.report.update import update_report
 
     db = make_db(tmp_path / "cqt.db", seconds=120)
     add_check_runs(db)
@@ -307,7 +308,7 @@ def test_report_plots_on_a_full_disk_leave_no_png_tmp(tmp_path, tiny_disk):
             p.unlink()
         fill_disk(tiny_disk, leave)
         try:
-            report.update_report(st, tiny_disk / "run.md", as_of_ms=T + 3_600 * S)
+            update_report(st, tiny_disk / "run.md", as_of_ms=T + 3_600 * S)
         except OSError as exc:
             assert exc.errno == 28
             failures += 1
@@ -335,19 +336,19 @@ def test_nightly_steps_refuse_foreign_files_and_keep_them(tmp_path):
     foreign = ds / "btc_1h.parquet"
     foreign.write_text("someone's notes\n")
     before = fingerprint(foreign)
-    step, res = nightly.step_export(st, "export_1h", foreign, "1h", 10, "fixed:0.001")
+    step, res = step_export(st, "export_1h", foreign, "1h", 10, "fixed:0.001")
     assert step.code == 2 and res is None and "refusing to write" in step.detail
     assert fingerprint(foreign) == before
-    step, res = nightly.step_export(st, "export_24h", ds / "btc_24h.parquet", "24h", 10, "fixed:0.001")
+    step, res = step_export(st, "export_24h", ds / "btc_24h.parquet", "24h", 10, "fixed:0.001")
     assert step.code == 0, step.detail
     day_file = ds / "btc_20260213.parquet"
     day_file.write_text("not a dataset\n")
     with pytest.raises(outputs.OutputRefused):
-        nightly.dated_copy(st, res)
+        dated_copy(st, res)
     assert day_file.read_text() == "not a dataset\n"
     (tmp_path / "r").mkdir()
     st.report.write_text("# an operator's file\n")
-    step = nightly.step_report(st)
+    step = step_report(st)
     assert step.code == 1 and "none of the cqt blocks" in step.detail
     assert st.report.read_text() == "# an operator's file\n"
 

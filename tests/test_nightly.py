@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cqt import nightly
+from cqt.nightly.job import summary_line
+from cqt.nightly.retention import clip, incremental_vacuum, merge_spans, retention
+from cqt.nightly.steps import Step, worst
 from cqt.config import load_settings
 from cqt.db import open_db
 from cqt.timeutil import now_ms
@@ -82,7 +84,7 @@ def test_real_runner_and_a_failing_export(tmp_path):
     assert steps["checks"]["exit_code"] != 0
     assert steps["export_1h"]["exit_code"] == 1 and "is cqt-aggregate running?" in steps["export_1h"]["detail"]
     assert steps["report"]["exit_code"] == 0 and steps["retention"]["exit_code"] == 0
-    assert r.returncode == out["exit_code"] == nightly.worst(s["exit_code"] for s in out["steps"]) >= 1
+    assert r.returncode == out["exit_code"] == worst(s["exit_code"] for s in out["steps"]) >= 1
     assert query(tmp_path / "cqt.db", "SELECT COUNT(*) FROM check_runs WHERE check_name = 'run_pipeline_checks'")[0][0] >= 1
     assert (tmp_path / "reports" / "step-alt-5.md").exists()
     assert not list((tmp_path / "datasets").glob("*.parquet"))
@@ -98,11 +100,11 @@ def test_second_nightly_refuses_while_one_runs(tmp_path):
 
 
 def test_worst_code_and_summary():
-    assert nightly.worst([0, 1, 0]) == 1
-    assert nightly.worst([0, 3, 1]) == 3
-    assert nightly.worst([0, 127]) == 1 and nightly.worst([-9]) == 1 and nightly.worst([]) == 0
-    steps = [nightly.Step("checks", 1), nightly.Step("export_1h", 0, data={"rows": 5}), nightly.Step("report", 0)]
-    line = nightly.summary_line(steps, 1.25)
+    assert worst([0, 1, 0]) == 1
+    assert worst([0, 3, 1]) == 3
+    assert worst([0, 127]) == 1 and worst([-9]) == 1 and worst([]) == 0
+    steps = [Step("checks", 1), Step("export_1h", 0, data={"rows": 5}), Step("report", 0)]
+    line = summary_line(steps, 1.25)
     assert line == "nightly: exit=1 checks=1 export_1h=0 report=0 export_1h_rows=5 elapsed_s=1.2 failed=checks"
 
 
@@ -161,7 +163,7 @@ def test_retention_deletes_only_old_and_exported(tmp_path):
         (caps / name).write_bytes(b"x")
     st = load_settings({"CQT_ENV_FILE": "/dev/null", "CQT_DB": str(tmp_path / "cqt.db"), "CQT_KEEP_DAYS": str(keep),
                         "CQT_CAPTURE_DIR": str(caps)})
-    step = nightly.retention(st, now=NOW)
+    step = retention(st, now=NOW)
     assert step.code == 0
     db = tmp_path / "cqt.db"
     left = {r[0] for r in query(db, "SELECT trade_ts_ms FROM upbit_trades")}
@@ -182,12 +184,12 @@ def test_retention_deletes_only_old_and_exported(tmp_path):
          "notes.txt"])
     assert "vacuum=" in step.detail and step.data["checkpoint"][0] == 0
     # a second run finds nothing more to delete
-    assert sum(nightly.retention(st, now=NOW).data["deleted"].values()) == 0
+    assert sum(retention(st, now=NOW).data["deleted"].values()) == 0
 
 
 def test_merge_and_clip():
-    assert nightly.merge_spans([(0, 10_000), (11_000, 20_000), (40_000, 50_000)]) == [(0, 20_000), (40_000, 50_000)]
-    assert nightly.clip([(0, 100), (200, 300)], 250) == [(0, 100), (200, 249)]
+    assert merge_spans([(0, 10_000), (11_000, 20_000), (40_000, 50_000)]) == [(0, 20_000), (40_000, 50_000)]
+    assert clip([(0, 100), (200, 300)], 250) == [(0, 100), (200, 249)]
 
 
 def test_incremental_vacuum_when_enabled(tmp_path):
@@ -199,5 +201,5 @@ def test_incremental_vacuum_when_enabled(tmp_path):
     conn.execute("COMMIT")
     conn.execute("DELETE FROM t")
     assert conn.execute("PRAGMA freelist_count").fetchone()[0] > 100
-    msg = nightly.incremental_vacuum(conn)
+    msg = incremental_vacuum(conn)
     assert msg.startswith("vacuum=incremental(freed_pages=") and conn.execute("PRAGMA freelist_count").fetchone()[0] == 0

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas  # noqa: F401 - imported before freezegun patches datetime (C extensions check its size)
@@ -12,7 +13,10 @@ import pyarrow.parquet  # noqa: F401
 import pytest
 from freezegun import freeze_time
 
-from cqt import journal, report
+from cqt import bookkeeping, journal
+from cqt.report import blocks, context, sections
+from cqt.report.text import fmt_duration
+from cqt.report.update import ReportOutcome, update_report
 from cqt.config import load_settings
 from cqt.db import open_db
 from cqt.timeutil import parse_time_ms
@@ -22,7 +26,7 @@ EXPECTED = Path(__file__).resolve().parent / "expected"
 S = parse_time_ms("2026-02-22T01:00:00Z")       # collection start: first collector heartbeat
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 SECRET = "cgSECRETkey1234567"
-COLLECTORS = report.COLLECTORS
+COLLECTORS = bookkeeping.COLLECTORS
 BLOCK_ORDER = ("status", "dod", "checks-oneclick", "checks-modules", "export-1h", "export-24h", "operations",
                "top-errors")
 
@@ -75,7 +79,7 @@ def build_scenario(db: Path, datasets: Path, gap_binance_at: int | None = S + 24
     chk = []
     for k in range(0, 25 * 6 + 1):
         t = S + k * 10 * MIN
-        codes = {m: 0 for m in report.MODULES}
+        codes = {m: 0 for m in bookkeeping.MODULES}
         failed: dict[str, list[str]] = {}
         if k == 0:
             codes["coinglass_check"] = 1
@@ -83,7 +87,7 @@ def build_scenario(db: Path, datasets: Path, gap_binance_at: int | None = S + 24
         if k == 6:
             codes["altdata_check"] = 1
             failed["altdata_check"] = ["binance.aggTrade.lag_s", "binance.markPrice.fill"]
-        for i, m in enumerate(report.MODULES):      # the runner records each check, then itself
+        for i, m in enumerate(bookkeeping.MODULES):      # the runner records each check, then itself
             chk.append((t + 100 * i, m, 600, t, codes[m], _module_summary(m, codes[m], t, failed.get(m, []))))
         rc = max(codes.values())
         chk.append((t + 500, "run_pipeline_checks", 600, t, rc, json.dumps(
@@ -123,20 +127,20 @@ def settings_for(db: Path, tmp_path: Path, **env):
     return load_settings(base)
 
 
-def fill(settings, at_ms: int, **kw) -> report.ReportOutcome:
-    with freeze_time(report.datetime.fromtimestamp(at_ms / 1000, tz=report.timezone.utc)):
-        return report.update_report(settings, plots=kw.pop("plots", False), journal_mode="events", **kw)
+def fill(settings, at_ms: int, **kw) -> ReportOutcome:
+    with freeze_time(datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc)):
+        return update_report(settings, plots=kw.pop("plots", False), journal_mode="events", **kw)
 
 
 def blocks_text(path: Path) -> str:
     """The generated parts of a report, in a fixed order, for comparison with tests/expected."""
-    b = report.find_blocks(path.read_text(encoding="utf-8"))
-    names = [n for n in BLOCK_ORDER] + sorted(n for n in b if n.startswith(report.RUN_LOG_PREFIX))
+    b = blocks.find_blocks(path.read_text(encoding="utf-8"))
+    names = [n for n in BLOCK_ORDER] + sorted(n for n in b if n.startswith(blocks.RUN_LOG_PREFIX))
     return "".join(f"<!-- {n} -->\n{b[n]}" for n in names)
 
 
 def strip_blocks(text: str) -> str:
-    return report.BLOCK_RE.sub(lambda m: f"<!-- {m.group('name')} -->", text)
+    return blocks.BLOCK_RE.sub(lambda m: f"<!-- {m.group('name')} -->", text)
 
 
 def check_expected(name: str, actual: str) -> None:
@@ -156,7 +160,7 @@ def test_report_at_milestones(scenario, tmp_path, label, offset):
     assert res.written and res.missing_blocks == []
     text = blocks_text(res.path)
     check_expected(f"report_{label}.md", text)
-    b = report.find_blocks(res.path.read_text(encoding="utf-8"))
+    b = blocks.find_blocks(res.path.read_text(encoding="utf-8"))
     assert SECRET not in res.path.read_text(encoding="utf-8")
     if label == "5m":
         # nothing of section 4 is known 5 minutes in
@@ -170,14 +174,14 @@ def test_report_at_milestones(scenario, tmp_path, label, offset):
         assert "| 1시간 후 | 1 | ❌ FAIL — altdata_check FAIL" in b["checks-oneclick"]
         assert "| 파일 크기 | 704.5 KiB (721,398 bytes) |" in b["export-1h"] and "⏳" in b["export-24h"]
     if label == "24h":
-        assert "⏳" not in "".join(b[n] for n in report.SECTION_BLOCKS)
+        assert "⏳" not in "".join(b[n] for n in sections.SECTION_BLOCKS)
         assert b["dod"].count("[x]") == 4, b["dod"]
         assert "24시간 0분" in b["operations"]
 
 
 def test_gap_breaks_continuity(scenario, tmp_path):
     res = fill(settings_for(scenario, tmp_path), S + 25 * HOUR)
-    ops = report.find_blocks(res.path.read_text(encoding="utf-8"))["operations"]
+    ops = blocks.find_blocks(res.path.read_text(encoding="utf-8"))["operations"]
     # the last heartbeat before the 70 s hole is at +24 h 29 min 50 s
     assert "cqt-collect-binance: 최장 24시간 29분, 끊김 1회" in ops and "cqt-poll-binance: 최장 25시간 0분" in ops
     assert "- 연속 구동 시간: 24시간 29분 (2026-02-22 01:00 UTC → 2026-02-23 01:29 UTC" in ops
@@ -187,12 +191,12 @@ def test_gap_breaks_continuity(scenario, tmp_path):
 
 
 def test_heartbeat_spans_and_intersection():
-    spans = report.heartbeat_spans([0, 10, 20, 51, 60, 70, 200], 30)
+    spans = context.heartbeat_spans([0, 10, 20, 51, 60, 70, 200], 30)
     assert spans == [(0, 20), (51, 70), (200, 200)]
-    assert report.intersect([(0, 100), (150, 300)], [(50, 200)]) == [(50, 100), (150, 200)]
-    assert report.overlap_ms([(0, 100), (150, 300)], 50, 200) == 100
-    assert report.fmt_duration(DAY) == "24시간 0분" and report.fmt_duration(3 * DAY + HOUR) == "3일 1시간 0분"
-    assert report.fmt_duration(90_000) == "1분 30초"
+    assert context.intersect([(0, 100), (150, 300)], [(50, 200)]) == [(50, 100), (150, 200)]
+    assert context.overlap_ms([(0, 100), (150, 300)], 50, 200) == 100
+    assert fmt_duration(DAY) == "24시간 0분" and fmt_duration(3 * DAY + HOUR) == "3일 1시간 0분"
+    assert fmt_duration(90_000) == "1분 30초"
 
 
 # ------------------------------------------------------------------------------ in place, idempotent
@@ -220,8 +224,8 @@ def test_operator_text_preserved_and_runs_idempotent(scenario, tmp_path):
     # a second, fresh report at the same time gives the same blocks
     other = tmp_path / "other.md"
     fill(st, S + DAY, out=other)
-    assert report.find_blocks(other.read_text(encoding="utf-8")) == \
-        {k: v for k, v in report.find_blocks(after).items() if k != "run-log:2026-02-22"}
+    assert blocks.find_blocks(other.read_text(encoding="utf-8")) == \
+        {k: v for k, v in blocks.find_blocks(after).items() if k != "run-log:2026-02-22"}
 
 
 def test_run_log_section_replaced_on_same_day(scenario, tmp_path):
@@ -231,16 +235,16 @@ def test_run_log_section_replaced_on_same_day(scenario, tmp_path):
     fill(st, S + 2 * HOUR)                                # same date: replaced, not duplicated
     text = path.read_text(encoding="utf-8")
     assert text.count("<!-- cqt:begin run-log:2026-02-22 -->") == 1
-    assert "→ 2026-02-22 03:00 UTC" in report.find_blocks(text)["run-log:2026-02-22"]
+    assert "→ 2026-02-22 03:00 UTC" in blocks.find_blocks(text)["run-log:2026-02-22"]
     path.write_text(text + "운영자: 첫날 메모\n", encoding="utf-8")
     fill(st, S + 23 * HOUR)                               # 2026-02-23: a new section after the memo
     fill(st, S + 23 * HOUR + 30 * MIN)
     text = path.read_text(encoding="utf-8")
     assert text.count("<!-- cqt:begin run-log:2026-02-23 -->") == 1
     assert text.index("run-log:2026-02-22") < text.index("운영자: 첫날 메모") < text.index("run-log:2026-02-23")
-    day2 = report.find_blocks(text)["run-log:2026-02-23"]
+    day2 = blocks.find_blocks(text)["run-log:2026-02-23"]
     assert "→ 2026-02-23 00:30 UTC" in day2
-    assert "→ 2026-02-22 03:00 UTC" in report.find_blocks(text)["run-log:2026-02-22"]      # the old day stays
+    assert "→ 2026-02-22 03:00 UTC" in blocks.find_blocks(text)["run-log:2026-02-22"]      # the old day stays
 
 
 # ------------------------------------------------------------------------------ top 5
@@ -250,7 +254,7 @@ def _top_lines(block: str) -> list[str]:
 
 def test_top5_from_events_grouped_ranked_redacted(scenario, tmp_path):
     res = fill(settings_for(scenario, tmp_path), S + DAY)
-    block = report.find_blocks(res.path.read_text(encoding="utf-8"))["top-errors"]
+    block = blocks.find_blocks(res.path.read_text(encoding="utf-8"))["top-errors"]
     lines = _top_lines(block)
     assert len(lines) == 5
     assert "출처: events 테이블" in block and "경고/오류 34건" in block
@@ -270,7 +274,7 @@ def test_top5_from_recorded_journal_export(scenario, tmp_path):
     assert any(e.message.startswith("reconnecting") and e.service == "cqt-collect-binance" for e in entries)
     st = settings_for(scenario, tmp_path)
     res = fill(st, S + DAY, journal_lines=lines)
-    block = report.find_blocks(res.path.read_text(encoding="utf-8"))["top-errors"]
+    block = blocks.find_blocks(res.path.read_text(encoding="utf-8"))["top-errors"]
     top = _top_lines(block)
     assert "출처: journal JSON 파일" in block
     assert re.match(r"^1\. +3회 +WARNING +cqt-collect-binance +reconnecting in \d+ s", top[0]), top
@@ -312,16 +316,17 @@ def test_journal_line_parser():
 # ------------------------------------------------------------------------------ plots
 def test_plots_are_png(tmp_path):
     from bench.export_24h import build_synthetic_db
-    from cqt.dataset import ExportRequest, run_export
+    from cqt.export.request import ExportRequest
+    from cqt.export.run import run_export
 
     db = build_synthetic_db(tmp_path / "cqt.db", hours=2.0, end_ms=S + 2 * HOUR)
     conn = sqlite3.connect(db)
     conn.executemany("INSERT INTO check_runs (ts_ms, check_name, window_s, exit_code, summary_json) VALUES (?,?,?,?,?)",
                      [(S + k * 10 * MIN, n, 600, 1 if (k + i) % 7 == 0 else 0, "{}")
-                      for k in range(12) for i, n in enumerate(["run_pipeline_checks", *report.MODULES])])
+                      for k in range(12) for i, n in enumerate(["run_pipeline_checks", *bookkeeping.MODULES])])
     conn.commit()
     conn.close()
-    with freeze_time(report.datetime.fromtimestamp((S + HOUR) / 1000, tz=report.timezone.utc)):
+    with freeze_time(datetime.fromtimestamp((S + HOUR) / 1000, tz=timezone.utc)):
         run_export(db, ExportRequest(output=tmp_path / "ds" / "btc_24h.parquet"))
     st = settings_for(db, tmp_path)
     res = fill(st, S + 2 * HOUR, plots=True)
@@ -334,7 +339,7 @@ def test_plots_are_png(tmp_path):
         img = mpimg.imread(p)
         assert img.shape[0] > 200 and img.shape[1] > 300
         assert img.std() > 0.01                              # not a blank canvas
-    block = report.find_blocks(res.path.read_text(encoding="utf-8"))["plots"]
+    block = blocks.find_blocks(res.path.read_text(encoding="utf-8"))["plots"]
     assert block.count("](step-alt-5-") == 4
     # a plot whose data is gone is not linked, and its old file is removed
     conn = sqlite3.connect(db)
@@ -343,7 +348,7 @@ def test_plots_are_png(tmp_path):
     conn.close()
     res = fill(st, S + 2 * HOUR, plots=True)
     assert not (res.path.parent / "step-alt-5-checks.png").exists()
-    assert "checks.png" not in report.find_blocks(res.path.read_text(encoding="utf-8"))["plots"]
+    assert "checks.png" not in blocks.find_blocks(res.path.read_text(encoding="utf-8"))["plots"]
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -377,7 +382,7 @@ def test_milestone_takes_only_a_run_before_the_next_milestone(tmp_path):
                  "VALUES (?, 'run_pipeline_checks', 600, 0, '{}')", (S + 5 * HOUR,))
     conn.close()
     res = fill(settings_for(tmp_path / "cqt.db", tmp_path), S + 6 * HOUR)
-    b = report.find_blocks(res.path.read_text(encoding="utf-8"))
+    b = blocks.find_blocks(res.path.read_text(encoding="utf-8"))
     rows = b["checks-oneclick"].splitlines()[2:]
     assert rows[0] == "| 10분 후 | 기록 없음 | 기록 없음 |"
     assert rows[1].startswith("| 1시간 후 | 0 | ✅ PASS · 2026-02-22 06:00 UTC (시작 +5시간 0분)")
@@ -394,12 +399,12 @@ def test_not_running_once_every_collector_stopped_cleanly(scenario, tmp_path):
     shutil.copy(scenario, db)
     conn = sqlite3.connect(db)
     end = conn.execute("SELECT MAX(ts_ms) FROM heartbeats").fetchone()[0]
-    for svc in report.COLLECTORS:
+    for svc in bookkeeping.COLLECTORS:
         conn.execute("INSERT OR REPLACE INTO heartbeats VALUES (?, ?, 'stopped', '{}')", (svc, end + 1000))
     conn.commit()
     conn.close()
-    ops = report.find_blocks(fill(settings_for(db, tmp_path), end + 5000).path.read_text(encoding="utf-8"))["operations"]
+    ops = blocks.find_blocks(fill(settings_for(db, tmp_path), end + 5000).path.read_text(encoding="utf-8"))["operations"]
     assert "종료/중단 시각:" in ops and "현재 구동 중" not in ops
-    ops_running = report.find_blocks(fill(settings_for(scenario, tmp_path / "r"), end + 5000).path
+    ops_running = blocks.find_blocks(fill(settings_for(scenario, tmp_path / "r"), end + 5000).path
                                      .read_text(encoding="utf-8"))["operations"]
     assert "현재 구동 중" in ops_running

@@ -27,6 +27,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
+from .bookkeeping import EXPORT_24H, MODULES, RUNNER, check_codes_between, latest_export  # noqa: E402
 from .outputs import PNG_SOFTWARE, guard_output, write_atomic  # noqa: E402
 
 HOUR, DAY = 3_600_000, 86_400_000
@@ -185,8 +186,7 @@ def plot_labels(export: dict[str, Any] | None, path: Path, t: dict[str, str]) ->
 
 
 def plot_checks(conn: sqlite3.Connection, path: Path, lo: int, hi: int, names: list[str], t: dict[str, str]) -> bool:
-    rows = conn.execute("SELECT ts_ms, check_name, exit_code FROM check_runs WHERE ts_ms >= ? AND ts_ms <= ? "
-                        "ORDER BY ts_ms, id", (lo, hi)).fetchall()
+    rows = check_codes_between(conn, lo, hi)
     if not rows:
         return False
     order = names + sorted({r[1] for r in rows} - set(names))
@@ -215,8 +215,6 @@ def plot_checks(conn: sqlite3.Connection, path: Path, lo: int, hi: int, names: l
 def make_plots(conn: sqlite3.Connection, settings: Any, out_dir: Path, stem: str, ctx: Any) -> list[Plot]:
     """Draw every plot that has data; return the ones drawn (in report order). Every target
     passes the output guard before the first is drawn (OutputRefused otherwise)."""
-    from .report import EXPORT_24H, MODULES, RUNNER, latest_export
-
     paths = {name: guard_output(out_dir / f"{stem}-{name}.png", "png", db_path=settings.db) for name in PLOT_NAMES}
     font = cjk_font()
     lang = "ko" if font else "en"

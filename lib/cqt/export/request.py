@@ -1,0 +1,95 @@
+"""What an export is asked (ExportRequest, with the limits from the settings) and what it made
+(ExportResult), and the error that says why no file was written."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..timeutil import fmt_ms
+from .labelling import STALE_SOURCES
+from .threshold import Threshold
+
+DEFAULT_HORIZON_S = 120
+
+
+class ExportError(Exception):
+    """An export that did not produce a file; `code` is the exit code."""
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass
+class ExportRequest:
+    output: Path
+    horizon_sec: int = DEFAULT_HORIZON_S
+    from_ms: int | None = None
+    to_ms: int | None = None
+    last_ms: int | None = None
+    threshold: Threshold = field(default_factory=Threshold)
+    max_delay_s: int = 5
+    allow_missing: tuple[str, ...] = ()      # feature columns that may be NULL; ("all",) for every one
+    stale_limits_s: dict[str, float] = field(default_factory=lambda: {s[0]: s[3] for s in STALE_SOURCES})
+    record: bool = True
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    size_bytes: int
+    rows: int
+    candidates: int
+    drops: dict[str, int]
+    drop_details: dict[str, dict[str, int]]
+    labels: dict[str, int]
+    volatility: dict[str, float | None]
+    from_ms: int
+    to_ms: int
+    horizon_sec: int
+    threshold: Threshold
+    elapsed_s: float
+    code_version: str
+    recorded: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        total = max(self.rows, 1)
+        return {
+            "output": str(self.output),
+            "size_bytes": self.size_bytes,
+            "rows": self.rows,
+            "candidates": self.candidates,
+            "drops": dict(self.drops),
+            "drops_total": sum(self.drops.values()),
+            "label_ts_violation": self.drops["label_ts_violation"],
+            "drop_details": self.drop_details,
+            "labels": dict(self.labels),
+            "label_pct": {k: round(100.0 * v / total, 2) for k, v in self.labels.items()},
+            "volatility": dict(self.volatility),
+            "from_ts_ms": self.from_ms,
+            "to_ts_ms": self.to_ms,
+            "from": fmt_ms(self.from_ms),
+            "to": fmt_ms(self.to_ms),
+            "horizon_sec": self.horizon_sec,
+            "threshold": self.threshold.spec,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "code_version": self.code_version,
+            "recorded": self.recorded,
+        }
+
+
+def settings_request(settings: Settings, output: Path, **kw: Any) -> ExportRequest:
+    """An ExportRequest with the limits from the settings (CQT_LABEL_MAX_DELAY_S, CQT_EXPORT_MAX_AGE_*)."""
+    limits = {name: settings.get_float(var, default, minimum=0) for name, _col, var, default in STALE_SOURCES}
+    # Defaults an operator (or the nightly unit) can set once in .env instead of on every command line.
+    if kw.get("allow_missing") is None:
+        kw["allow_missing"] = split_columns(settings.get_str("CQT_EXPORT_ALLOW_MISSING", ""))
+    if kw.get("horizon_sec") is None:
+        kw["horizon_sec"] = settings.get_int("CQT_EXPORT_HORIZON_S", DEFAULT_HORIZON_S, minimum=1)
+    return ExportRequest(output=output, max_delay_s=settings.label_max_delay_s, stale_limits_s=limits, **kw)
+
+
+def split_columns(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())

@@ -1,0 +1,29 @@
+"""cqt-nightly: the nightly job that cron / cqt-scheduler call.
+
+Steps, in order; a failing step never stops the later ones:
+
+    1. checks      checks/run_pipeline_checks.sh --window 600 --db DB   (a subprocess;
+                   CQT_NIGHTLY_CHECKS_CMD replaces the command)
+    2. export_1h   CQT_DATASET_DIR/btc_1h.parquet   (the hour ending at the newest predictions row)
+    3. export_24h  CQT_DATASET_DIR/btc_24h.parquet  + dated copy btc_YYYYMMDD.parquet
+                   (YYYYMMDD = UTC date of the data's end)
+    4. report      CQT_REPORT (tables, plots, the run log section of that date)
+    5. retention   rows older than CQT_KEEP_DAYS deleted - market data only where an export
+                   whose file still exists covers them; bookkeeping by age; old rotated captures
+                   likewise; then a WAL checkpoint and an incremental vacuum
+
+Every file it writes (exports, dated copy, report, plots) passes the output guard
+(`cqt.outputs`) first: a refused target is that step's exit 2, and nothing is written to it.
+
+Exit code = the worst step's (the highest code; codes outside 0/1/2/3/74/78 count as 1).
+One summary line on stdout; step details on stderr (both end up in the journal).
+
+The modules, each importing only those above it:
+
+    steps      Step, the exit-code rule (worst), the checks / export / dated copy / report steps
+    retention  the retention step (deletes covered by exports, bookkeeping by age, captures, vacuum)
+    job        run_nightly (the order) and the summary line
+    cli        the `cqt-nightly` command (the lock, --json)
+"""
+
+from .cli import main  # noqa: F401,E402 - cqt.cli.PROGRAMS names cqt.nightly:main until it names cqt.nightly.cli:main
