@@ -14,10 +14,12 @@ from pathlib import Path
 import click
 
 from . import exitcodes
+from .bookkeeping import latest_checks, latest_heartbeats, recent_events
 from .config import ROOT, ConfigError, is_placeholder, load_settings
 from .db import DatabaseMissing, SchemaTooNew, check_version, connect, latest_version, wal_size
 from .options import db_option, json_option
 from .timeutil import fmt_ms, now_ms
+from .units import fmt_bytes
 
 # (name, what makes it right) — the seed's required keys.
 REQUIRED_KEYS = ("COINGLASS_ENABLED", "COINGLASS_API_KEY")
@@ -121,14 +123,6 @@ def _fmt_age(ms: int | None) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def gather_status(db_path: Path, now: int | None = None) -> dict:
     """Everything `cqt status` shows, as data (also for --json and tests)."""
     now = now_ms() if now is None else now
@@ -142,10 +136,7 @@ def gather_status(db_path: Path, now: int | None = None) -> dict:
             return out
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         services = []
-        for svc, ts, state, detail in conn.execute(
-                "SELECT h.service, h.ts_ms, h.state, h.detail FROM heartbeats h JOIN "
-                "(SELECT service, MAX(ts_ms) AS m FROM heartbeats GROUP BY service) l "
-                "ON h.service = l.service AND h.ts_ms = l.m ORDER BY h.service"):
+        for svc, ts, state, detail in latest_heartbeats(conn):
             d = json.loads(detail) if detail else {}
             services.append({"service": svc, "age_ms": now - ts, "state": state, "status": d.get("status", ""),
                              "queue_depth": (d.get("writer") or {}).get("queue_depth")})
@@ -161,17 +152,10 @@ def gather_status(db_path: Path, now: int | None = None) -> dict:
             rows.append({"table": table, "rows_10m": n, "newest_ms": newest,
                          "age_ms": None if newest is None else now - newest})
         out["tables"] = rows
-        out["checks"] = [
-            {"check": c, "ts_ms": ts, "exit_code": code}
-            for c, ts, code in conn.execute(
-                "SELECT c.check_name, c.ts_ms, c.exit_code FROM check_runs c JOIN "
-                "(SELECT check_name, MAX(ts_ms) AS m FROM check_runs GROUP BY check_name) l "
-                "ON c.check_name = l.check_name AND c.ts_ms = l.m ORDER BY c.check_name")]
+        out["checks"] = [{"check": c, "ts_ms": ts, "exit_code": code} for c, ts, code in latest_checks(conn)]
         out["errors"] = [
             {"last_ts_ms": ts, "service": s, "level": lvl, "message": msg, "count": n}
-            for ts, s, lvl, msg, n in conn.execute(
-                "SELECT last_ts_ms, service, level, message, count FROM events WHERE last_ts_ms >= ? "
-                "ORDER BY last_ts_ms DESC LIMIT 8", (now - 3_600_000,))]
+            for ts, s, lvl, msg, n in recent_events(conn, now - 3_600_000, limit=8)]
         out["open_gaps"] = conn.execute("SELECT COUNT(*) FROM gaps WHERE status = 'open'").fetchone()[0]
     finally:
         conn.close()
@@ -185,7 +169,7 @@ def render_status(st: dict) -> str:
     if st.get("empty"):
         lines.append("the database has no schema yet: no cqt service has started against it.")
         return "\n".join(lines)
-    lines.append(f"database {_fmt_bytes(st['db_bytes'])}, WAL {_fmt_bytes(st['wal_bytes'])}, "
+    lines.append(f"database {fmt_bytes(st['db_bytes'])}, WAL {fmt_bytes(st['wal_bytes'])}, "
                  f"schema v{st['schema_version']}/{latest_version()}, open gaps {st['open_gaps']}")
     lines.append("")
     lines.append("SERVICE               HEARTBEAT  STATE         STATUS")
