@@ -99,6 +99,7 @@ class Service:
         self._totals: dict[str, list[int]] = {}
         self._count_lock = threading.Lock()
         self._fail_lock = threading.Lock()
+        self._failed = False
         self.started_ms = now_ms()
         self.writer = BatchWriter(settings.db, service=name, on_fatal=self._on_fatal,
                                   **{"secrets": settings.secrets, "clock": clock, **(writer_kwargs or {})})
@@ -168,13 +169,14 @@ class Service:
         (the first failure wins), and a deadline so a main loop that does not notice still ends."""
         reason = redact(reason, self.settings.secrets, limit=500)
         with self._fail_lock:
-            if self.exit_code is not None:
+            if self._failed:
                 return
-            # Together, so whoever sees the exit code also sees the service stopping.
-            self.stop_reason = reason
-            self.exit_code = code
-            self.stopping.set()
+            self._failed = True
         log.error("stopping: %s exit_code=%d", reason, code)
+        # Together, after the line: whoever sees the exit code also sees the service stopping.
+        self.stop_reason = reason
+        self.exit_code = code
+        self.stopping.set()
         self._arm_deadline()
 
     def _arm_deadline(self) -> None:
