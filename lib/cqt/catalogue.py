@@ -197,7 +197,7 @@ def markdown_table() -> str:
     lines = ["| feature | unit | sources | look-back | valid | null-rate limit | description |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for f in FEATURES:
-        valid = f.valid.text() if f.valid else "finite"
+        valid = f.valid.text().replace("|", "\\|") if f.valid else "finite"   # a pipe would end the cell
         if f.valid and f.valid.env:
             valid += f" (`{f.valid.env}`)"
         look = f"{f.window_s} s" if f.window_s else "at t (carried)"

@@ -14,6 +14,7 @@ from typing import Any
 
 from .catalogue import BN_RET_WINDOWS, KIMCHI_CHG_S, LIQ_WINDOW_S, OI_CHG_S, WINDOW_S
 from .config import ConfigError
+from .symbols import coinglass_coin_of_binance
 from .timerule import PERIOD_MS
 
 SECOND_MS = 1000
@@ -69,19 +70,20 @@ def params_from_settings(settings: Any) -> FeatureParams:
     upbit = next((c for c in codes if c.startswith("KRW-BTC")), "KRW-BTC")
     usdt = next((c for c in codes if c.startswith("KRW-USDT")), "KRW-USDT")
     sym = settings.binance_symbol
-    ls_period = settings.get_str("CQT_AGGREGATE_LS_PERIOD", "5m")
+    ls_period = settings.get_str("CQT_AGGREGATE_LS_PERIOD")
     if ls_period not in PERIOD_MS:
         raise ConfigError("CQT_AGGREGATE_LS_PERIOD", f"{ls_period!r} is not one of {', '.join(PERIOD_MS)}")
     return FeatureParams(
         upbit_code=upbit, usdt_code=usdt, binance_symbol=sym,
-        # at most a day each: a carry or horizon sets how far back every computation reads
-        horizon_sec=settings.get_int("CQT_AGGREGATE_HORIZON_S", 120, minimum=1, maximum=86_400),
-        carry_s=settings.get_int("CQT_AGGREGATE_CARRY_S", 600, minimum=1, maximum=86_400),
-        usdt_carry_s=settings.get_int("CQT_AGGREGATE_USDT_CARRY_S", 3600, minimum=1, maximum=86_400),
-        oi_carry_s=settings.get_int("CQT_AGGREGATE_OI_CARRY_S", 300, minimum=1, maximum=86_400),
+        # defaults and bounds (at most a day each) declared in the settings registry
+        horizon_sec=settings.get_int("CQT_AGGREGATE_HORIZON_S"),
+        carry_s=settings.get_int("CQT_AGGREGATE_CARRY_S"),
+        usdt_carry_s=settings.get_int("CQT_AGGREGATE_USDT_CARRY_S"),
+        oi_carry_s=settings.get_int("CQT_AGGREGATE_OI_CARRY_S"),
         ls_period=ls_period,
-        cg_symbol=settings.get_str("CQT_AGGREGATE_CG_SYMBOL", sym.removesuffix("USDT") or sym),
-        cg_exchange=settings.get_str("CQT_AGGREGATE_CG_EXCHANGE", "Binance"),
+        # the coin the Coinglass collector derives from the same symbol (cqt.symbols)
+        cg_symbol=settings.get_str("CQT_AGGREGATE_CG_SYMBOL", coinglass_coin_of_binance(sym)),
+        cg_exchange=settings.get_str("CQT_AGGREGATE_CG_EXCHANGE"),
         cg_interval=settings.coinglass_interval,
         cg_delay_s=settings.coinglass_delay_s,
     )

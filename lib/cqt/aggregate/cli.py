@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from .. import exitcodes
-from ..clicktypes import TIME
 from ..config import ConfigError
 from ..db import DatabaseMissing, is_fatal_io
+from ..options import db_option, from_to_options, json_option
 from ..runtime import load_settings_or_exit, run_service, setup_logging
 from ..timeutil import fmt_ms
 from .config import SERVICE, config_from_settings
@@ -37,11 +37,10 @@ def is_storage_error(exc: BaseException) -> bool:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--rebuild", "do_rebuild", is_flag=True, help="Recompute [--from, --to] from the raw tables, replacing rows, and exit.")
-@click.option("--from", "from_ms", metavar="T", type=TIME,
-              help="First bar time (the second's end), ISO-8601 (UTC if no zone) or epoch ms; inclusive.")
-@click.option("--to", "to_ms", metavar="T", type=TIME, help="Last bar time, inclusive.")
-@click.option("--db", type=click.Path(dir_okay=False), help="Database file (default: CQT_DB).")
-@click.option("--json", "as_json", is_flag=True, help="With --rebuild: print the summary as JSON.")
+@from_to_options(from_help="First bar time (the second's end), ISO-8601 (UTC if no zone) or epoch ms; inclusive.",
+                 to_help="Last bar time, inclusive.", metavar="T")
+@db_option
+@json_option(help="With --rebuild: print the summary as JSON.")
 def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | None, as_json: bool) -> None:
     """Per-second market bars (market_1s) and causal feature vectors (predictions).
 

@@ -195,10 +195,8 @@ def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
     th = ctx.thresholds
     tol = th("CQT_CHECK_LEAK_TOLERANCE")
     w_short, w_long = th("CQT_CHECK_LEAK_WARMUP_SHORT"), th("CQT_CHECK_LEAK_WARMUP_LONG")
-    # the aggregate's own reading of its grace (imported here: the package pulls in the feature function)
-    from ..aggregate.config import grace_ms_from
-
-    grace_ms = grace_ms_from(ctx.settings)
+    # the aggregate's grace (default and bounds declared once, in the settings registry)
+    grace_ms = int(round(ctx.settings.get_float("CQT_AGGREGATE_GRACE_S") * 1000))
     p_cols = [c for c in features.PREDICTION_COLUMNS if c != "ts_ms"]
     m_cols = [c for c in features.MARKET_COLUMNS if c != "ts_ms"]
     out = RecomputeOutcome()
