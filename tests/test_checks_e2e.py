@@ -22,7 +22,7 @@ def _prerequisites() -> str | None:
     try:
         import simproc  # noqa: F401
         from cqt import aggregate, features  # noqa: F401
-        from cqt.collectors import binance, binance_rest, coinglass, upbit  # noqa: F401
+        from cqt.venues import binance, coinglass, upbit  # noqa: F401
         from cqt.sim import cli  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - another engineer's part is not there yet
         return f"pipeline not complete yet: {type(exc).__name__}: {exc}"

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from cqt.collectors.coinglass import CoinglassConfig, CoinglassPoller
+from cqt.venues.coinglass.poll import CoinglassConfig, CoinglassPoller
 from cqt.config import load_settings
 from cqt.db import connect
 from cqt.sinks import RejectLog
@@ -154,7 +154,7 @@ def ratio_rows(times):
 
 
 def test_binance_ratio_backfill_catch_up_and_refetch(tmp_path):
-    from cqt.collectors.binance_rest import BinanceRestConfig, BinanceRestPoller
+    from cqt.venues.binance.poll import BinanceRestConfig, BinanceRestPoller
     svc = Svc(tmp_path)
     svc.settings = load_settings({"CQT_ENV_FILE": "/dev/null", "CQT_DB": str(svc.settings.db),
                                   "CQT_BACKFILL_S": "3600"})

@@ -136,7 +136,7 @@ def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):
 
     # every parser path was hit live (from the capture of the first run)
     kinds = set()
-    from cqt.sources import Reject, parse_binance_frame
+    from cqt.venues.binance.parse import Reject, parse_binance_frame
     with gzip.open(cap1, "rt") as fh:
         lines = []
         try:
@@ -178,7 +178,7 @@ def test_sigterm_with_data_flowing_loses_nothing(tmp_path, collectors):
     assert took < 5, took
     assert _connects(log, "market") == 1 and _connects(log, "public") == 1, read_log(log)[-2000:]
     received = {"aggTrade": set(), "markPrice": set(), "bookTicker": set()}
-    from cqt.sources import Reject, parse_binance_frame
+    from cqt.venues.binance.parse import Reject, parse_binance_frame
     for line in cap.read_text().splitlines():
         rec = json.loads(line)
         if rec["source"] != "binance_ws":

@@ -93,7 +93,7 @@ def test_faults_rollover_kill_restart_and_replay(tmp_path, collectors):
     assert all(g[2] == "filled" for g in gaps if g[0].endswith("@trade")), gaps
 
     # every Upbit parser path live: trade, orderbook, ticker, PING -> {"status":"UP"}, rejects
-    from cqt.sources import Reject, parse_upbit_frame
+    from cqt.venues.upbit.parse import Reject, parse_upbit_frame
     kinds = set()
     for line in cap1.read_text().splitlines() + cap2.read_text().splitlines():
         try:

@@ -104,9 +104,10 @@ class _TicksRest:
 
 def _reconcile_setup(tmp_path, stored, on_rest, *, max_pages=20):
     import threading
-    from cqt.collectors.backfill import GapBook, UpbitReconcile, UpbitTradeFill
+    from cqt.backfill import GapBook
+    from cqt.venues.upbit.backfill import UpbitReconcile, UpbitTradeFill
     from cqt.db import open_db
-    from cqt.sources import insert_sql
+    from cqt.venues.common import insert_sql
     conn = open_db(tmp_path / "r.db")
     conn.executemany(insert_sql("upbit_trades"), [("KRW-BTC", sid, ts, 100.0, 1.0, "buy", ts) for sid, ts in stored])
     conn.commit()
@@ -441,7 +442,7 @@ def test_replay_record_reader_never_raises_on_any_line():
     """Arbitrary capture lines -> rows, a reject with a reason, or a skip; never an exception."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-    from cqt.collectors.replay import RecordProcessor, ReplayStats
+    from cqt.replay import RecordProcessor, ReplayStats
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(_record_lines(), min_size=1, max_size=6))

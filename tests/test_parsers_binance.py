@@ -9,8 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cqt.sources import (
-    Reject, TABLE_COLUMNS, insert_sql, parse_agg_trades_rest, parse_binance_frame,
+from cqt.venues.common import Reject, TABLE_COLUMNS, insert_sql
+from cqt.venues.binance.parse import (
+    parse_agg_trades_rest, parse_binance_frame,
     parse_funding_rate, parse_open_interest, parse_premium_index, parse_ratio,
 )
 

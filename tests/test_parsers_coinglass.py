@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cqt.sources import COINGLASS_ENDPOINTS, Reject, interval_ms, parse_coinglass
+from cqt.venues.coinglass.parse import COINGLASS_ENDPOINTS, Reject, interval_ms, parse_coinglass
 
 from helpers import SAMPLES
 MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"

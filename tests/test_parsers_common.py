@@ -1,4 +1,4 @@
-"""cqt.sources.common: table layout vs the migration, SQL, intervals, result types."""
+"""cqt.venues.common: table layout vs the migration, SQL, intervals, result types."""
 from __future__ import annotations
 
 import sqlite3
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from cqt.sources import (
+from cqt.venues.common import (
     INTERVALS, TABLE_COLUMNS, TABLE_PK, UPSERT_TABLES, Parsed, Reject, insert_sql,
-    interval_ms, parse_rest_answer, parse_ws_frame,
+    interval_ms,
 )
-from cqt.sources.common import clip, token
+from cqt.venues.registry import parse_rest_body as parse_rest_answer, parse_ws_frame
+from cqt.venues.common import clip, token
 
 MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
 
@@ -66,7 +67,7 @@ def test_upsert_revises_a_bar(db):
     db.execute(sql, ("BTC", "1h", 1000, 3601000, 1.0, 2.5, 0.5, 2.0, 9))   # identical re-fetch
     assert db.execute("SELECT high, close, recv_ts_ms FROM coinglass_open_interest").fetchall() \
         == [(2.5, 2.0, 6)], "an unchanged re-fetch must not move recv_ts_ms"
-    from cqt.collectors.rest_parsers import store_sql
+    from cqt.venues.common import store_sql
     assert store_sql("coinglass_open_interest") == sql                 # one implementation
     assert store_sql("binance_open_interest") == insert_sql("binance_open_interest")
     assert UPSERT_TABLES == {"binance_ratios", "coinglass_open_interest", "coinglass_funding",

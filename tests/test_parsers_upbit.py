@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cqt.sources import Reject, parse_upbit_frame, parse_upbit_ticker_rest, parse_upbit_ticks
+from cqt.venues.upbit.parse import Reject, parse_upbit_frame, parse_upbit_ticker_rest, parse_upbit_ticks
 
 from helpers import SAMPLES
 MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from cqt.collectors.coinglass import CoinglassConfig, classify, coin_of, plan_refusal
-from cqt.collectors.binance_rest import BinanceRestConfig
-from cqt.collectors.rest_parsers import parse_rest_answer, store_sql
+from cqt.venues.coinglass.poll import CoinglassConfig, classify, coin_of, plan_refusal
+from cqt.venues.binance.poll import BinanceRestConfig
+from cqt.venues.registry import rest_answer_outcome as parse_rest_answer
+from cqt.venues.common import store_sql
 from cqt.config import ConfigError, load_settings
 from cqt.db import open_db
 from cqt.rest import RestResponse
-from cqt.sources import Parsed, Reject
+from cqt.venues.common import Parsed, Reject
 
 NOW = 1_763_942_400_000
 H = 3_600_000

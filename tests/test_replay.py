@@ -57,7 +57,7 @@ def _write(path: Path, recs: list[dict], extra_lines: list[str] = ()) -> None:
 
 
 def _expected(recs: list[dict]) -> tuple[dict[str, set], int]:
-    from cqt.sources import Reject, parse_rest_answer, parse_ws_frame
+    from cqt.venues.registry import Reject, parse_rest_body as parse_rest_answer, parse_ws_frame
     out: dict[str, set] = {}
     rejects = 0
     for r in recs:
@@ -190,9 +190,9 @@ def _fast_path_records() -> list[dict]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,processes", [("fast.jsonl", "2"), ("fast.jsonl.gz", "2"), ("fast.jsonl", "0")])
 def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_path, name, processes):
-    import cqt.collectors.replay as replay_mod
+    import cqt.replay as replay_mod
     from cqt.capture import parse_line
-    from cqt.sources.binance import agg_trade_capture_row
+    from cqt.venues.binance.parse import agg_trade_capture_row
     recs = _fast_path_records()
     lines = [json.dumps(r).encode() for r in recs]
     # unit level: the fast path returns exactly the full path's row, or declines
@@ -203,7 +203,7 @@ def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_pa
         if row is None:
             continue
         taken += 1
-        from cqt.sources import parse_ws_frame
+        from cqt.venues.registry import parse_ws_frame
         assert [row] == parse_ws_frame(rec["source"], rec["raw"], rec["recv_ts_ms"]).rows
     assert taken >= 3000
     # end to end, with many small blocks so rows, rejects and block edges interleave
@@ -215,7 +215,7 @@ def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_pa
     r = run_bin("cqt", "replay", str(cap), "--db", str(db), "--json", "--processes", processes, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
-    from cqt.sources import Reject, parse_ws_frame
+    from cqt.venues.registry import Reject, parse_ws_frame
     _, n_rejects = _expected(recs)
     assert summary["rejects"] == n_rejects and summary["records"] == len(recs) and summary["bad_lines"] == 1
     first: dict = {}                                  # INSERT OR IGNORE: the first row of a key wins
@@ -243,7 +243,7 @@ def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_pa
 @pytest.mark.timeout(60)
 def test_fast_path_block_edges(tmp_path, monkeypatch):
     """Byte-range blocks: every line in exactly one block, whatever the block size."""
-    from cqt.collectors import replay as rp
+    from cqt import replay as rp
     recs = _fast_path_records()[:400]
     cap = tmp_path / "c.jsonl"
     _write(cap, recs, extra_lines=["", "tail without newline"])
@@ -280,7 +280,7 @@ def test_replay_of_revisable_rows_matches_the_live_upsert(tmp_path):
     assert r.returncode == 0, r.stderr
     assert query(db, "SELECT value, recv_ts_ms FROM binance_ratios") == [(1.6, t + 601_000)]
     # the live poller's statement gives the same row
-    from cqt.collectors.rest_parsers import parse_rest_answer, store_sql
+    from cqt.venues.registry import rest_answer_outcome as parse_rest_answer, store_sql
     live = sqlite3.connect(tmp_path / "live.db")
     from cqt.db import migrate
     migrate(live)

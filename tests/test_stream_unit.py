@@ -10,7 +10,7 @@ import pytest
 
 from cqt.capture import CaptureWriter, iter_capture, rotated_name
 from cqt.rest import RateLimitState
-from cqt.sources import insert_sql
+from cqt.venues.common import insert_sql
 from cqt.stream import Backoff, pack_rows
 
 

@@ -48,7 +48,7 @@ OPERATOR_COMMANDS = {
     "env": ("cqt.ops:env", "Create or check .env (keys are never printed)."),
     "status": ("cqt.ops:status", "One screen: services, rows, freshness, checks, sizes, errors."),
     "demo": ("cqt.demo:demo", "Run the whole pipeline against cqt-sim for a few minutes."),
-    "replay": ("cqt.collectors.replay:replay", "Push a capture file through the parsers into a database."),
+    "replay": ("cqt.replay:replay", "Push a capture file through the parsers into a database."),
     "synth": ("cqt.synth:synth", "Build a synthetic database from the sim's market model."),
 }
 
@@ -64,10 +64,10 @@ def cqt() -> None:
 
 PROGRAMS = {
     "cqt-sim": "cqt.sim.cli:main",
-    "cqt-collect-upbit": "cqt.collectors.upbit:main",
-    "cqt-collect-binance": "cqt.collectors.binance:main",
-    "cqt-poll-binance": "cqt.collectors.binance_rest:main",
-    "cqt-poll-coinglass": "cqt.collectors.coinglass:main",
+    "cqt-collect-upbit": "cqt.venues.upbit.collect:main",
+    "cqt-collect-binance": "cqt.venues.binance.collect:main",
+    "cqt-poll-binance": "cqt.venues.binance.poll:main",
+    "cqt-poll-coinglass": "cqt.venues.coinglass.poll:main",
     "cqt-aggregate": "cqt.aggregate:main",
     "cqt-export": "cqt.dataset:main",
     "cqt-report": "cqt.report:main",

@@ -39,7 +39,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+import orjson
+
 from .timeutil import now_ms
+from .venues.common import clip, token
 
 log = logging.getLogger("cqt.poll")
 
@@ -520,7 +523,7 @@ def failure_of(resp) -> PollError | None:
                          retry_after_s=retry, level=logging.ERROR)
     if status >= 500:
         return PollError(f"http {status}")
-    code = _error_code(resp.text)
+    code = error_code(resp.text)
     return PollError(f"http {status}" + (f" code {code[0]}" if code else ""), code[1] if code else None)
 
 
@@ -535,11 +538,9 @@ def _retry_after_s(headers) -> float | None:
     return s if 0 <= s < 10 * 86400 else None
 
 
-def _error_code(text: str) -> tuple[str, str] | None:
-    """Binance {"code":-1121,"msg":…} / Coinglass {"code":"40001","msg":…} -> (code, msg)."""
-    import orjson
-
-    from .sources.common import clip, token
+def error_code(text: str) -> tuple[str, str] | None:
+    """The error envelope of a REST answer, Binance {"code":-1121,"msg":…} / Coinglass
+    {"code":"40001","msg":…} -> (code, msg); None when the body is not one."""
     try:
         obj = orjson.loads(text)
     except (orjson.JSONDecodeError, TypeError):

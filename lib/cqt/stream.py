@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Protocol
 import websocket
 from tenacity import wait_random_exponential
 
-from .sources import Parsed, Reject
+from .venues.common import Parsed, Reject
 from .timeutil import now_ms
 
 log = logging.getLogger("cqt.stream")

@@ -1,7 +1,7 @@
 """Upbit parsers (WebSocket frames and REST answers). Pure functions.
 
-Errors are raised as :class:`cqt.sources.common.Reject` (reasons: see that module);
-success returns :class:`cqt.sources.common.Parsed`.
+Errors are raised as :class:`cqt.venues.common.Reject` (reasons: see that module);
+success returns :class:`cqt.venues.common.Parsed`.
 
 WebSocket — :func:`parse_upbit_frame` reads one frame (text or the binary frames Upbit
 actually sends, or a decoded dict). Both the DEFAULT format (``type``, ``code``,
@@ -34,7 +34,7 @@ strings (ccxt recordings stringify everything). ``{"error":{"name":N,…}}`` ->
 """
 from __future__ import annotations
 
-from .common import (
+from ..common import (
     ANY, HISTORY_MAX_PAST_MS, MAX_FUTURE_MS, MAX_PAST_MS, NUM, Parsed, Reject, bad_type,
     bounds, clip, decode, missing, nonneg, opt_float, pos, to_id, to_text, to_time, token,
 )

@@ -50,7 +50,7 @@ from functools import lru_cache
 import orjson
 
 __all__ = [
-    "Parsed", "Reject", "TABLE_COLUMNS", "TABLE_PK", "UPSERT_TABLES", "insert_sql",
+    "Parsed", "Reject", "TABLE_COLUMNS", "TABLE_PK", "UPSERT_TABLES", "insert_sql", "store_sql",
     "interval_ms", "INTERVALS", "MAX_PAST_MS", "MAX_FUTURE_MS", "HISTORY_MAX_PAST_MS",
     "SOURCES",
 ]
@@ -152,6 +152,24 @@ def insert_sql(table: str, upsert: bool = False) -> str:
     changed = " OR ".join(f"{c} IS NOT excluded.{c}" for c in values)
     return (f"INSERT INTO {table} ({col_list}) VALUES ({marks}) "
             f"ON CONFLICT({', '.join(pk)}) DO UPDATE SET {sets} WHERE {changed}")
+
+
+def store_sql(table: str) -> str:
+    """The statement pollers, synth and replay store a parsed REST answer with:
+    INSERT OR IGNORE for append-only tables; for tables whose rows a later answer can
+    revise (`binance_ratios`, Coinglass bars — re-fetched on every poll) the revise-only
+    upsert of `insert_sql(table, upsert=True)` (= `Parsed.sql`): a stored row changes
+    only when a value differs, and then its `recv_ts_ms` moves to the revision's receive
+    time; an unchanged re-fetch leaves the row exactly as it was."""
+    return insert_sql(table, table in UPSERT_TABLES)
+
+
+def request_param(params, name: str) -> str | None:
+    """One request parameter of a (recorded) REST call as text; a list value: its first item."""
+    v = (params or {}).get(name)
+    if isinstance(v, (list, tuple)):
+        v = v[0] if v else None
+    return None if v is None else str(v)
 
 
 # ------------------------------------------------------------------ intervals

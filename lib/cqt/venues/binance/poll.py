@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,22 +28,24 @@ from typing import Any, Callable
 
 import click
 
-from .. import exitcodes
-from . import run_rest_poller
-from ..config import ConfigError, Settings
-from ..db import connect
-from ..poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
-from ..rest import RestClient
-from ..runtime import Service, load_settings_or_exit
-from ..sources import Reject
-from ..timeutil import now_ms
-from .rest_parsers import parse_rest_answer, store_sql
+from ...collector import config_or_exit, run_rest_poller
+from ...config import ConfigError, Settings
+from ...db import connect
+from ...options import db_option
+from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
+from ...rest import RestClient
+from ...runtime import Service, load_settings_or_exit
+from ...timeutil import now_ms
+from ..common import Reject, store_sql
+from ..registry import rest_answer_outcome
+from . import RATIO_PERIOD
+from .parse import REST
 
 log = logging.getLogger("cqt.poll.binance")
 
 SERVICE = "cqt-poll-binance"
-SOURCE = "binance_rest"
-PERIOD = "5m"
+SOURCE = REST
+PERIOD = RATIO_PERIOD
 PERIOD_MS = 300_000
 HIST_MAX_LIMIT = 500               # /futures/data/* limit per request
 HIST_KEEP_MS = 30 * 86_400_000     # /futures/data/* only serve the last 30 days
@@ -165,7 +166,7 @@ class BinanceRestPoller:
         if fail is not None:
             self.svc.count(SOURCE, frames=1 if r.status is not None else 0)
             raise fail
-        res = parse_rest_answer(SOURCE, path, params, r.text, r.recv_ts_ms, None, self.svc.settings, r.status)
+        res = rest_answer_outcome(SOURCE, path, params, r.text, r.recv_ts_ms, None, self.svc.settings, r.status)
         if isinstance(res, Reject) or res is None:
             reason = res.reason if isinstance(res, Reject) else "unparsable answer"
             self.svc.rejects.record(SOURCE, reason, r.text)
@@ -239,7 +240,6 @@ class BinanceRestPoller:
         self.newest.advance("funding", res.event_ts_ms)
         return RunResult(rows=n)
 
-
     def detail(self) -> dict:
         d = self.loop.detail()
         d["rest"] = self.client.rate.snapshot()
@@ -249,8 +249,7 @@ class BinanceRestPoller:
 
 # ---------------------------------------------------------------------- program
 @click.command(name=SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", type=click.Path(dir_okay=False), default=None,
-              help="SQLite database (default: CQT_DB).")
+@db_option(help="SQLite database (default: CQT_DB).")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
               help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; rotated daily).")
 def main(db: str | None, capture_path: str | None) -> None:
@@ -260,9 +259,5 @@ def main(db: str | None, capture_path: str | None) -> None:
     Intervals and limits come from the environment (docs/pollers.md). Runs until
     SIGTERM; exit 78 on a bad setting."""
     settings = load_settings_or_exit(db=db)
-    try:
-        cfg = BinanceRestConfig.from_settings(settings)
-    except ConfigError as exc:
-        print(f"{SERVICE}: {exc}", file=sys.stderr)
-        sys.exit(exitcodes.CONFIG)
+    cfg = config_or_exit(lambda: BinanceRestConfig.from_settings(settings), SERVICE)
     run_rest_poller(SERVICE, SOURCE, settings, cfg, settings.binance_rest_url, BinanceRestPoller, capture_path)

@@ -13,6 +13,10 @@ and deduplicated by `(code, sequential_id)`. While connected, every
 CQT_UPBIT_RECONCILE_S the newest REST pages are compared with the stored trades, so
 trades the stream skipped are inserted and recorded (`UpbitReconcile`). Order book
 windows longer than CQT_GAP_MIN_MS are recorded as `unfillable` gaps.
+
+The run itself is the shared one (`cqt.collector.run_stream_collector`); this module is
+what is Upbit's: the endpoint and its subscription message, the stream rules, which gaps
+REST can fill (trades, by time) and the reconciliation (`backfill.py`).
 """
 from __future__ import annotations
 
@@ -22,14 +26,20 @@ import uuid
 from dataclasses import dataclass
 
 import click
+import orjson
 
-from . import (capture_target_or_exit, config_or_exit, open_capture_and_rest, read_positions, report_in_heartbeat,
-               run_ws_collector)
+from ...collector import capture_target_or_exit, config_or_exit, run_stream_collector
+from ...db import connect
+from ...options import db_option
+from ...runtime import load_settings_or_exit, run_service
+from ...stream import Endpoint, Gap, LoopSettings, StreamLoop, StreamRule
+from .backfill import UpbitReconcile, UpbitTradeFill
+from .parse import REST, WS, parse_upbit_frame
 
 log = logging.getLogger("cqt.collect.upbit")
 
 SERVICE = "cqt-collect-upbit"
-SOURCE = "upbit"
+SOURCE = WS
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,6 @@ class UpbitConfig:
 
     @classmethod
     def from_settings(cls, settings) -> "UpbitConfig":
-        from ..stream import LoopSettings
         return cls(
             codes=tuple(settings.upbit_codes),
             ws_url=settings.upbit_ws_url,
@@ -69,7 +78,6 @@ class UpbitConfig:
 
 def subscription(codes: tuple[str, ...], ticket: str | None = None) -> str:
     """The Upbit request array: ticket, one type object per stream, format."""
-    import orjson
     codes_l = list(codes)
     return orjson.dumps([
         {"ticket": ticket or f"cqt-{uuid.uuid4()}"},
@@ -88,9 +96,7 @@ def trade_position(p):
     return None, p.event_ts_ms
 
 
-def endpoint(cfg: UpbitConfig):
-    from ..sources import parse_upbit_frame
-    from ..stream import Endpoint, StreamRule
+def endpoint(cfg: UpbitConfig) -> Endpoint:
     rules = {}
     for code in cfg.codes:
         # gap_min_ms=0: every reconnect window of trades is backfilled, however short
@@ -104,7 +110,8 @@ def endpoint(cfg: UpbitConfig):
 class UpbitGapHandler:
     """Gap hook: trade windows are backfilled by time; order book windows recorded as unfillable."""
 
-    def __init__(self, gaps, backfiller, filler, reconcile=None):
+    def __init__(self, cfg: UpbitConfig, gaps, backfiller, filler, reconcile=None):
+        self.cfg = cfg
         self.gaps = gaps
         self.backfiller = backfiller
         self.filler = filler
@@ -127,6 +134,24 @@ class UpbitGapHandler:
                      gap.to_ts_ms)
             self.gaps.open(gap, status="unfillable")
 
+    def resume(self, open_gaps: list, positions: dict, now: int) -> None:
+        """Open trade gaps of a previous run again; a code with nothing stored: the last
+        CQT_BACKFILL_S seconds."""
+        for g in open_gaps:
+            if g.stream.endswith("@trade"):
+                log.info("resuming open gap id=%s stream=%s from_ts_ms=%s", g.row_id, g.stream, g.from_ts_ms)
+                self.backfiller.submit(self.filler, g)
+        if self.cfg.backfill_s > 0:
+            for code in self.cfg.codes:
+                key = f"{code}@trade"
+                if positions.get(key, (None, None))[1] is None and not any(g.stream == key for g in open_gaps):
+                    log.info("empty database: backfilling the last %d s of %s", self.cfg.backfill_s, key)
+                    self.on_gap(Gap(SOURCE, key, "initial", now, None, None, now - self.cfg.backfill_s * 1000, now))
+
+    def periodic(self) -> None:
+        if self.reconcile is not None:
+            self.reconcile.tick()
+
     def snapshot(self) -> dict:
         out = {"gaps_detected": self.detected, **self.backfiller.snapshot(), **self.filler.snapshot()}
         if self.reconcile is not None:
@@ -141,7 +166,6 @@ def _live_times(loop, code: str) -> tuple[int | None, int | None]:
 
 
 def _trade_fallback(db_path, code: str):
-    from ..db import connect
     conn = connect(db_path, readonly=True)
     try:
         row = conn.execute("SELECT sequential_id, trade_ts_ms FROM upbit_trades WHERE code = ? "
@@ -151,56 +175,48 @@ def _trade_fallback(db_path, code: str):
     return (row[0], row[1]) if row else None
 
 
-def run(svc, cfg: UpbitConfig, capture_path: str | None) -> int:
-    from ..db import connect
-    from ..stream import Gap, StreamLoop
-    from ..timeutil import now_ms
-    from .backfill import Backfiller, GapBook, UpbitReconcile, UpbitTradeFill
+class UpbitStream:
+    """cqt-collect-upbit as the shared collector sees it (`cqt.venues.base.StreamVenue`)."""
 
-    settings = svc.settings
-    # Upbit REST allows 10 requests/s per group; Remaining-Req is honoured by the client.
-    capture, rest = open_capture_and_rest(svc, cfg.rest_base, "upbit_rest", cfg.rest_timeout_s, capture_path)
-    gaps = GapBook(svc.writer)
-    backfiller = Backfiller(svc, "backfill")
-    filler = UpbitTradeFill(svc, rest, gaps)
-    handler = UpbitGapHandler(gaps, backfiller, filler)
-    loop = StreamLoop(svc, [endpoint(cfg)], handler, cfg.loop, service=SERVICE, capture=capture)
-    handler.reconcile = UpbitReconcile(filler, backfiller, cfg.codes, interval_s=cfg.reconcile_s,
-                                       settle_ms=int(cfg.reconcile_settle_s * 1000),
-                                       connected=lambda: all(c.state == "connected" for c in loop.conns),
-                                       stream_times=lambda code: _live_times(loop, code))
-    report_in_heartbeat(svc, {"codes": list(cfg.codes)}, loop, handler, rest, capture)
+    service = SERVICE
+    source = SOURCE
+    rest_name = REST     # Upbit REST allows 10 requests/s per group; the client honours Remaining-Req
 
-    positions = read_positions(settings.db, SERVICE)
-    for code in cfg.codes:
-        key = f"{code}@trade"
-        if positions.get(key, (None, None))[1] is None:
-            fb = _trade_fallback(settings.db, code)
-            if fb is not None:
-                positions[key] = fb
-    loop.seed(positions)
-    conn = connect(settings.db, readonly=True)
-    try:
-        open_gaps = GapBook.load_open(conn, SOURCE)
-    finally:
-        conn.close()
-    for g in open_gaps:
-        if g.stream.endswith("@trade"):
-            log.info("resuming open gap id=%s stream=%s from_ts_ms=%s", g.row_id, g.stream, g.from_ts_ms)
-            backfiller.submit(filler, g)
-    if cfg.backfill_s > 0:
-        now = now_ms()
-        for code in cfg.codes:
+    def __init__(self, cfg: UpbitConfig):
+        self.cfg = cfg
+        self.rest_base = cfg.rest_base
+        self.rest_timeout_s = cfg.rest_timeout_s
+        self.loop_settings = cfg.loop
+
+    def endpoints(self) -> list[Endpoint]:
+        return [endpoint(self.cfg)]
+
+    def heartbeat_head(self) -> dict:
+        return {"codes": list(self.cfg.codes)}
+
+    def complete_positions(self, db_path, positions: dict) -> None:
+        for code in self.cfg.codes:
             key = f"{code}@trade"
-            if positions.get(key, (None, None))[1] is None and not any(g.stream == key for g in open_gaps):
-                log.info("empty database: backfilling the last %d s of %s", cfg.backfill_s, key)
-                handler.on_gap(Gap(SOURCE, key, "initial", now, None, None, now - cfg.backfill_s * 1000, now))
-    log.info("streaming codes=%s url=%s", ",".join(cfg.codes), cfg.ws_url)
-    return run_ws_collector(svc, loop, backfiller, capture=capture, rest=rest, periodic=handler.reconcile.tick)
+            if positions.get(key, (None, None))[1] is None:
+                fb = _trade_fallback(db_path, code)
+                if fb is not None:
+                    positions[key] = fb
+
+    def gap_handler(self, svc, loop: StreamLoop, rest, gaps, backfiller) -> UpbitGapHandler:
+        cfg = self.cfg
+        filler = UpbitTradeFill(svc, rest, gaps)
+        reconcile = UpbitReconcile(filler, backfiller, cfg.codes, interval_s=cfg.reconcile_s,
+                                   settle_ms=int(cfg.reconcile_settle_s * 1000),
+                                   connected=lambda: all(c.state == "connected" for c in loop.conns),
+                                   stream_times=lambda code: _live_times(loop, code))
+        return UpbitGapHandler(cfg, gaps, backfiller, filler, reconcile)
+
+    def started(self, loop: StreamLoop, positions: dict) -> None:
+        log.info("streaming codes=%s url=%s", ",".join(self.cfg.codes), self.cfg.ws_url)
 
 
-@click.command("cqt-collect-upbit", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database (default: CQT_DB).")
+@click.command(SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
+@db_option(help="SQLite database (default: CQT_DB).")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False),
               help="Also record every frame and REST answer here (JSON Lines; .gz compresses; rotated daily).")
 @click.option("--codes", help="Comma-separated market codes (default: CQT_UPBIT_CODES).")
@@ -210,8 +226,7 @@ def main(db: str | None, capture_path: str | None, codes: str | None) -> None:
     Runs until SIGTERM; reconnects on every close, error or stall; backfills missed
     trades over REST. See docs/collectors.md.
     """
-    from ..runtime import load_settings_or_exit, run_service
     settings = load_settings_or_exit(db=db, upbit_codes=codes)
     cfg = config_or_exit(lambda: UpbitConfig.from_settings(settings))
     capture_path = capture_target_or_exit(SERVICE, settings, capture_path)
-    sys.exit(run_service(SERVICE, lambda svc: run(svc, cfg, capture_path), settings))
+    sys.exit(run_service(SERVICE, lambda svc: run_stream_collector(svc, UpbitStream(cfg), capture_path), settings))

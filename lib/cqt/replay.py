@@ -2,13 +2,13 @@
 
 Every WebSocket frame goes through the same parser as live (`parse_ws_frame`), every
 recorded REST answer with status 200 through the matching REST parser
-(`parse_rest_answer`: aggTrades, Upbit ticks, the pollers' endpoints, Coinglass), and
+(`parse_rest_body`: aggTrades, Upbit ticks, the pollers' endpoints, Coinglass), and
 the rows through the same `BatchWriter` with the same idempotent statements — as fast
 as the machine allows. "Now" for every sanity rule is the record's `recv_ts_ms`, so an
 old capture replays cleanly; symbols and codes are taken as they come.
 
 Binance aggTrade lines (most of a busy capture) take a fast path that yields exactly the
-row the full path would (`cqt.sources.binance.agg_trade_capture_row`); any line it
+row the full path would (`cqt.venues.binance.parse.agg_trade_capture_row`); any line it
 declines goes through the full path, so rejects are the same too. Revisable rows
 (binance_ratios, Coinglass bars) are written with the pollers' revise-only upsert
 (`Parsed.sql` = `store_sql`), so a re-fetched unchanged answer keeps its first recv_ts_ms.
@@ -38,20 +38,19 @@ import binascii
 
 import orjson
 
-from ..capture import iter_lines
-from ..db import redact
-from ..sources import Reject, insert_sql, parse_rest_answer
-from ..sources.binance import agg_trade_capture_row, parse_binance_frame
-from ..sources.upbit import parse_upbit_frame
-from ..stream import rows_per_statement
-from ..timeutil import MAX_TIME_MS, MIN_TIME_MS
+from .capture import iter_lines
+from .db import redact
+from .options import db_option, json_option
+from .stream import rows_per_statement
+from .timeutil import MAX_TIME_MS, MIN_TIME_MS
+from .venues.binance.parse import agg_trade_capture_row
+from .venues.common import UPSERT_TABLES, Reject, insert_sql
+from .venues.registry import REST_SOURCES, WS_SOURCES, parse_rest_body, venue_of
 
 import click
 
 log = logging.getLogger("cqt.replay")
 
-WS_SOURCES = ("upbit", "binance_ws")
-REST_SOURCES = ("binance_rest", "upbit_rest", "coinglass")
 CHUNK_ROWS = 20_000
 PACK_ROWS = 2_000      # rows per multi-row INSERT here (live: 256); 20 000 parameters < SQLite's 32 766
 BLOCK_BYTES = 1 << 20  # a parser process's unit of work in a plain capture (gzip: BLOCK_LINES)
@@ -110,8 +109,7 @@ class ReplayStats:
         return d
 
 
-UPSERT_ORDERED = frozenset({"binance_ratios", "coinglass_open_interest", "coinglass_funding",
-                            "coinglass_liquidations", "coinglass_long_short"})
+UPSERT_ORDERED = UPSERT_TABLES     # upserts: later answers must win, so file order is kept
 
 
 class BadRecord(Exception):
@@ -189,7 +187,7 @@ class RecordProcessor:
         self.emit = emit
         self.stats = stats
         self.secrets = secrets
-        self.ws_parsers = {"upbit": parse_upbit_frame, "binance_ws": parse_binance_frame}
+        self.ws_parsers = {s: venue_of(s).parse_frame for s in WS_SOURCES}
         self.buf: dict[str, list] = {}
         self.nbuf = 0
 
@@ -313,7 +311,7 @@ class RecordProcessor:
                 self._call_status(ts, path, status, 0, 0, f"http {status}")
             return None
         try:
-            p = parse_rest_answer(src, path, rec.get("params"), raw, ts)
+            p = parse_rest_body(src, path, rec.get("params"), raw, ts)
         except Reject as r:
             if cg:
                 self._call_status(ts, path, status, 0, 0, r.reason)
@@ -509,8 +507,8 @@ def _merge(stats: ReplayStats, d: dict) -> None:
 
 @click.command("replay", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database to write (default: CQT_DB).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@db_option(help="SQLite database to write (default: CQT_DB).")
+@json_option(help="Print the summary as JSON.")
 @click.option("--processes", type=click.IntRange(0, 16), default=2, show_default=True,
               help="Parser processes (0 = parse in this process; file order is kept either way).")
 def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
@@ -522,9 +520,9 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
     """
     import json
 
-    from .. import exitcodes
-    from ..db import BatchWriter, RejectLog, SchemaTooNew
-    from ..runtime import load_settings_or_exit, setup_logging
+    from . import exitcodes
+    from .db import BatchWriter, RejectLog, SchemaTooNew
+    from .runtime import load_settings_or_exit, setup_logging
 
     settings = load_settings_or_exit(db=db)
     setup_logging("cqt-replay", settings.log_level, settings.secrets)

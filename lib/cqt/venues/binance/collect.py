@@ -12,6 +12,10 @@ restart leaves) is a `gaps` row and a REST backfill of exactly the missing ids
 CQT_GAP_MIN_MS after a reconnect are recorded as `unfillable` gaps (no REST history).
 bookTicker is thinned to one row per CQT_BOOKTICKER_MIN_MS per symbol (the last in
 each slot); forceOrder is stored as it comes and never used as a liveness signal.
+
+The run itself is the shared one (`cqt.collector.run_stream_collector`); this module is
+what is Binance's: the two endpoints, the stream rules, which gaps REST can fill
+(aggTrade ids, `backfill.py`) and where an older database keeps the resume id.
 """
 from __future__ import annotations
 
@@ -21,12 +25,18 @@ from dataclasses import dataclass
 
 import click
 
-from . import capture_target_or_exit, config_or_exit, open_capture_and_rest, read_positions, report_in_heartbeat, run_ws_collector
+from ...collector import capture_target_or_exit, config_or_exit, run_stream_collector
+from ...db import connect
+from ...options import db_option
+from ...runtime import load_settings_or_exit, run_service
+from ...stream import Endpoint, Gap, LoopSettings, StreamLoop, StreamRule
+from .backfill import AggTradeFill
+from .parse import REST, WS, parse_binance_frame
 
 log = logging.getLogger("cqt.collect.binance")
 
 SERVICE = "cqt-collect-binance"
-SOURCE = "binance_ws"
+SOURCE = WS
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,6 @@ class BinanceConfig:
 
     @classmethod
     def from_settings(cls, settings) -> "BinanceConfig":
-        from ..stream import LoopSettings
         return cls(
             symbol=settings.binance_symbol.upper(),
             ws_base=settings.binance_ws_url.rstrip("/"),
@@ -61,10 +70,8 @@ class BinanceConfig:
         )
 
 
-def endpoints(cfg: BinanceConfig):
+def endpoints(cfg: BinanceConfig) -> list[Endpoint]:
     """The two connections: /market (aggTrade, markPrice@1s, forceOrder) and /public (bookTicker)."""
-    from ..sources import parse_binance_frame
-    from ..stream import Endpoint, StreamRule
     sym = cfg.symbol
     low = sym.lower()
     market = Endpoint(
@@ -88,20 +95,20 @@ def endpoints(cfg: BinanceConfig):
 class BinanceGapHandler:
     """Gap hook: aggTrade id gaps are backfilled by id; other windows are recorded as unfillable."""
 
-    def __init__(self, svc, loop_ref, gaps, backfiller, rest):
+    def __init__(self, cfg: BinanceConfig, svc, loop: StreamLoop, gaps, backfiller, rest):
+        self.cfg = cfg
         self.svc = svc
-        self.loop_ref = loop_ref
+        self.loop = loop
         self.gaps = gaps
         self.backfiller = backfiller
         self.rest = rest
         self.fillers: dict = {}
         self.detected = 0
 
-    def filler(self, symbol: str):
-        from .backfill import AggTradeFill
+    def filler(self, symbol: str) -> AggTradeFill:
         f = self.fillers.get(symbol)
         if f is None:
-            st = self.loop_ref[0].state(f"{symbol}@aggTrade", SOURCE)
+            st = self.loop.state(f"{symbol}@aggTrade", SOURCE)
             f = self.fillers[symbol] = AggTradeFill(self.svc, self.rest, self.gaps, symbol, st)
         return f
 
@@ -122,6 +129,22 @@ class BinanceGapHandler:
                      None if gap.from_ts_ms is None or gap.to_ts_ms is None else gap.to_ts_ms - gap.from_ts_ms)
             self.gaps.open(gap, status="unfillable")
 
+    def resume(self, open_gaps: list, positions: dict, now: int) -> None:
+        """Open aggTrade gaps of a previous run again; nothing stored: the last CQT_BACKFILL_S seconds."""
+        for g in open_gaps:
+            if g.stream.endswith("@aggTrade"):
+                log.info("resuming open gap id=%s stream=%s from_id=%s to_id=%s", g.row_id, g.stream, g.from_id,
+                         g.to_id)
+                self.backfiller.submit(self.filler(g.stream.split("@", 1)[0]), g)
+        agg_stream = f"{self.cfg.symbol}@aggTrade"
+        if positions.get(agg_stream, (None, None))[0] is None and self.cfg.backfill_s > 0 \
+                and not any(g.stream == agg_stream for g in open_gaps):
+            log.info("empty database: backfilling the last %d s of %s", self.cfg.backfill_s, agg_stream)
+            self.on_gap(Gap(SOURCE, agg_stream, "initial", now, None, None, now - self.cfg.backfill_s * 1000, None))
+
+    def periodic(self) -> None:
+        pass
+
     def snapshot(self) -> dict:
         d = {"gaps_detected": self.detected, **self.backfiller.snapshot()}
         for sym, f in self.fillers.items():
@@ -131,7 +154,6 @@ class BinanceGapHandler:
 
 def _agg_fallback(db_path, symbol: str):
     """Resume position from the table when resume_state has none (older database)."""
-    from ..db import connect
     conn = connect(db_path, readonly=True)
     try:
         row = conn.execute("SELECT MAX(agg_id) FROM binance_agg_trades WHERE symbol = ?", (symbol,)).fetchone()
@@ -144,51 +166,43 @@ def _agg_fallback(db_path, symbol: str):
         conn.close()
 
 
-def run(svc, cfg: BinanceConfig, capture_path: str | None) -> int:
-    from ..db import connect
-    from ..stream import Gap, StreamLoop
-    from ..timeutil import now_ms
-    from .backfill import Backfiller, GapBook
+class BinanceStream:
+    """cqt-collect-binance as the shared collector sees it (`cqt.venues.base.StreamVenue`)."""
 
-    settings = svc.settings
-    capture, rest = open_capture_and_rest(svc, cfg.rest_base, "binance_rest", cfg.rest_timeout_s, capture_path)
-    gaps = GapBook(svc.writer)
-    backfiller = Backfiller(svc, "backfill")
-    loop_ref: list = [None]
-    handler = BinanceGapHandler(svc, loop_ref, gaps, backfiller, rest)
-    loop = StreamLoop(svc, endpoints(cfg), handler, cfg.loop, service=SERVICE, capture=capture)
-    loop_ref[0] = loop
-    report_in_heartbeat(svc, {"symbol": cfg.symbol}, loop, handler, rest, capture)
+    service = SERVICE
+    source = SOURCE
+    rest_name = REST
 
-    # resume: positions, open gaps, or a first-start backfill
-    agg_stream = f"{cfg.symbol}@aggTrade"
-    positions = read_positions(settings.db, SERVICE)
-    if positions.get(agg_stream, (None, None))[0] is None:
-        fb = _agg_fallback(settings.db, cfg.symbol)
-        if fb is not None:
-            positions[agg_stream] = fb
-    loop.seed(positions)
-    conn = connect(settings.db, readonly=True)
-    try:
-        open_gaps = GapBook.load_open(conn, SOURCE)
-    finally:
-        conn.close()
-    for g in open_gaps:
-        if g.stream.endswith("@aggTrade"):
-            log.info("resuming open gap id=%s stream=%s from_id=%s to_id=%s", g.row_id, g.stream, g.from_id, g.to_id)
-            backfiller.submit(handler.filler(g.stream.split("@", 1)[0]), g)
-    if positions.get(agg_stream, (None, None))[0] is None and cfg.backfill_s > 0 \
-            and not any(g.stream == agg_stream for g in open_gaps):
-        now = now_ms()
-        log.info("empty database: backfilling the last %d s of %s", cfg.backfill_s, agg_stream)
-        handler.on_gap(Gap(SOURCE, agg_stream, "initial", now, None, None, now - cfg.backfill_s * 1000, None))
-    log.info("streaming symbol=%s market=%s public=%s resume_id=%s", cfg.symbol, loop.conns[0].ep.url.split("?")[0],
-             loop.conns[1].ep.url.split("?")[0], positions.get(agg_stream, (None, None))[0])
-    return run_ws_collector(svc, loop, backfiller, capture=capture, rest=rest)
+    def __init__(self, cfg: BinanceConfig):
+        self.cfg = cfg
+        self.rest_base = cfg.rest_base
+        self.rest_timeout_s = cfg.rest_timeout_s
+        self.loop_settings = cfg.loop
+
+    def endpoints(self) -> list[Endpoint]:
+        return endpoints(self.cfg)
+
+    def heartbeat_head(self) -> dict:
+        return {"symbol": self.cfg.symbol}
+
+    def complete_positions(self, db_path, positions: dict) -> None:
+        agg_stream = f"{self.cfg.symbol}@aggTrade"
+        if positions.get(agg_stream, (None, None))[0] is None:
+            fb = _agg_fallback(db_path, self.cfg.symbol)
+            if fb is not None:
+                positions[agg_stream] = fb
+
+    def gap_handler(self, svc, loop: StreamLoop, rest, gaps, backfiller) -> BinanceGapHandler:
+        return BinanceGapHandler(self.cfg, svc, loop, gaps, backfiller, rest)
+
+    def started(self, loop: StreamLoop, positions: dict) -> None:
+        log.info("streaming symbol=%s market=%s public=%s resume_id=%s", self.cfg.symbol,
+                 loop.conns[0].ep.url.split("?")[0], loop.conns[1].ep.url.split("?")[0],
+                 positions.get(f"{self.cfg.symbol}@aggTrade", (None, None))[0])
 
 
-@click.command("cqt-collect-binance", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database (default: CQT_DB).")
+@click.command(SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
+@db_option(help="SQLite database (default: CQT_DB).")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False),
               help="Also record every frame and REST answer here (JSON Lines; .gz compresses; rotated daily).")
 @click.option("--symbol", help="USD-M futures symbol (default: CQT_BINANCE_SYMBOL).")
@@ -198,8 +212,8 @@ def main(db: str | None, capture_path: str | None, symbol: str | None) -> None:
     Runs until SIGTERM; reconnects on every close, error or stall; backfills missed
     aggTrade ids over REST. See docs/collectors.md.
     """
-    from ..runtime import load_settings_or_exit, run_service
     settings = load_settings_or_exit(db=db, binance_symbol=symbol)
     cfg = config_or_exit(lambda: BinanceConfig.from_settings(settings))
     capture_path = capture_target_or_exit(SERVICE, settings, capture_path)
-    sys.exit(run_service(SERVICE, lambda svc: run(svc, cfg, capture_path), settings))
+    sys.exit(run_service(SERVICE, lambda svc: run_stream_collector(svc, BinanceStream(cfg), capture_path),
+                         settings))

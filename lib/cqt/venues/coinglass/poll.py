@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,23 +35,24 @@ from typing import Any, Callable
 
 import click
 
-from .. import exitcodes
-from ..symbols import coinglass_coin_of_binance
-from . import run_rest_poller
-from ..config import ConfigError, Settings
-from ..db import connect, redact
-from ..poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
-from ..rest import RestClient
-from ..runtime import Service, load_settings_or_exit
-from ..sources import COINGLASS_ENDPOINTS, Reject, interval_ms
-from ..sources.common import clip
-from ..timeutil import now_ms
-from .rest_parsers import parse_rest_answer, store_sql
+from ... import exitcodes
+from ...collector import config_or_exit, run_rest_poller
+from ...config import ConfigError, Settings
+from ...db import connect, redact
+from ...options import db_option
+from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, error_code, failure_of
+from ...rest import RestClient
+from ...runtime import Service, load_settings_or_exit
+from ...timeutil import now_ms
+from ..common import Reject, clip, interval_ms, store_sql
+from ..registry import rest_answer_outcome
+from . import coin_of, exchange, exchange_list
+from .parse import COINGLASS_ENDPOINTS, SRC
 
 log = logging.getLogger("cqt.poll.coinglass")
 
 SERVICE = "cqt-poll-coinglass"
-SOURCE = "coinglass"
+SOURCE = SRC
 MAX_LIMIT = 1000
 
 #: plan -> (requests per minute, shortest interval allowed); coinglass-api-skills SKILL.md
@@ -69,15 +69,6 @@ CALL_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok
             "VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 _PLAN_RE = re.compile(r"plan|upgrade|subscri|permission|not (?:allowed|available|supported)|level", re.I)
-
-
-def coin_of(settings: Settings) -> str:
-    """The coin for aggregated endpoints: CQT_COINGLASS_SYMBOL, else the Binance symbol
-    without its quote asset (BTCUSDT -> BTC)."""
-    coin = settings.get_str("CQT_COINGLASS_SYMBOL", "")
-    if coin:
-        return coin.strip().upper()
-    return coinglass_coin_of_binance(settings.binance_symbol)
 
 
 def plan_refusal(text: str | None, interval: str) -> bool:
@@ -120,9 +111,8 @@ class CoinglassConfig:
             interval=s.coinglass_interval,
             poll_s=s.get_float("CQT_POLL_COINGLASS_S", 60.0, minimum=1.0),
             timeout_s=s.get_float("CQT_POLL_TIMEOUT_S", 10.0, minimum=0.1),
-            exchange=s.get_str("CQT_COINGLASS_EXCHANGE", "Binance").strip(),
-            exchanges=",".join(x.strip() for x in s.get_str("CQT_COINGLASS_EXCHANGES", "Binance,OKX,Bybit").split(",")
-                               if x.strip()),
+            exchange=exchange(s),
+            exchanges=exchange_list(s),
             coin=coin_of(s),
             pair=s.binance_symbol,
             plan=plan,
@@ -159,7 +149,7 @@ class CoinglassConfig:
 def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError | None]:
     """One answer -> (ok, short error for coinglass_call_status, PollError or None).
 
-    `parsed` is the parse_rest_answer result for a 2xx answer (None otherwise)."""
+    `parsed` is the rest_answer_outcome result for a 2xx answer (None otherwise)."""
     fail = failure_of(resp)
     status = resp.status
     if fail is not None:
@@ -195,8 +185,7 @@ def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError |
 
 
 def _server_msg(text: str) -> str:
-    from ..poll import _error_code
-    code = _error_code(text)
+    code = error_code(text)
     if code:
         return code[1] or f"code {code[0]}"
     return clip(text, 120) if text and len(text) < 400 and not text.lstrip().startswith("<") else ""
@@ -303,8 +292,8 @@ class CoinglassPoller:
             raise failure_of(r)          # not sent: no call to record
         parsed = None
         if r.ok:
-            parsed = parse_rest_answer(SOURCE, ep.path, params, r.text, r.recv_ts_ms, None,
-                                       self.svc.settings, r.status)
+            parsed = rest_answer_outcome(SOURCE, ep.path, params, r.text, r.recv_ts_ms, None,
+                                         self.svc.settings, r.status)
         ok, error, fail = classify(r, parsed, self.cfg.interval)
         rows = 0
         if ok:
@@ -332,7 +321,6 @@ class CoinglassPoller:
             self.calls["total"] += 1
             self.calls["ok" if ok else "failed"] += 1
 
-
     def detail(self) -> dict:
         d = self.loop.detail()
         d["rest"] = self.client.rate.snapshot()
@@ -344,16 +332,11 @@ class CoinglassPoller:
 
 def check_config(settings: Settings) -> CoinglassConfig:
     """Config or exit 78 with one line (used before anything starts)."""
-    try:
-        return CoinglassConfig.from_settings(settings)
-    except ConfigError as exc:
-        print(f"{SERVICE}: {exc}", file=sys.stderr)
-        sys.exit(exitcodes.CONFIG)
+    return config_or_exit(lambda: CoinglassConfig.from_settings(settings), SERVICE)
 
 
 @click.command(name=SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", type=click.Path(dir_okay=False), default=None,
-              help="SQLite database (default: CQT_DB).")
+@db_option(help="SQLite database (default: CQT_DB).")
 @click.option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
               help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; "
                    "rotated daily; never the key).")

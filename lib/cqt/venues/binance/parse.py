@@ -1,7 +1,7 @@
 """Binance USDⓈ-M Futures parsers (WebSocket frames and REST answers). Pure functions.
 
-Errors are raised as :class:`cqt.sources.common.Reject` (reasons: see that module);
-success returns :class:`cqt.sources.common.Parsed`.
+Errors are raised as :class:`cqt.venues.common.Reject` (reasons: see that module);
+success returns :class:`cqt.venues.common.Parsed`.
 
 WebSocket — :func:`parse_binance_frame` takes a raw-stream payload (``{"e":…}``) or the
 combined wrapper (``{"stream":…,"data":{…}}``), as text, bytes or an already decoded dict:
@@ -32,7 +32,7 @@ History answers use the wide default past bound ``HISTORY_MAX_PAST_MS``.
 """
 from __future__ import annotations
 
-from .common import (
+from ..common import (
     HISTORY_MAX_PAST_MS, INT64_LIMIT, MAX_FUTURE_MS, MAX_PAST_MS, STR, JSONDecodeError,
     Parsed, Reject, bad_type, bounds, clip, decode, interval_ms, loads, missing, nonneg,
     opt_float, pos, range_reject, to_float, to_id, to_int, to_text, to_time, token,
