@@ -43,16 +43,19 @@ from typing import Any, Callable
 import click
 
 from . import exitcodes
-from .collectors.binance_rest import BinanceRestConfig, BinanceRestPoller
-from .collectors.coinglass import CoinglassConfig, CoinglassPoller
 from .config import ConfigError, Settings
 from .db import connect
 from .options import db_option, json_option
 from .rest import RateLimitState, RestResponse
 from .sinks import RejectLog
-from .sources import COINGLASS_ENDPOINTS, Reject, insert_sql, parse_binance_frame, parse_upbit_frame
 from .timerule import RAW_TABLES
 from .timeutil import fmt_ms, now_ms, parse_time_ms
+from .venues.binance.parse import parse_binance_frame
+from .venues.binance.poll import BinanceRestConfig, BinanceRestPoller
+from .venues.coinglass.parse import COINGLASS_ENDPOINTS
+from .venues.coinglass.poll import CoinglassConfig, CoinglassPoller
+from .venues.common import Reject, insert_sql
+from .venues.upbit.parse import parse_upbit_frame
 from .writer import BatchWriter
 
 SERVICES = {  # service -> ingest source
