@@ -74,7 +74,7 @@ def test_leak_check_sources_are_the_catalogue():
 
 
 def test_export_descriptions_are_the_catalogue():
-    for name in ("cqt.export.parquet", "cqt.export", "cqt.dataset"):
+    for name in ("cqt.export.parquet", "cqt.export"):
         try:
             mod = importlib.import_module(name)
         except ImportError:

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .redact import redact  # noqa: F401 - re-export while importers move to cqt.redact (removed afterwards)
-
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
@@ -210,16 +208,3 @@ def is_fatal_io(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and (
         "disk is full" in msg or "disk i/o error" in msg or "readonly" in msg or "read-only" in msg
         or "malformed" in msg or "no space" in msg)
-
-
-# ------------------------------------------------------------------------------ moved names
-# Still importable from here while their importers move to the modules that own them (removed afterwards).
-_MOVED = {"BatchWriter": "cqt.writer", "RejectLog": "cqt.sinks"}
-
-
-def __getattr__(name: str) -> Any:
-    # Looked up on use only: cqt.writer imports this module, so a plain import here would be a circle.
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

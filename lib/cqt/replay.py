@@ -39,7 +39,7 @@ import binascii
 import orjson
 
 from .capture import iter_lines
-from .db import redact
+from .redact import redact
 from .options import db_option, json_option
 from .stream import rows_per_statement
 from .timeutil import MAX_TIME_MS, MIN_TIME_MS
@@ -521,7 +521,9 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
     import json
 
     from . import exitcodes
-    from .db import BatchWriter, RejectLog, SchemaTooNew
+    from .db import SchemaTooNew
+    from .sinks import RejectLog
+    from .writer import BatchWriter
     from .runtime import load_settings_or_exit, setup_logging
 
     settings = load_settings_or_exit(db=db)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 import orjson
 import requests
 
-from .db import redact
+from .redact import redact
 from .timeutil import now_ms
 
 log = logging.getLogger("cqt.rest")

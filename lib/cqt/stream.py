@@ -824,7 +824,7 @@ def _close_quietly(ws: websocket.WebSocket) -> None:
 
 def _short(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """First line of an exception, keys masked before the cut to 120 characters."""
-    from .db import redact
+    from .redact import redact
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     return f"{name}: {redact(text, secrets, 120)}" if text else name

@@ -8,7 +8,7 @@ what the four collectors would have written over that span, through the same cod
 
 * WebSocket tables — every frame of `MarketModel.ws_frames` (Upbit KRW-BTC/KRW-USDT
   trades, order books, tickers; Binance aggTrade, markPrice@1s, bookTicker, forceOrder)
-  goes through the collectors' parsers (`cqt.sources.parse_upbit_frame` /
+  goes through the collectors' parsers (`cqt.venues.upbit.parse.parse_upbit_frame` /
   `parse_binance_frame`); bookTicker is thinned like live (the last frame of each
   CQT_BOOKTICKER_MIN_MS slot per symbol); recv_ts_ms = event time + a small random
   latency (Binance ~15–60 ms, Upbit ~25–90 ms);
@@ -20,7 +20,7 @@ what the four collectors would have written over that span, through the same cod
   `cqt-collect-binance`, `cqt-poll-binance`, `cqt-poll-coinglass` (state running,
   detail with totals), `ingest_stats` per heartbeat, one `service_runs` row per service
   (pid 0 marks a synthetic run);
-* derived tables — `cqt.aggregate.rebuild(db, from, to, settings)` fills `market_1s` and
+* derived tables — `cqt.aggregate.rebuilds.rebuild(db, from, to, settings)` fills `market_1s` and
   `predictions` when that module is installed (otherwise they stay empty: said in the
   summary).
 
@@ -365,9 +365,9 @@ class Synth:
     def derive(self) -> str:
         """market_1s + predictions through the aggregate's rebuild, if it is installed."""
         try:
-            from .aggregate import rebuild
+            from .aggregate.rebuilds import rebuild
         except ImportError as exc:
-            return f"skipped: cqt.aggregate.rebuild is not available ({exc})"
+            return f"skipped: cqt.aggregate.rebuilds.rebuild is not available ({exc})"
         t = time.monotonic()
         rebuild(self.db_path, self.start_ms + 1000, self.end_ms, self.settings)
         return f"rebuilt in {time.monotonic() - t:.1f} s"

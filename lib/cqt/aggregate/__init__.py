@@ -9,7 +9,3 @@
 
 All of them compute with the one feature function, cqt.features.compute_range.
 """
-from .cli import main
-from .rebuilds import rebuild
-
-__all__ = ["main", "rebuild"]

@@ -11,7 +11,7 @@ rejected`), or `no calls recorded in 600 s: is cqt-poll-coinglass running?`.
 """
 from __future__ import annotations
 
-from ..sources.coinglass import COINGLASS_ENDPOINTS
+from ..venues.coinglass.parse import COINGLASS_ENDPOINTS
 from ..timeutil import fmt_ms
 from .base import CheckContext, check_command
 from .result import Metric

@@ -14,7 +14,7 @@ from pathlib import Path
 from .base import CheckContext
 from .result import Metric
 
-LABEL_CLASSES = ("UP", "DOWN", "NONE")   # the export's classes (cqt.dataset.LABELS)
+LABEL_CLASSES = ("UP", "DOWN", "NONE")   # the export's classes (cqt.export.labelling.LABELS)
 RECENT_RUNS = 50                         # export_runs rows looked at for one whose file still exists
 
 

@@ -25,5 +25,3 @@ The modules, each importing only those above it:
     job        run_nightly (the order) and the summary line
     cli        the `cqt-nightly` command (the lock, --json)
 """
-
-from .cli import main  # noqa: F401,E402 - cqt.cli.PROGRAMS names cqt.nightly:main until it names cqt.nightly.cli:main

@@ -23,5 +23,3 @@ The modules, each importing only those above it (the queries are cqt.bookkeeping
     update      update_report: render, draw the plots (cqt.plots), edit the file once
     cli         the `cqt-report` command
 """
-
-from .cli import main  # noqa: F401,E402 - cqt.cli.PROGRAMS names cqt.report:main until it names cqt.report.cli:main

@@ -38,7 +38,8 @@ import click
 from ... import exitcodes
 from ...collector import config_or_exit, run_rest_poller
 from ...config import ConfigError, Settings
-from ...db import connect, redact
+from ...db import connect
+from ...redact import redact
 from ...options import db_option
 from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, error_code, failure_of
 from ...rest import RestClient
