@@ -99,6 +99,17 @@ def env_check(strict: bool) -> None:
     sys.exit(exitcodes.OK if ok else exitcodes.FAIL)
 
 
+@env.command("docs")
+@click.option("--write", "mode", flag_value="write", help="Regenerate the README's variable tables and .env.example.")
+@click.option("--check", "mode", flag_value="check", help="Exit 1 when they differ from the settings registry.")
+def env_docs(mode: str | None) -> None:
+    """The README's variable tables and .env.example, generated from the settings registry."""
+    from .config import docs
+    if mode is None:
+        raise click.UsageError("give --write or --check")
+    sys.exit(docs.main([f"--{mode}"]))
+
+
 # ------------------------------------------------------------------------------ status
 COLLECTED_TABLES = (
     ("upbit_trades", "trade_ts_ms"), ("upbit_orderbook", "ts_ms"), ("upbit_ticker", "ts_ms"),

@@ -111,8 +111,7 @@ class RestSeries:
     where: str                 # extra SQL condition (bound to `params`)
     params: tuple
     model: str                 # coverage (snapshot every poll) | slots (period-aligned)
-    poll_env: str              # the poller's interval variable
-    poll_default: float
+    poll_env: str              # the poller's interval variable (its default: the registry's)
     period_s: float | None = None   # slots: data period (None = from the data)
     stamped_at_start: bool = False  # slots: the time is the period's START (cqt.timerule's reading of
                                     # Binance /futures/data timestamps): lag counts from the period end
@@ -123,14 +122,14 @@ RATIO_KINDS = ("open_interest_hist", "global_long_short", "top_long_short_positi
 
 def rest_series() -> tuple[RestSeries, ...]:
     out = [RestSeries("binance.openInterest", "binance_open_interest", "ts_ms", "", (), "coverage",
-                      "CQT_POLL_OI_S", 10.0)]
+                      "CQT_POLL_OI_S")]
     for kind in RATIO_KINDS:
         out.append(RestSeries(f"binance.ratios.{kind}", "binance_ratios", "ts_ms", "kind = ?", (kind,), "slots",
-                              "CQT_POLL_RATIOS_S", 60.0, stamped_at_start=True))
+                              "CQT_POLL_RATIOS_S", stamped_at_start=True))
     out.append(RestSeries("binance.premiumIndex", "binance_premium_index", "ts_ms", "", (), "coverage",
-                          "CQT_POLL_PREMIUM_S", 60.0))
+                          "CQT_POLL_PREMIUM_S"))
     out.append(RestSeries("binance.fundingRate", "binance_funding_rate", "funding_ts_ms", "", (), "slots",
-                          "CQT_POLL_FUNDING_S", 600.0))
+                          "CQT_POLL_FUNDING_S"))
     return tuple(out)
 
 
@@ -336,7 +335,7 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
     sym = ctx.settings.binance_symbol
     where = "symbol = ?" + (f" AND {r.where}" if r.where else "")
     params = (sym, *r.params)
-    poll_s = th.poll_interval_s(r.poll_env, r.poll_default)
+    poll_s = th.poll_interval_s(r.poll_env)
     factor = th("CQT_CHECK_REST_LAG_FACTOR")
     fill_min = th("CQT_CHECK_REST_FILL_MIN")
     newest = _newest(ctx, r.table, r.time_col, where, params)

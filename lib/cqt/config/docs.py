@@ -7,7 +7,7 @@ README.md carries one marked block per section of "Configuration":
     ...
     <!-- /cqt:vars -->
 
-Only the text between the markers is rewritten. `python -m cqt.config.docs --write`
+Only the text between the markers is rewritten. `bin/cqt env docs --write` (or `python -m cqt.config.docs --write`)
 rewrites both files; `--check` (and tests/test_settings_registry.py) fails when they drift.
 """
 from __future__ import annotations
@@ -129,6 +129,8 @@ def render_env_example() -> str:
 
 
 def _write(path: Path, text: str) -> None:
+    # Not cqt.outputs.write_atomic: the config package is the foundation and imports nothing else of cqt
+    # (cqt.outputs imports cqt.exitcodes), so it keeps its own temp file + rename.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = drift()
     if stale:
         print(f"out of date with the settings registry: {', '.join(stale)} "
-              "(run: python -m cqt.config.docs --write)", file=sys.stderr)
+              "(run: bin/cqt env docs --write)", file=sys.stderr)
         return 1
     print("up to date")
     return 0

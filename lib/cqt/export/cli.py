@@ -81,7 +81,7 @@ def main(output, horizon, from_ms, to_ms, last_ms, threshold, allow_missing, db,
         req = settings_request(settings, target, horizon_sec=horizon,
                                from_ms=from_ms, to_ms=to_ms, last_ms=last_ms, threshold=threshold,
                                allow_missing=allow, record=not no_record)
-        stall = settings.get_float("CQT_EXPORT_TEST_STALL_S", 0.0, minimum=0)
+        stall = settings.get_float("CQT_EXPORT_TEST_STALL_S")
     except ConfigError as exc:
         click.echo(f"cqt-export: {exc}", err=True)
         sys.exit(exitcodes.CONFIG)

@@ -11,21 +11,23 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ..config import BY_NAME
 from .threshold import Threshold
 
 LABELS = ("DOWN", "NONE", "UP")          # dictionary order in the Parquet file
 DROP_REASONS = ("stale_source", "missing_features", "label_pending", "no_label", "label_ts_violation")
 SECONDS_PER_YEAR = 365 * 86_400
 
-# Required sources at t0: market_1s age column, env var for its limit, default limit (s).
-# Required sources at t0: market_1s age column, env var for its limit, default limit (s).
-STALE_SOURCES: tuple[tuple[str, str, str, float], ...] = (
-    ("upbit_trade", "close_age_ms", "CQT_EXPORT_MAX_AGE_UPBIT_TRADE_S", 60),
-    ("upbit_book", "book_age_ms", "CQT_EXPORT_MAX_AGE_UPBIT_BOOK_S", 10),
-    ("binance_trade", "binance_age_ms", "CQT_EXPORT_MAX_AGE_BINANCE_S", 10),
-    ("binance_mark", "mark_age_ms", "CQT_EXPORT_MAX_AGE_MARK_S", 10),
-    ("usdt_krw", "usdt_krw_age_ms", "CQT_EXPORT_MAX_AGE_USDT_KRW_S", 600),
-)
+# Required sources at t0: market_1s age column, env var for its limit, default limit (s) as the
+# settings registry declares it.
+STALE_SOURCES: tuple[tuple[str, str, str, float], ...] = tuple(
+    (name, col, var, float(BY_NAME[var].default)) for name, col, var in (
+        ("upbit_trade", "close_age_ms", "CQT_EXPORT_MAX_AGE_UPBIT_TRADE_S"),
+        ("upbit_book", "book_age_ms", "CQT_EXPORT_MAX_AGE_UPBIT_BOOK_S"),
+        ("binance_trade", "binance_age_ms", "CQT_EXPORT_MAX_AGE_BINANCE_S"),
+        ("binance_mark", "mark_age_ms", "CQT_EXPORT_MAX_AGE_MARK_S"),
+        ("usdt_krw", "usdt_krw_age_ms", "CQT_EXPORT_MAX_AGE_USDT_KRW_S"),
+    ))
 
 
 # The market_1s columns the labelling reads, in this order (the ages of STALE_SOURCES last).

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
+from ..config import BY_NAME, Settings
 from ..timeutil import fmt_ms
 from .labelling import STALE_SOURCES
 from .threshold import Threshold
 
-DEFAULT_HORIZON_S = 120
+DEFAULT_HORIZON_S = int(BY_NAME["CQT_EXPORT_HORIZON_S"].default)
 
 
 class ExportError(Exception):
@@ -82,12 +82,12 @@ class ExportResult:
 
 def settings_request(settings: Settings, output: Path, **kw: Any) -> ExportRequest:
     """An ExportRequest with the limits from the settings (CQT_LABEL_MAX_DELAY_S, CQT_EXPORT_MAX_AGE_*)."""
-    limits = {name: settings.get_float(var, default, minimum=0) for name, _col, var, default in STALE_SOURCES}
+    limits = {name: settings.get_float(var) for name, _col, var, _default in STALE_SOURCES}
     # Defaults an operator (or the nightly unit) can set once in .env instead of on every command line.
     if kw.get("allow_missing") is None:
-        kw["allow_missing"] = split_columns(settings.get_str("CQT_EXPORT_ALLOW_MISSING", ""))
+        kw["allow_missing"] = split_columns(settings.get_str("CQT_EXPORT_ALLOW_MISSING"))
     if kw.get("horizon_sec") is None:
-        kw["horizon_sec"] = settings.get_int("CQT_EXPORT_HORIZON_S", DEFAULT_HORIZON_S, minimum=1)
+        kw["horizon_sec"] = settings.get_int("CQT_EXPORT_HORIZON_S")
     return ExportRequest(output=output, max_delay_s=settings.label_max_delay_s, stale_limits_s=limits, **kw)
 
 

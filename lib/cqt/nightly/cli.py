@@ -40,8 +40,8 @@ def main(db, window, horizon, threshold, no_retention, as_json):
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--threshold") from None
     try:
-        timeout = settings.get_float("CQT_NIGHTLY_CHECK_TIMEOUT_S", 900.0, minimum=1)
-        settings.get_str("CQT_CAPTURE_DIR", "data/captures")
+        timeout = settings.get_float("CQT_NIGHTLY_CHECK_TIMEOUT_S")
+        settings.get_str("CQT_CAPTURE_DIR")
     except ConfigError as exc:
         click.echo(f"cqt-nightly: {exc}", err=True)
         sys.exit(exitcodes.CONFIG)

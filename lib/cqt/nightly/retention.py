@@ -170,7 +170,7 @@ def incremental_vacuum(conn: sqlite3.Connection, pages_per_step: int = 2000, max
 def prune_captures(settings: Settings, covered: list[tuple[int, int]], cutoff: int) -> list[Path]:
     """Remove rotated capture files (`name.YYYY-MM-DD.ext`) of days before the cutoff whose whole day
     was exported. The current (unrotated) file is never touched."""
-    cdir = settings.resolve_path(settings.get_str("CQT_CAPTURE_DIR", "data/captures"))
+    cdir = settings.resolve_path(settings.get_str("CQT_CAPTURE_DIR"))
     if not cdir.is_dir():
         return []
     removed = []

@@ -55,7 +55,7 @@ def checks_command(settings: Settings) -> list[str]:
 
     The default runner does the full `integrity_check` at night (the scheduled runs do the
     bounded quick check), so a damaged page anywhere is found within a day."""
-    text = settings.get_str("CQT_NIGHTLY_CHECKS_CMD", "")
+    text = settings.get_str("CQT_NIGHTLY_CHECKS_CMD")
     return shlex.split(text) if text.strip() else ["sh", str(RUNNER), "--integrity", "full"]
 
 

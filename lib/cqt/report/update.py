@@ -27,7 +27,7 @@ class ReportOutcome:
 
 def journal_mode_setting(settings: Settings) -> str:
     """CQT_REPORT_JOURNAL: auto (journal when cqt units log there, else events) | journal | events."""
-    mode = settings.get_str("CQT_REPORT_JOURNAL", "auto").strip().lower()
+    mode = settings.get_str("CQT_REPORT_JOURNAL").strip().lower()
     if mode not in ("auto", "journal", "events"):
         raise ConfigError("CQT_REPORT_JOURNAL", f"{mode!r} is not one of auto, journal, events")
     return mode

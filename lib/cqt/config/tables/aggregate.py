@@ -26,7 +26,7 @@ TABLE: tuple[Var, ...] = (
     _V("CQT_AGGREGATE_OI_CARRY_S", "300", "int", "the same for Binance open interest (polled every ~10 s)", 1, DAY_S),
     _V("CQT_AGGREGATE_LS_PERIOD", "5m", "str", "`binance_ratios.period` used for `ls_ratio` (carried 3 periods)"),
     _V("CQT_AGGREGATE_CG_SYMBOL", None, "str", "`coinglass_open_interest.symbol`",
-       default_doc="symbol without `USDT` (`BTC`)"),
+       default_doc="coin of `CQT_BINANCE_SYMBOL` (`BTC`)"),
     _V("CQT_AGGREGATE_CG_EXCHANGE", "Binance", "str",
        "`coinglass_funding.exchange` (its symbol is `CQT_BINANCE_SYMBOL`)"),
     _V("CQT_AGGREGATE_START_WAIT_S", "120", "float",

@@ -40,7 +40,7 @@ THRESHOLDS: tuple[Var, ...] = (
        "upbit.KRW-USDT.trade.lag_s (sparse: lag only; counted from the collector's start when none yet)"),
     _T("CQT_CHECK_BOOK_FROZEN_S", 120,
        "<book>.frozen_s: seconds the best bid/ask stood unchanged while trades printed outside it "
-       "(the Upbit KRW-BTC orderbook)", 1),
+       "(the Upbit KRW-BTC order book and the Binance bookTicker)", 1),
     _T("CQT_CHECK_BOOK_MOVE_BPS", 10,
        "a trade this many basis points outside the unchanged best bid/ask counts as the market moving"),
     # ------------------------------------------------------------------ altdata_check: Binance REST

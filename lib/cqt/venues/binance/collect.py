@@ -60,13 +60,13 @@ class BinanceConfig:
             ws_base=settings.binance_ws_url.rstrip("/"),
             rest_base=settings.binance_rest_url,
             loop=LoopSettings.from_settings(settings),
-            stall_aggtrade_s=settings.get_float("CQT_STALL_AGGTRADE_S", 60.0, 0.0),
-            stall_markprice_s=settings.get_float("CQT_STALL_MARKPRICE_S", 5.0, 0.0),
-            stall_bookticker_s=settings.get_float("CQT_STALL_BOOKTICKER_S", 30.0, 0.0),
-            gap_min_ms=settings.get_int("CQT_GAP_MIN_MS", 3000, 0),
+            stall_aggtrade_s=settings.get_float("CQT_STALL_AGGTRADE_S"),
+            stall_markprice_s=settings.get_float("CQT_STALL_MARKPRICE_S"),
+            stall_bookticker_s=settings.get_float("CQT_STALL_BOOKTICKER_S"),
+            gap_min_ms=settings.get_int("CQT_GAP_MIN_MS"),
             bookticker_min_ms=settings.bookticker_min_ms,
             backfill_s=settings.backfill_s,
-            rest_timeout_s=settings.get_float("CQT_REST_TIMEOUT_S", 10.0, 0.1),
+            rest_timeout_s=settings.get_float("CQT_REST_TIMEOUT_S"),
         )
 
 

@@ -78,15 +78,15 @@ class BinanceRestConfig:
         """Raises ConfigError (exit 78) for a bad value or a setting that would break a limit."""
         cfg = cls(
             symbol=s.binance_symbol,
-            oi_s=s.get_float("CQT_POLL_OI_S", 10.0, minimum=1.0),
-            ratios_s=s.get_float("CQT_POLL_RATIOS_S", 60.0, minimum=1.0),
-            premium_s=s.get_float("CQT_POLL_PREMIUM_S", 60.0, minimum=1.0),
-            funding_s=s.get_float("CQT_POLL_FUNDING_S", 600.0, minimum=1.0),
-            timeout_s=s.get_float("CQT_POLL_TIMEOUT_S", 10.0, minimum=0.1),
+            oi_s=s.get_float("CQT_POLL_OI_S"),
+            ratios_s=s.get_float("CQT_POLL_RATIOS_S"),
+            premium_s=s.get_float("CQT_POLL_PREMIUM_S"),
+            funding_s=s.get_float("CQT_POLL_FUNDING_S"),
+            timeout_s=s.get_float("CQT_POLL_TIMEOUT_S"),
             backfill_s=s.backfill_s,
-            refetch=s.get_int("CQT_POLL_RATIO_REFETCH", 3, minimum=1),
-            data_limit_5m=s.get_int("CQT_BINANCE_DATA_LIMIT", 900, minimum=10),
-            funding_limit_5m=s.get_int("CQT_BINANCE_FUNDING_LIMIT", 450, minimum=5),
+            refetch=s.get_int("CQT_POLL_RATIO_REFETCH"),
+            data_limit_5m=s.get_int("CQT_BINANCE_DATA_LIMIT"),
+            funding_limit_5m=s.get_int("CQT_BINANCE_FUNDING_LIMIT"),
         )
         # Steady state must fit the server's limits with room for backfill pages.
         per_5m = 4 * 300 / cfg.ratios_s

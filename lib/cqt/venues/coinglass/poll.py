@@ -103,15 +103,14 @@ class CoinglassConfig:
         if require_key and state != "present":
             raise ConfigError("COINGLASS_API_KEY", "is missing" if state == "missing" else
                               "is a placeholder, not a real key (put your Coinglass API key in .env)")
-        plan = s.get_str("CQT_COINGLASS_PLAN", "").strip().lower() or None
+        plan = s.get_str("CQT_COINGLASS_PLAN").strip().lower() or None
         if plan is not None and plan not in PLANS:
             raise ConfigError("CQT_COINGLASS_PLAN", f"{plan!r} is not one of {', '.join(PLANS)}")
-        per_minute = s.get_int("CQT_COINGLASS_RATE_PER_MIN", PLANS[plan][0] if plan else PLANS["hobbyist"][0],
-                               minimum=1)
+        per_minute = s.get_int("CQT_COINGLASS_RATE_PER_MIN", PLANS[plan][0] if plan else PLANS["hobbyist"][0])
         cfg = cls(
             interval=s.coinglass_interval,
-            poll_s=s.get_float("CQT_POLL_COINGLASS_S", 60.0, minimum=1.0),
-            timeout_s=s.get_float("CQT_POLL_TIMEOUT_S", 10.0, minimum=0.1),
+            poll_s=s.get_float("CQT_POLL_COINGLASS_S"),
+            timeout_s=s.get_float("CQT_POLL_TIMEOUT_S"),
             exchange=exchange(s),
             exchanges=exchange_list(s),
             coin=coin_of(s),

@@ -64,15 +64,14 @@ class UpbitConfig:
             ws_url=settings.upbit_ws_url,
             rest_base=settings.upbit_rest_url,
             loop=LoopSettings.from_settings(settings),
-            stall_trade_s=settings.get_float("CQT_STALL_UPBIT_TRADE_S", 300.0, 0.0),
-            stall_orderbook_s=settings.get_float("CQT_STALL_UPBIT_ORDERBOOK_S", 30.0, 0.0),
-            gap_min_ms=settings.get_int("CQT_GAP_MIN_MS", 3000, 0),
-            ping_s=settings.get_float("CQT_UPBIT_PING_S", 30.0, 0.1),
+            stall_trade_s=settings.get_float("CQT_STALL_UPBIT_TRADE_S"),
+            stall_orderbook_s=settings.get_float("CQT_STALL_UPBIT_ORDERBOOK_S"),
+            gap_min_ms=settings.get_int("CQT_GAP_MIN_MS"),
+            ping_s=settings.get_float("CQT_UPBIT_PING_S"),
             backfill_s=settings.backfill_s,
-            rest_timeout_s=settings.get_float("CQT_REST_TIMEOUT_S", 10.0, 0.1),
-            reconcile_s=settings.get_float("CQT_UPBIT_RECONCILE_S", 180.0, minimum=1.0, maximum=86400.0),
-            reconcile_settle_s=settings.get_float("CQT_UPBIT_RECONCILE_SETTLE_S", 10.0, minimum=0.0,
-                                                  maximum=600.0),
+            rest_timeout_s=settings.get_float("CQT_REST_TIMEOUT_S"),
+            reconcile_s=settings.get_float("CQT_UPBIT_RECONCILE_S"),
+            reconcile_settle_s=settings.get_float("CQT_UPBIT_RECONCILE_SETTLE_S"),
         )
 
 
