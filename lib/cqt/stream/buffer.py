@@ -1,0 +1,80 @@
+"""Rows of a receive thread on their way to the writer: multi-row packing, RowBuffer, the
+resume position statement that follows each chunk."""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+RESUME_SQL = ("INSERT OR REPLACE INTO resume_state (service, stream, last_id, last_ts_ms, updated_ts_ms) "
+              "VALUES (?, ?, ?, ?, ?)")
+
+
+PACK_ROWS = 256          # rows per multi-row INSERT: fewer statements, fewer GIL hand-overs in the writer
+
+
+def pack_rows(sql: str, rows: list[tuple], k: int = PACK_ROWS) -> list[tuple[str, list]]:
+    """Turn `INSERT OR IGNORE … VALUES (?,…)` + rows into multi-row statements
+    (`VALUES (…),(…)…`, k rows each) plus the single-row statement for the rest.
+    Same rows, same order, same conflict handling; other statements pass through."""
+    n = len(rows)
+    if n < k or not sql.startswith("INSERT OR IGNORE") or " ON CONFLICT" in sql:
+        return [(sql, rows)]
+    multi = _MULTI.get((sql, k))
+    if multi is None:
+        head, _, values = sql.partition(" VALUES ")
+        multi = _MULTI[(sql, k)] = f"{head} VALUES {','.join([values] * k)}"
+    full = n - n % k
+    chain = itertools.chain.from_iterable
+    params = [tuple(chain(rows[i:i + k])) for i in range(0, full, k)]
+    out = [(multi, params)]
+    if full < n:
+        out.append((sql, rows[full:]))
+    return out
+
+
+_MULTI: dict[tuple[str, int], str] = {}
+_ROWS_PER_STMT: dict[str, int] = {}
+
+
+def rows_per_statement(stmt: str) -> int:
+    """How many table rows one parameter tuple of `stmt` carries (k for a packed statement)."""
+    n = _ROWS_PER_STMT.get(stmt)
+    if n is None:
+        n = _ROWS_PER_STMT[stmt] = stmt.partition(" VALUES ")[2].count("),(") + 1
+    return n
+
+
+class RowBuffer:
+    """Rows of one receive thread, grouped by statement, handed to the writer in chunks."""
+
+    def __init__(self, writer: Any, flush_rows: int, flush_s: float):
+        self.writer = writer
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.by_sql: dict[str, list] = {}
+        self.n = 0
+        self.first_at = 0.0
+
+    def add(self, sql: str, rows: list) -> None:
+        lst = self.by_sql.get(sql)
+        if lst is None:
+            self.by_sql[sql] = lst = []
+        if not self.n:
+            self.first_at = time.monotonic()
+        lst.extend(rows)
+        self.n += len(rows)
+
+    def due(self, now_mono: float) -> bool:
+        return self.n >= self.flush_rows or (self.n > 0 and now_mono - self.first_at >= self.flush_s)
+
+    def flush(self, resume_rows: list[tuple]) -> int:
+        n = self.n
+        if n:
+            by_sql, self.by_sql, self.n = self.by_sql, {}, 0
+            for sql, rows in by_sql.items():
+                for stmt, params in pack_rows(sql, rows):
+                    self.writer.put_many(stmt, params, nrows=len(params) * rows_per_statement(stmt))
+        if resume_rows:
+            self.writer.put_many(RESUME_SQL, resume_rows)
+        return n
