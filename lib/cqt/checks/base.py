@@ -19,16 +19,15 @@ import click
 
 from .. import db, exitcodes
 from ..config import ConfigError, Settings, load_settings
+from ..options import MAX_WINDOW_S as MAX_WINDOW_S  # noqa: F401 - re-exported (the gate tests import it here)
+from ..options import as_of_option, db_option, json_option, window_option
 from ..runtime import setup_logging
-from ..clicktypes import TIME
 from ..timeutil import fmt_ms, now_ms
 from .result import CheckResult, Metric
 from .thresholds import Thresholds
 
 log = logging.getLogger("cqt.checks")
 
-DEFAULT_WINDOW_S = 600
-MAX_WINDOW_S = 31 * 86_400       # a month: beyond it a window is a typo, not a question (exit 2)
 INTEGRITY_MODES = ("quick", "full")
 INTEGRITY_PRAGMA = {"quick": "quick_check", "full": "integrity_check"}
 INTEGRITY_REPORTED = 20          # problems PRAGMA ... reports at most (the first three are printed)
@@ -162,14 +161,10 @@ def common_options(fn):
                       help="Verify the database file first: quick = PRAGMA quick_check (bounded by "
                            "CQT_CHECK_INTEGRITY_BUDGET_S), full = PRAGMA integrity_check (nightly). "
                            "A damaged file is exit 3.")(fn)
-    fn = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(fn)
-    fn = click.option("--db", type=click.Path(dir_okay=False), default=None,
-                      help="Database file (default: CQT_DB).")(fn)
-    fn = click.option("--as-of", "as_of", type=TIME, default=None,
-                      help="End of the window: ISO-8601 (UTC if no zone) or epoch ms. Default: now.")(fn)
-    fn = click.option("--window", type=click.IntRange(min=1, max=MAX_WINDOW_S), default=DEFAULT_WINDOW_S,
-                      show_default=True, metavar="SECONDS",
-                      help=f"Length of the window ending at --as-of (1 .. {MAX_WINDOW_S}, 31 days).")(fn)
+    fn = json_option(fn)
+    fn = db_option(fn)
+    fn = as_of_option(fn)
+    fn = window_option(fn)
     return fn
 
 
