@@ -442,7 +442,7 @@ def test_replay_record_reader_never_raises_on_any_line():
     """Arbitrary capture lines -> rows, a reject with a reason, or a skip; never an exception."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-    from cqt.replay import RecordProcessor, ReplayStats
+    from cqt.replay.processor import RecordProcessor, ReplayStats
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(_record_lines(), min_size=1, max_size=6))

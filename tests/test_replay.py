@@ -190,7 +190,7 @@ def _fast_path_records() -> list[dict]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,processes", [("fast.jsonl", "2"), ("fast.jsonl.gz", "2"), ("fast.jsonl", "0")])
 def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_path, name, processes):
-    import cqt.replay as replay_mod
+    from cqt.replay import blocks as replay_mod
     from cqt.capture import parse_line
     from cqt.venues.binance.parse import agg_trade_capture_row
     recs = _fast_path_records()
@@ -243,7 +243,7 @@ def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_pa
 @pytest.mark.timeout(60)
 def test_fast_path_block_edges(tmp_path, monkeypatch):
     """Byte-range blocks: every line in exactly one block, whatever the block size."""
-    from cqt import replay as rp
+    from cqt.replay import blocks as rp
     recs = _fast_path_records()[:400]
     cap = tmp_path / "c.jsonl"
     _write(cap, recs, extra_lines=["", "tail without newline"])

@@ -48,7 +48,7 @@ OPERATOR_COMMANDS = {
     "env": ("cqt.ops:env", "Create or check .env (keys are never printed)."),
     "status": ("cqt.ops:status", "One screen: services, rows, freshness, checks, sizes, errors."),
     "demo": ("cqt.demo:demo", "Run the whole pipeline against cqt-sim for a few minutes."),
-    "replay": ("cqt.replay:replay", "Push a capture file through the parsers into a database."),
+    "replay": ("cqt.replay.cli:replay", "Push a capture file through the parsers into a database."),
     "synth": ("cqt.synth:synth", "Build a synthetic database from the sim's market model."),
 }
 
