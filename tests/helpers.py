@@ -1,6 +1,8 @@
 """Shared test helpers: run cqt programs as real subprocesses, bounded and cleaned up."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -10,12 +12,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin"
 CHECKS = ROOT / "checks"
 # Real exchange payloads: shared/samples beside the checkout, else the copy in tests/samples.
 SHARED_SAMPLES = ROOT.parent / "shared" / "samples"
 SAMPLES = SHARED_SAMPLES if SHARED_SAMPLES.is_dir() else ROOT / "tests" / "samples"
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
+MIGRATION = ROOT / "lib" / "cqt" / "migrations" / "0001_base.sql"
 
 
 def cqt_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -101,3 +107,36 @@ def python_env() -> dict[str, str]:
 
 
 PY = sys.executable
+
+
+def sample(name: str):
+    """A real exchange payload from SAMPLES, decoded."""
+    return json.loads((SAMPLES / name).read_text())
+
+
+def ms(recv_ts: float) -> int:
+    return int(recv_ts * 1000)
+
+
+def reason(fn, *args, **kw) -> str:
+    """The reason of the Reject that fn(*args, **kw) raises (fails the test if it does not)."""
+    from cqt.venues.common import Reject
+
+    with pytest.raises(Reject) as ei:
+        fn(*args, **kw)
+    return ei.value.reason
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str):
+    """A tmpfs of `size` at mountpoint (needs root and mount rights; skips the test otherwise),
+    always unmounted."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
+                       capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=20)

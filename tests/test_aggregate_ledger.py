@@ -4,7 +4,6 @@ of every stream source, a restart, and the first start's wait for the collectors
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 
 import pytest
@@ -26,16 +25,10 @@ UPBIT_SQL = "INSERT INTO upbit_trades VALUES (?, ?, ?, ?, 0.5, 'buy', ?)"
 
 
 @pytest.fixture(scope="module")
-def raw_template(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """The raw tables every test starts from (`db` is a copy: conftest.py)."""
     path = tmp_path_factory.mktemp("ledger") / "raw.db"
     make_raw_db(path, S, 600, seed=4)
-    return path
-
-
-@pytest.fixture()
-def db(raw_template, tmp_path):
-    path = tmp_path / "cqt.db"
-    shutil.copy(raw_template, path)
     return path
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sqlite3
 
 import pytest
@@ -22,16 +21,10 @@ PARAMS = FeatureParams()
 
 
 @pytest.fixture(scope="module")
-def raw_template(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """The raw tables every test starts from (`db` is a copy: conftest.py)."""
     path = tmp_path_factory.mktemp("aggsvc") / "raw.db"
     make_raw_db(path, S, 600, seed=3)
-    return path
-
-
-@pytest.fixture()
-def db(raw_template, tmp_path):
-    path = tmp_path / "cqt.db"
-    shutil.copy(raw_template, path)
     return path
 
 

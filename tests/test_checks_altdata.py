@@ -10,20 +10,16 @@ from freezegun import freeze_time
 
 from cqt.checks import altdata
 from cqt.timeutil import fmt_ms
-from fixtures_checks import AS_OF, copy_db, execute, failed_names, make_healthy_db, metric, run
+from fixtures_checks import AS_OF, execute, failed_names, make_healthy_db, metric, run
 from helpers import cqt_env, run_bin
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """Built once; each test gets a copy as `db` (conftest.py)."""
     return make_healthy_db(tmp_path_factory.mktemp("altdata") / "healthy.db")
-
-
-@pytest.fixture
-def db(healthy, tmp_path):
-    return copy_db(healthy, tmp_path / "cqt.db")
 
 
 def test_healthy_passes_every_metric(db):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cqt.checks.coinglass import enabled_endpoints, explain
-from fixtures_checks import AS_OF, CG_PATHS, COINGLASS_OK_ENV, copy_db, execute, failed_names, make_healthy_db, metric, run
+from fixtures_checks import AS_OF, CG_PATHS, COINGLASS_OK_ENV, execute, failed_names, make_healthy_db, metric, run
 from helpers import cqt_env, run_bin
 
 pytestmark = pytest.mark.timeout(60)
@@ -14,13 +14,9 @@ KEY = COINGLASS_OK_ENV["COINGLASS_API_KEY"]
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """Built once; each test gets a copy as `db` (conftest.py)."""
     return make_healthy_db(tmp_path_factory.mktemp("cg") / "healthy.db", derived=False)
-
-
-@pytest.fixture
-def db(healthy, tmp_path):
-    return copy_db(healthy, tmp_path / "cqt.db")
 
 
 def test_endpoints_are_the_pollers_paths():

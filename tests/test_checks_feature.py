@@ -7,20 +7,16 @@ import pytest
 from freezegun import freeze_time
 
 from cqt.timeutil import fmt_ms
-from fixtures_checks import AS_OF, COINGLASS_OK_ENV, copy_db, execute, failed_names, make_healthy_db, metric, run
+from fixtures_checks import AS_OF, COINGLASS_OK_ENV, execute, failed_names, make_healthy_db, metric, run
 from helpers import cqt_env, run_bin
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """Built once; each test gets a copy as `db` (conftest.py)."""
     return make_healthy_db(tmp_path_factory.mktemp("feature") / "healthy.db")
-
-
-@pytest.fixture
-def db(healthy, tmp_path):
-    return copy_db(healthy, tmp_path / "cqt.db")
 
 
 def test_healthy(db, tmp_path):

@@ -34,15 +34,11 @@ def raw(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clean(raw, tmp_path_factory):
+def db_template(raw, tmp_path_factory):
+    """The clean pipeline (raw plus stored features); each test gets a copy as `db` (conftest.py)."""
     path = copy_db(raw, tmp_path_factory.mktemp("leak") / "clean.db")
     store_features(path, W_FROM, W_TO)
     return path
-
-
-@pytest.fixture
-def db(clean, tmp_path):
-    return copy_db(clean, tmp_path / "cqt.db")
 
 
 def planted(raw, tmp_path, monkeypatch, fn):

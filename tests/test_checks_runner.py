@@ -10,7 +10,7 @@ from freezegun import freeze_time
 
 from cqt.checks import feature, runner
 from cqt.timeutil import fmt_ms
-from fixtures_checks import AS_OF, COINGLASS_OK_ENV, LEAK_ENV, copy_db, make_pipeline_db
+from fixtures_checks import AS_OF, COINGLASS_OK_ENV, LEAK_ENV, make_pipeline_db
 from helpers import CHECKS, ROOT, cqt_env, query
 
 pytestmark = pytest.mark.timeout(120)
@@ -18,13 +18,9 @@ ENV = {**LEAK_ENV, **COINGLASS_OK_ENV, "CQT_CHECK_LEAK_SAMPLES": "10"}
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """Built once; each test gets a copy as `db` (conftest.py)."""
     return make_pipeline_db(tmp_path_factory.mktemp("runner") / "pipeline.db")
-
-
-@pytest.fixture
-def db(pipeline, tmp_path):
-    return copy_db(pipeline, tmp_path / "cqt.db")
 
 
 def gate(tmp_path, *args, **env):

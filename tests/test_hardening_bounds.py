@@ -22,7 +22,7 @@ from cqt.config import (MAX_EXACT_INT, TEN_YEARS_S, VARIABLES, ConfigError, defa
 from cqt.features import FeatureParams
 from cqt.timeutil import MAX_TIME_MS, MIN_TIME_MS, parse_time_ms
 from fixtures_raw import make_raw_db
-from helpers import cqt_env, query, run_bin
+from helpers import cqt_env, query, run_bin, tmpfs
 
 S = 1_700_000_000_000          # 2023-11-14T22:13:20Z: the raw fixture's first second
 DATA_S = 600
@@ -252,16 +252,10 @@ def test_time_option_out_of_range_exit_2(tmp_path, program, args):
 
 # ------------------------------------------------------------------------------ --rebuild
 @pytest.fixture(scope="module")
-def raw_template(tmp_path_factory):
+def db_template(tmp_path_factory):
+    """The raw tables the --rebuild tests start from (`db` is a copy: conftest.py)."""
     path = tmp_path_factory.mktemp("bounds") / "raw.db"
     make_raw_db(path, S, DATA_S, seed=5)
-    return path
-
-
-@pytest.fixture()
-def raw_db(raw_template, tmp_path):
-    path = tmp_path / "cqt.db"
-    shutil.copy(raw_template, path)
     return path
 
 
@@ -276,48 +270,48 @@ def first_last_stream_bar(path: Path) -> tuple[int, int]:
     return -(-lo // 1000) * 1000, -(-hi // 1000) * 1000
 
 
-def test_rebuild_is_cut_to_the_data_range(raw_db, tmp_path):
-    lo, hi = first_last_stream_bar(raw_db)
+def test_rebuild_is_cut_to_the_data_range(db, tmp_path):
+    lo, hi = first_last_stream_bar(db)
     r = run_bin("cqt-aggregate", "--rebuild", "--from", "2009-01-01", "--to", "2099-12-31", "--json",
-                "--db", raw_db, env=env_for(tmp_path), timeout=120)
+                "--db", db, env=env_for(tmp_path), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "rebuild range cut to the data" in r.stderr and "Traceback" not in r.stderr
     out = json.loads(r.stdout)
     assert (out["from_ms"], out["to_ms"]) == (lo, hi) and out["seconds"] == (hi - lo) // 1000 + 1 <= DATA_S + 2
-    a, b, n = query(raw_db, "SELECT MIN(ts_ms), MAX(ts_ms), COUNT(*) FROM market_1s")[0]
+    a, b, n = query(db, "SELECT MIN(ts_ms), MAX(ts_ms), COUNT(*) FROM market_1s")[0]
     assert (a, b, n) == (lo, hi, out["seconds"])          # no empty bars before the data, none after it
 
 
-def test_rebuild_without_data_in_range_writes_nothing(raw_db, tmp_path):
+def test_rebuild_without_data_in_range_writes_nothing(db, tmp_path):
     r = run_bin("cqt-aggregate", "--rebuild", "--from", "2024-06-01", "--to", "2099-12-31", "--json",
-                "--db", raw_db, env=env_for(tmp_path), timeout=60)
+                "--db", db, env=env_for(tmp_path), timeout=60)
     assert r.returncode == 0, r.stderr
     assert "nothing to rebuild" in r.stderr and json.loads(r.stdout)["seconds"] == 0
-    assert query(raw_db, "SELECT COUNT(*) FROM market_1s")[0][0] == 0
+    assert query(db, "SELECT COUNT(*) FROM market_1s")[0][0] == 0
 
 
-def test_rebuild_refuses_a_span_beyond_the_bound(raw_db, tmp_path):
+def test_rebuild_refuses_a_span_beyond_the_bound(db, tmp_path):
     # one stray trade years before the rest: cut to the data, the span is still ~12 years
-    conn = sqlite3.connect(raw_db)
+    conn = sqlite3.connect(db)
     conn.execute("INSERT INTO upbit_trades VALUES ('KRW-BTC', 1, ?, 1.0, 1.0, 'buy', ?)",
                  (1_300_000_000_000, 1_300_000_000_000))
     conn.commit()
     conn.close()
     r = run_bin("cqt-aggregate", "--rebuild", "--from", "2009-01-01", "--to", "2099-12-31",
-                "--db", raw_db, env=env_for(tmp_path, CQT_LOG_LEVEL="WARNING"), timeout=60)
+                "--db", db, env=env_for(tmp_path, CQT_LOG_LEVEL="WARNING"), timeout=60)
     assert_one_line(r, 2, "CQT_AGGREGATE_MAX_REBUILD_S=34560000")
-    assert query(raw_db, "SELECT COUNT(*) FROM market_1s")[0][0] == 0
+    assert query(db, "SELECT COUNT(*) FROM market_1s")[0][0] == 0
     # the bound is a setting
-    r = run_bin("cqt-aggregate", "--rebuild", "--from", str(S), "--to", str(S + 200_000), "--db", raw_db,
+    r = run_bin("cqt-aggregate", "--rebuild", "--from", str(S), "--to", str(S + 200_000), "--db", db,
                 env=env_for(tmp_path, CQT_LOG_LEVEL="WARNING", CQT_AGGREGATE_MAX_REBUILD_S="100"), timeout=60)
     assert_one_line(r, 2, "CQT_AGGREGATE_MAX_REBUILD_S=100")
-    r = run_bin("cqt-aggregate", "--rebuild", "--from", str(S), "--to", str(S + 200_000), "--db", raw_db,
+    r = run_bin("cqt-aggregate", "--rebuild", "--from", str(S), "--to", str(S + 200_000), "--db", db,
                 env=env_for(tmp_path, CQT_AGGREGATE_MAX_REBUILD_S="inf"), timeout=60)
     assert_one_line(r, 78, "CQT_AGGREGATE_MAX_REBUILD_S")
 
 
-def test_clamp_never_writes_future_bars(raw_db):
-    conn = sqlite3.connect(raw_db)
+def test_clamp_never_writes_future_bars(db):
+    conn = sqlite3.connect(db)
     future = S + 86_400_000
     conn.execute("INSERT INTO binance_agg_trades (symbol, agg_id, trade_ts_ms, price, qty, side, first_trade_id, "
                  "last_trade_id, event_ts_ms, recv_ts_ms) VALUES ('BTCUSDT', ?, ?, 1.0, 1.0, 'buy', 1, 1, ?, ?)",
@@ -334,22 +328,9 @@ def test_clamp_never_writes_future_bars(raw_db):
 
 
 # ------------------------------------------------------------------------------ --rebuild on a bad disk
-@contextlib.contextmanager
-def tmpfs(mountpoint: Path, size: str):
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-                       capture_output=True, text=True, timeout=20)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=20)
-
-
-def test_rebuild_on_read_only_disk_exits_74(raw_template, tmp_path):
+def test_rebuild_on_read_only_disk_exits_74(db_template, tmp_path):
     with tmpfs(tmp_path / "ro", "32m") as mnt:
-        shutil.copy(raw_template, mnt / "cqt.db")
+        shutil.copy(db_template, mnt / "cqt.db")
         r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True, timeout=20)
         if r.returncode != 0:
             pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
@@ -358,10 +339,10 @@ def test_rebuild_on_read_only_disk_exits_74(raw_template, tmp_path):
         assert_one_line(r, 74, "rebuild failed")
 
 
-def test_rebuild_on_full_disk_exits_74_not_cannot_rollback(raw_template, tmp_path):
+def test_rebuild_on_full_disk_exits_74_not_cannot_rollback(db_template, tmp_path):
     with tmpfs(tmp_path / "full", "8m") as mnt:
         db = mnt / "cqt.db"
-        shutil.copy(raw_template, db)
+        shutil.copy(db_template, db)
         fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)   # fill the disk, then free 64 KiB
         try:
             with contextlib.suppress(OSError):

@@ -250,20 +250,6 @@ def test_report_refuses_a_png_it_did_not_write_and_replaces_its_own(tmp_path):
     assert not temps(out.parent)
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs (needs root and mount rights; skipped otherwise), always unmounted."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, timeout=20)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
-
-
 def fill_disk(mnt: Path, leave: int) -> None:
     """Fill the tmpfs until at most `leave` bytes are free."""
     filler = mnt / "filler"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from pathlib import Path
 
 import orjson
 import pytest
@@ -15,23 +14,7 @@ from cqt.venues.binance.parse import (
     parse_funding_rate, parse_open_interest, parse_premium_index, parse_ratio,
 )
 
-from helpers import SAMPLES
-MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
-
-
-def sample(name):
-    return json.loads((SAMPLES / name).read_text())
-
-
-def ms(recv_ts: float) -> int:
-    return int(recv_ts * 1000)
-
-
-def reason(fn, *args, **kw) -> str:
-    with pytest.raises(Reject) as ei:
-        fn(*args, **kw)
-    return ei.value.reason
+from helpers import MIGRATION, ms, needs_samples, reason, sample
 
 
 # a valid combined aggTrade frame (real, 2021-07-22) and its receive time

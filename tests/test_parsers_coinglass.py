@@ -3,24 +3,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from cqt.venues.coinglass.parse import COINGLASS_ENDPOINTS, Reject, interval_ms, parse_coinglass
 
-from helpers import SAMPLES
-MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
+from helpers import MIGRATION, SAMPLES, needs_samples, reason
 
 H = 3_600_000
 T0 = 1741604400000                       # 2025-03-10 11:00 UTC, an hour boundary
-
-
-def reason(fn, *args, **kw) -> str:
-    with pytest.raises(Reject) as ei:
-        fn(*args, **kw)
-    return ei.value.reason
 
 
 def envelope(*bars, code="0"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from cqt.venues.common import (
 from cqt.venues.registry import parse_rest_body as parse_rest_answer, parse_ws_frame
 from cqt.venues.common import clip, token
 
-MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
+from helpers import MIGRATION
 
 
 @pytest.fixture(scope="module")

@@ -3,30 +3,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import orjson
 import pytest
 
 from cqt.venues.upbit.parse import Reject, parse_upbit_frame, parse_upbit_ticker_rest, parse_upbit_ticks
 
-from helpers import SAMPLES
-MIGRATION = Path(__file__).resolve().parents[1] / "lib" / "cqt" / "migrations" / "0001_base.sql"
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no {SAMPLES}")
-
-
-def sample(name):
-    return json.loads((SAMPLES / name).read_text())
-
-
-def ms(recv_ts: float) -> int:
-    return int(recv_ts * 1000)
-
-
-def reason(fn, *args, **kw) -> str:
-    with pytest.raises(Reject) as ei:
-        fn(*args, **kw)
-    return ei.value.reason
+from helpers import MIGRATION, ms, needs_samples, reason, sample
 
 
 # real DEFAULT trade frame (2019) and a plausible receive time
