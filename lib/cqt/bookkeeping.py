@@ -116,7 +116,8 @@ def latest_export(conn: sqlite3.Connection, basename: str, as_of_ms: int) -> dic
     for r in rows:
         if Path(r[2]).name == basename:
             d = dict(zip(_EXPORT_KEYS, r))
-            d["drops"], d["labels"], d["summary"] = load_json(d["drops"]), load_json(d["labels"]), load_json(d["summary"])
+            for key in ("drops", "labels", "summary"):
+                d[key] = load_json(d[key])
             return d
     return None
 

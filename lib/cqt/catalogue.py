@@ -52,7 +52,8 @@ class Valid:
         b = self.bound if bound is None else bound
         return {POSITIVE: "> 0", NONNEG: ">= 0", UNIT: "in [-1, 1]", FLAG: "0 or 1",
                 AGE: ">= 0 (a negative age means a value from after the row's time)",
-                ABS_BELOW: f"|x| < {b:g}" if b is not None else "", ABS_AT_MOST: f"|x| <= {b:g}" if b is not None else ""
+                ABS_BELOW: f"|x| < {b:g}" if b is not None else "",
+                ABS_AT_MOST: f"|x| <= {b:g}" if b is not None else "",
                 }[self.kind]
 
 

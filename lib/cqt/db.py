@@ -28,7 +28,8 @@ class DatabaseMissing(Exception):
 
 
 # ------------------------------------------------------------------------------ connect
-def connect(path: str | os.PathLike, readonly: bool = False, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
+def connect(path: str | os.PathLike, readonly: bool = False,
+            timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
     """Open the database. Writers get WAL + synchronous=NORMAL; readers `mode=ro`.
 
     Connections are in autocommit mode (isolation_level=None): transactions are
@@ -75,9 +76,9 @@ def _statements(sql: str) -> Iterator[str]:
         if sqlite3.complete_statement(buf):
             stmt = buf.strip()
             buf = ""
-            if stmt and not all(l.strip().startswith("--") or not l.strip() for l in stmt.splitlines()):
+            if stmt and not all(ln.strip().startswith("--") or not ln.strip() for ln in stmt.splitlines()):
                 yield stmt
-    if buf.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buf.splitlines()):
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
         raise ValueError(f"incomplete SQL statement in migration: {buf[:80]!r}")
 
 
@@ -151,7 +152,8 @@ def open_readonly(path: str | os.PathLike, require_version: bool = True) -> sqli
     return conn
 
 
-def read_chunks(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = (), chunk: int = 50_000) -> Iterator[list[tuple]]:
+def read_chunks(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = (),
+                chunk: int = 50_000) -> Iterator[list[tuple]]:
     """Fetch a long query in chunks. Each chunk is its own statement (keyset by rowid-less
     LIMIT/OFFSET would be O(n^2)), so callers pass a query ordered by an indexed key and
     continue from the last key: use `iter_keyset` for that. This helper is for bounded reads."""

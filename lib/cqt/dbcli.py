@@ -10,8 +10,18 @@ import click
 
 from . import exitcodes
 from .config import ConfigError, load_settings
-from .db import (BUSY_TIMEOUT_MS, DatabaseMissing, SchemaTooNew, check_version, connect, is_busy, is_fatal_io,
-                 latest_version, migrate, retry_busy)
+from .db import (
+    BUSY_TIMEOUT_MS,
+    DatabaseMissing,
+    SchemaTooNew,
+    check_version,
+    connect,
+    is_busy,
+    is_fatal_io,
+    latest_version,
+    migrate,
+    retry_busy,
+)
 from .options import db_option, json_option
 
 

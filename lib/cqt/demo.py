@@ -131,7 +131,8 @@ def _killpg(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def stop_all(procs: list[Proc], stopper: Stopper | None = None, timeout: float = STOP_TIMEOUT_S) -> dict[str, int | None]:
+def stop_all(procs: list[Proc], stopper: Stopper | None = None,
+             timeout: float = STOP_TIMEOUT_S) -> dict[str, int | None]:
     """SIGTERM every process, wait (bounded), SIGKILL each group still there. name -> exit code."""
     for pr in procs:
         if pr.popen.poll() is None:
@@ -409,7 +410,8 @@ def demo(minutes: float, out_dir: Path | None, seed: int, seconds: float | None)
         # Named like the nightly's 1-hour export, so the report's "1시간 Export" table is filled.
         dataset = datasets / "btc_1h.parquet"
         export_rc, _ = run_step("export", [str(ROOT / "bin" / "cqt-export"), "--output", str(dataset), "--last", "1h",
-                                           "--horizon", str(DEMO_HORIZON_S), "--allow-missing", ",".join(DEMO_ALLOW_MISSING)],
+                                           "--horizon", str(DEMO_HORIZON_S),
+                                           "--allow-missing", ",".join(DEMO_ALLOW_MISSING)],
                                 env, out, logs / "export.log", stopper)
         # Stop the services first, so the report shows this run's stop time and reasons.
         click.echo("\n== stopping the services")
@@ -420,8 +422,8 @@ def demo(minutes: float, out_dir: Path | None, seed: int, seconds: float | None)
 
         code = int(max(checks_rc != 0, export_rc != 0, report_rc != 0, any(c not in (0, None) for c in codes.values())))
         click.echo("\n== done")
-        click.echo(f"   dataset:  {dataset if dataset.exists() else '(not written: see ' + str(logs / 'export.log') + ')'}")
-        click.echo(f"   report:   {report if report.exists() else '(not written: see ' + str(logs / 'report.log') + ')'}")
+        for label, path, log_name in (("dataset: ", dataset, "export.log"), ("report:  ", report, "report.log")):
+            click.echo(f"   {label} {path if path.exists() else f'(not written: see {logs / log_name})'}")
         click.echo(f"   database: {db}")
         click.echo(f"   logs:     {logs}")
         click.echo(f"   look around: CQT_ENV_FILE={env_file} {ROOT}/bin/cqt status")

@@ -42,10 +42,30 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .catalogue import (BN_RET_WINDOWS, FEATURE_COLUMNS, FLOW_WINDOWS, KIMCHI_CHG_S, LIQ_WINDOW_S, MARKET_COLUMNS,
-                        MARKET_INT_COLUMNS, OI_CHG_S, PREDICTION_COLUMNS, RET_WINDOWS, RV_WINDOWS, WINDOW_S)
-from .featureparams import (POLLED_SOURCES, SECOND_MS, SOURCE_WINDOW_S, STREAM_SOURCES, FeatureParams, as_params,
-                            lookback_ms, params_from_settings)
+from .catalogue import (
+    BN_RET_WINDOWS,
+    FEATURE_COLUMNS,
+    FLOW_WINDOWS,
+    KIMCHI_CHG_S,
+    LIQ_WINDOW_S,
+    MARKET_COLUMNS,
+    MARKET_INT_COLUMNS,
+    OI_CHG_S,
+    PREDICTION_COLUMNS,
+    RET_WINDOWS,
+    RV_WINDOWS,
+    WINDOW_S,
+)
+from .featureparams import (
+    POLLED_SOURCES,
+    SECOND_MS,
+    SOURCE_WINDOW_S,
+    STREAM_SOURCES,
+    FeatureParams,
+    as_params,
+    lookback_ms,
+    params_from_settings,
+)
 from .rawread import SecondCache, load_polled, load_seeded
 
 #: what callers of the feature function use, besides the function itself
@@ -61,7 +81,8 @@ SCORE_W_BOOK = 0.25
 
 
 # ------------------------------------------------------------------------------ as-of lookups
-def _asof_stream(ev: dict[str, np.ndarray], grid: np.ndarray, carry_ms: int, valid_from: int | None = None) -> np.ndarray:
+def _asof_stream(ev: dict[str, np.ndarray], grid: np.ndarray, carry_ms: int,
+                 valid_from: int | None = None) -> np.ndarray:
     """Index of the newest bucket at or before each grid time whose last row is younger
     than carry_ms (age = t - row time < carry), else -1. Grid times before `valid_from`
     (outside what was loaded for this source) get -1, so a misuse shows up as NULL."""

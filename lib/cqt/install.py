@@ -41,12 +41,28 @@ from pathlib import Path
 import click
 
 from .install_files import write_if_changed
-from .install_layout import (DEFAULT_PREFIX, DEFAULT_USER, CRON_SPOOL, InstallError, Layout, check_paths,
-                             make_layout, resolve_data_dirs, say)
-from .install_system import (compile_python, ensure_user, prepare_data_dirs, read_crontab, run, setup_prefix,
-                             systemd_running, write_crontab)
-from .install_units import (CRON_BEGIN, crontab_block, ensure_exec_paths, installed_units, render_units,
-                            replace_block)
+from .install_layout import (
+    CRON_SPOOL,
+    DEFAULT_PREFIX,
+    DEFAULT_USER,
+    InstallError,
+    Layout,
+    check_paths,
+    make_layout,
+    resolve_data_dirs,
+    say,
+)
+from .install_system import (
+    compile_python,
+    ensure_user,
+    prepare_data_dirs,
+    read_crontab,
+    run,
+    setup_prefix,
+    systemd_running,
+    write_crontab,
+)
+from .install_units import CRON_BEGIN, crontab_block, ensure_exec_paths, installed_units, render_units, replace_block
 
 
 # ------------------------------------------------------------------------------ actions
@@ -106,7 +122,8 @@ def install_cron(lay: Layout) -> None:
             raise InstallError(f"user {lay.user} does not exist: run ./install.sh --systemd first "
                                "(it creates the user), or pass --user NAME") from None
     if not (lay.disk(lay.prefix) / "bin").is_dir():
-        raise InstallError(f"{lay.disk(lay.prefix)} has no toolkit: run ./install.sh --systemd first (or pass --prefix)")
+        raise InstallError(f"{lay.disk(lay.prefix)} has no toolkit: "
+                           "run ./install.sh --systemd first (or pass --prefix)")
     resolve_data_dirs(lay)
     before = read_crontab(lay)
     after = replace_block(before, crontab_block(lay))
@@ -167,7 +184,8 @@ def uninstall(lay: Layout) -> None:
 @click.option("--systemd", "want_systemd", is_flag=True, help="Install the systemd units with real paths.")
 @click.option("--cron", "want_cron", is_flag=True, help="Install cron/cqt.crontab for the service user.")
 @click.option("--uninstall", "want_uninstall", is_flag=True, help="Remove units and crontab (never the data).")
-@click.option("--prefix", default=None, help=f"Where the toolkit lives (default {DEFAULT_PREFIX}; the checkout: in place).")
+@click.option("--prefix", default=None,
+              help=f"Where the toolkit lives (default {DEFAULT_PREFIX}; the checkout: in place).")
 @click.option("--user", default=None, help=f"Service user and group (default {DEFAULT_USER}; created if missing).")
 @click.option("--root", default=None, help="Stage under DIR: nothing outside it changes, no user, no systemctl.")
 @click.option("--no-deps", is_flag=True, help="Do not pip install into the prefix's .venv.")

@@ -95,7 +95,8 @@ def make_layout(prefix: str | None, user: str | None, root: str | None, source: 
         group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name    # an existing user's primary group
     except KeyError:
         pass
-    return Layout(source=source.resolve(), root=root_p, prefix=prefix_p, prefix_disk=prefix_disk, user=user, group=group)
+    return Layout(source=source.resolve(), root=root_p, prefix=prefix_p, prefix_disk=prefix_disk,
+                  user=user, group=group)
 
 
 def check_paths(lay: Layout) -> None:

@@ -36,7 +36,8 @@ def ensure_user(user: str, group: str, home: Path) -> str:
     except KeyError:
         pass
     if shutil.which("useradd") is None:
-        raise InstallError("useradd not found: create the service user yourself, or pass --user NAME of an existing one")
+        raise InstallError("useradd not found: create the service user yourself, "
+                           "or pass --user NAME of an existing one")
     nologin = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false") if os.path.exists(s)), "/bin/false")
     cmd = ["useradd", "--system", "--home-dir", str(home), "--no-create-home", "--shell", nologin,
            "--comment", "cqt data collection"]

@@ -22,7 +22,8 @@ LEVELS = ("WARNING", "ERROR", "CRITICAL")
 # syslog priority -> level (journal PRIORITY field)
 PRIORITY_LEVEL = {0: "CRITICAL", 1: "CRITICAL", 2: "CRITICAL", 3: "ERROR", 4: "WARNING"}
 _PREFIX_RE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.\-]+: ")
-_SECRETISH_RE = re.compile(r"(?i)\b(api[_-]?key|apikey|secret|token|password|passwd|cg-api-key)(\s*[=:]\s*)([^\s,;&\"'()\[\]{}]+)")
+_SECRETISH_RE = re.compile(r"(?i)\b(api[_-]?key|apikey|secret|token|password|passwd|cg-api-key)"
+                           r"(\s*[=:]\s*)([^\s,;&\"'()\[\]{}]+)")
 _NUMBER_RE = re.compile(r"(?<![A-Za-z])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 MAX_MESSAGE = 160
 

@@ -123,6 +123,9 @@ COLLECTED_TABLES = (
 )
 
 
+VERDICTS = {0: "PASS", 1: "FAIL", 2: "USAGE", 3: "NOEVAL", 78: "CONFIG"}
+
+
 def _fmt_age(ms: int | None) -> str:
     if ms is None:
         return "-"
@@ -198,7 +201,7 @@ def render_status(st: dict) -> str:
     if st["checks"]:
         lines.append("LAST CHECKS")
         for c in st["checks"]:
-            verdict = {0: "PASS", 1: "FAIL", 2: "USAGE", 3: "NOEVAL", 78: "CONFIG"}.get(c["exit_code"], str(c["exit_code"]))
+            verdict = VERDICTS.get(c["exit_code"], str(c["exit_code"]))
             lines.append(f"  {c['check']:<22} {verdict:<6} {_fmt_age(st['now_ms'] - c['ts_ms'])} ago")
     else:
         lines.append("LAST CHECKS: none yet (checks/run_pipeline_checks.sh --window 600)")

@@ -39,7 +39,8 @@ TEXT = {
     "en": {
         "price": "Upbit KRW-BTC vs Binance BTCUSDT x KRW/USDT (1-min samples, UTC)",
         "price_y": "price (KRW)", "upbit": "Upbit KRW-BTC close", "binance": "Binance last x Upbit KRW-USDT",
-        "premium_y": "kimchi premium (%)", "fill": "Fill rate per source per hour, last 24 h (share of seconds with data)",
+        "premium_y": "kimchi premium (%)",
+        "fill": "Fill rate per source per hour, last 24 h (share of seconds with data)",
         "fill_x": "hour (UTC)", "labels": "Label distribution of the latest 24 h export", "labels_y": "rows",
         "checks": "Check results over time (UTC)", "time": "time (UTC)",
         "pass": "PASS (0)", "fail": "FAIL (1)", "other": "not evaluated / error (2, 3, 78)",
@@ -178,7 +179,8 @@ def plot_labels(export: dict[str, Any] | None, path: Path, t: dict[str, str]) ->
                     ha="center", va="bottom", fontsize=8)
     ax.set_ylabel(t["labels_y"])
     ax.set_ylim(0, max(counts) * 1.25 + 1)
-    ax.set_title(f"{t['labels']}\n{_dt(export['from_ts_ms']):%Y-%m-%d %H:%M} → {_dt(export['to_ts_ms']):%Y-%m-%d %H:%M} "
+    span = f"{_dt(export['from_ts_ms']):%Y-%m-%d %H:%M} → {_dt(export['to_ts_ms']):%Y-%m-%d %H:%M}"
+    ax.set_title(f"{t['labels']}\n{span} "
                  f"UTC, horizon {export['horizon_sec']} s, {export['threshold']}", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
@@ -193,7 +195,8 @@ def plot_checks(conn: sqlite3.Connection, path: Path, lo: int, hi: int, names: l
     order = [n for n in order if any(r[1] == n for r in rows)]
     y = {n: i for i, n in enumerate(order)}
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.5 * len(order)))
-    for code_set, color, label in (({0}, "tab:green", t["pass"]), ({1}, "tab:red", t["fail"]), (None, "tab:orange", t["other"])):
+    kinds = (({0}, "tab:green", t["pass"]), ({1}, "tab:red", t["fail"]), (None, "tab:orange", t["other"]))
+    for code_set, color, label in kinds:
         pts = [r for r in rows if (r[2] in code_set if code_set is not None else r[2] not in (0, 1))]
         if pts:
             ax.scatter([_dt(r[0]) for r in pts], [y[r[1]] for r in pts], c=color, s=14, marker="s", label=label)

@@ -85,7 +85,8 @@ def _load_trades(conn: sqlite3.Connection, params: FeatureParams, code: str, lo:
 
 
 def _load_last(conn: sqlite3.Connection, params: FeatureParams, table: str, key_col: str, key: str,
-               cols: tuple[str, ...], lo: int, hi: int, trunc: int | None, order_col: str | None = None) -> dict[str, np.ndarray]:
+               cols: tuple[str, ...], lo: int, hi: int, trunc: int | None,
+               order_col: str | None = None) -> dict[str, np.ndarray]:
     """The last row per second of a stream table (GROUP BY the bucket; MAX() of a unique
     column picks the row, SQLite's documented bare-column rule: exactly one min/max
     aggregate — COUNT(*) beside it does not change that), and the rows in the second."""
@@ -101,7 +102,8 @@ def _load_last(conn: sqlite3.Connection, params: FeatureParams, table: str, key_
     return out
 
 
-def _load_liq(conn: sqlite3.Connection, params: FeatureParams, lo: int, hi: int, trunc: int | None) -> dict[str, np.ndarray]:
+def _load_liq(conn: sqlite3.Connection, params: FeatureParams, lo: int, hi: int,
+              trunc: int | None) -> dict[str, np.ndarray]:
     """Binance forced-order notional (USDT) per second: average fill price x filled
     quantity, falling back to order price x order quantity."""
     av = _avail("binance_liquidations", params)

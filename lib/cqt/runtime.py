@@ -139,8 +139,10 @@ class Service:
         with self._count_lock:
             c = self._counters.setdefault(source, [0, 0, 0])
             t = self._totals.setdefault(source, [0, 0, 0])
-            c[0] += frames; c[1] += rows; c[2] += rejects
-            t[0] += frames; t[1] += rows; t[2] += rejects
+            for acc in (c, t):
+                acc[0] += frames
+                acc[1] += rows
+                acc[2] += rejects
 
     def totals(self) -> dict[str, dict[str, int]]:
         with self._count_lock:
@@ -208,7 +210,8 @@ class Service:
         ts = now_ms()
         with self._count_lock:
             deltas, self._counters = self._counters, {}
-        detail: dict[str, Any] = {"pid": os.getpid(), "status": self.status_text, "uptime_s": (ts - self.started_ms) // 1000}
+        detail: dict[str, Any] = {"pid": os.getpid(), "status": self.status_text,
+                                  "uptime_s": (ts - self.started_ms) // 1000}
         detail["writer"] = self.writer.stats()
         detail["totals"] = self.totals()
         if self.detail_fn:
@@ -221,7 +224,8 @@ class Service:
                             (self.name, ts, state or self.state, json.dumps(detail, default=str)))
             if deltas:
                 self.writer.put_many(
-                    "INSERT OR REPLACE INTO ingest_stats (service, source, ts_ms, frames, rows, rejects) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO ingest_stats (service, source, ts_ms, frames, rows, rejects) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     [(self.name, src, ts, v[0], v[1], v[2]) for src, v in deltas.items()])
         except RuntimeError:
             pass  # writer is in a fatal state; the service is exiting
@@ -302,7 +306,8 @@ class Service:
         else:
             self.writer.put("UPDATE service_runs SET stop_ts_ms = ?, exit_code = ?, reason = ? "
                             "WHERE service = ? AND pid = ? AND start_ts_ms = ?",
-                            (now_ms(), exit_code, self.stop_reason or "exited", self.name, os.getpid(), self.started_ms))
+                            (now_ms(), exit_code, self.stop_reason or "exited", self.name, os.getpid(),
+                             self.started_ms))
 
     def finish(self, code: int) -> None:
         if self._finished:

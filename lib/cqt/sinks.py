@@ -56,7 +56,8 @@ class EventLog:
            "DO UPDATE SET count = count + 1, last_ts_ms = excluded.last_ts_ms")
     MAX_DISTINCT_PER_HOUR = 500
 
-    def __init__(self, writer: BatchWriter, service: str, secrets: Iterable[str] = (), clock: Callable[[], int] = now_ms):
+    def __init__(self, writer: BatchWriter, service: str, secrets: Iterable[str] = (),
+                 clock: Callable[[], int] = now_ms):
         self.writer = writer
         self.service = service
         self.secrets = tuple(secrets)

@@ -1,6 +1,7 @@
 """The batched writer: rows from any thread, committed by one thread in short transactions."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -339,13 +340,13 @@ class BatchWriter:
             return None
 
         for item in batch:
-            err = attempt(lambda: self._execute(item))
+            err = attempt(functools.partial(self._execute, item))
             if err is None:
                 continue
             if item[0] == "rows" and len(item[2]) > 1:
                 bad = []
                 for params in item[2]:
-                    row_err = attempt(lambda: self._conn.execute(item[1], params))
+                    row_err = attempt(functools.partial(self._conn.execute, item[1], params))
                     if row_err is not None:
                         bad.append(params)
                         err = row_err
@@ -362,7 +363,8 @@ class BatchWriter:
             if self._drop_reports > self.MAX_DROP_REPORTS:
                 continue   # the first ones say why; `dropped_rows` keeps the count
             what = item[1] if item[0] == "rows" else getattr(item[1], "__qualname__", "call")
-            params = "" if item[0] != "rows" else " params=" + redact(repr((rows or item[2])[0]), self.secrets, limit=300)
+            params = ("" if item[0] != "rows"
+                      else " params=" + redact(repr((rows or item[2])[0]), self.secrets, limit=300))
             log.error("cannot store %d row(s), dropped: %s: %s sql=%s%s", n, type(exc).__name__,
                       redact(str(exc), self.secrets, limit=300), " ".join(str(what).split())[:120], params)
         if dropped and self.failure is None:

@@ -36,7 +36,8 @@ def is_storage_error(exc: BaseException) -> bool:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--rebuild", "do_rebuild", is_flag=True, help="Recompute [--from, --to] from the raw tables, replacing rows, and exit.")
+@click.option("--rebuild", "do_rebuild", is_flag=True,
+              help="Recompute [--from, --to] from the raw tables, replacing rows, and exit.")
 @from_to_options(from_help="First bar time (the second's end), ISO-8601 (UTC if no zone) or epoch ms; inclusive.",
                  to_help="Last bar time, inclusive.", metavar="T")
 @db_option
@@ -71,8 +72,8 @@ def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | Non
     setup_logging(SERVICE, settings.log_level, settings.secrets)
 
     def progress(st: RebuildStats) -> None:
-        log.info("rebuilt through %s seconds=%d elapsed_s=%.1f", fmt_ms(min(st.to_ms, st.from_ms + st.seconds * 1000 - 1000)),
-                 st.seconds, st.elapsed_s)
+        through = min(st.to_ms, st.from_ms + st.seconds * 1000 - 1000)
+        log.info("rebuilt through %s seconds=%d elapsed_s=%.1f", fmt_ms(through), st.seconds, st.elapsed_s)
 
     try:
         st = rebuild_within_data(settings, cfg, from_ms, to_ms, progress)  # type: ignore[arg-type]

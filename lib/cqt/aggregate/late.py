@@ -294,7 +294,8 @@ class LateLedger:
             self.sync(2.0)               # the totals below include what was just queued
         self._queued = False
         totals = self.conn.execute(
-            "SELECT source, SUM(late_rows), SUM(late_rows - corrected_rows) FROM aggregate_late GROUP BY source").fetchall()
+            "SELECT source, SUM(late_rows), SUM(late_rows - corrected_rows) FROM aggregate_late GROUP BY source"
+        ).fetchall()
         self.late = {}
         for src, tot, pend in totals:
             self.late[f"{src}_total"] = int(tot)

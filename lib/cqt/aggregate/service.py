@@ -47,7 +47,8 @@ class LiveAggregator:
     per source; a second whose count grew after it was written has late rows: counted
     in `aggregate_late` and logged with the `--rebuild` command that corrects them."""
 
-    def __init__(self, db_path: str | Path, cfg: AggregateConfig, write: Callable[[Callable[[sqlite3.Connection], Any]], None],
+    def __init__(self, db_path: str | Path, cfg: AggregateConfig,
+                 write: Callable[[Callable[[sqlite3.Connection], Any]], None],
                  *, clock: Callable[[], int] = now_ms, started_ms: int | None = None,
                  sync: Callable[[float], Any] | None = None):
         self.db_path = Path(db_path)

@@ -474,7 +474,8 @@ def reject_metrics(ctx: CheckContext) -> list[Metric]:
         out.append(Metric.judge(f"rejects.{src}.ratio", round(rej / frames, 5), "<=", limit, reason))
     if not out:
         out.append(Metric.judge("rejects.ratio", None, "<=", limit,
-                                none_reason="no frames counted in ingest_stats in the window: are the collectors running?"))
+                                none_reason="no frames counted in ingest_stats in the window: "
+                                            "are the collectors running?"))
     return out
 
 

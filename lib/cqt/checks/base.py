@@ -19,8 +19,13 @@ import click
 
 from .. import db, exitcodes
 from ..config import ConfigError, Settings, load_settings
-from ..options import MAX_WINDOW_S as MAX_WINDOW_S  # noqa: F401 - re-exported (the gate tests import it here)
-from ..options import as_of_option, db_option, json_option, window_option
+from ..options import (
+    MAX_WINDOW_S as MAX_WINDOW_S,  # noqa: F401 - re-exported (the gate tests import it here)
+    as_of_option,
+    db_option,
+    json_option,
+    window_option,
+)
 from ..runtime import setup_logging
 from ..timeutil import fmt_ms, now_ms
 from .result import CheckResult, Metric
@@ -82,7 +87,8 @@ def run_check(name: str, evaluate: Evaluate, settings: Settings, as_of_ms: int, 
         res.error = f"cannot read database {settings.db}: {exc}"
     except Exception as exc:  # noqa: BLE001 - exit 3 with one line, never 1 and never a traceback
         log.debug("unexpected error in %s", name, exc_info=True)
-        res.error = f"unexpected error in {name}: {type(exc).__name__}: {exc} (run with CQT_LOG_LEVEL=DEBUG for the traceback)"
+        res.error = (f"unexpected error in {name}: {type(exc).__name__}: {exc} "
+                     "(run with CQT_LOG_LEVEL=DEBUG for the traceback)")
     finally:
         if own and conn is not None:
             conn.close()

@@ -11,8 +11,8 @@ rejected`), or `no calls recorded in 600 s: is cqt-poll-coinglass running?`.
 """
 from __future__ import annotations
 
-from ..venues.coinglass.parse import COINGLASS_ENDPOINTS
 from ..timeutil import fmt_ms
+from ..venues.coinglass.parse import COINGLASS_ENDPOINTS
 from .base import CheckContext, check_command
 from .result import Metric
 
@@ -71,7 +71,8 @@ def evaluate(ctx: CheckContext) -> list[Metric]:
             "SELECT COUNT(*), COALESCE(SUM(ok), 0) FROM coinglass_call_status "
             "WHERE endpoint = ? AND ts_ms > ? AND ts_ms <= ?", (path, lo, hi)).fetchone()
         if calls == 0:
-            why = no_calls if total_calls == 0 else f"no calls to {path} in {ctx.window_s} s (other endpoints were called)"
+            why = (no_calls if total_calls == 0
+                   else f"no calls to {path} in {ctx.window_s} s (other endpoints were called)")
         elif oks < min_ok:
             st, err, ts = conn.execute(
                 "SELECT http_status, error, ts_ms FROM coinglass_call_status WHERE endpoint = ? AND ok = 0 "

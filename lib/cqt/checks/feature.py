@@ -204,7 +204,8 @@ def bar_consistency(ctx: CheckContext) -> list[Metric]:
     bad = ("(has_trade = 1 AND (open IS NULL OR high IS NULL OR low IS NULL OR close IS NULL OR vwap IS NULL "
            "OR trade_count = 0 OR high < low OR close > high OR close < low)) "
            "OR (has_trade = 0 AND (trade_count != 0 OR open IS NOT NULL))")
-    k, first = ctx.conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM market_1s WHERE ts_ms > ? AND ts_ms <= ? AND ({bad})",
+    k, first = ctx.conn.execute("SELECT COUNT(*), MIN(ts_ms) FROM market_1s "
+                                f"WHERE ts_ms > ? AND ts_ms <= ? AND ({bad})",
                                 (ctx.start_ms, ctx.as_of_ms)).fetchone()
     return [Metric.judge("market_1s.bar.consistency", k, "==", 0,
                          f"{k} bars where has_trade, trade_count and OHLC disagree (first {fmt_ms(first)})")]

@@ -15,7 +15,8 @@ Structural part (time rule of cqt.timerule):
 Recomputation part (the strong one, in the spirit of freqtrade's lookahead analysis):
 for every second of the window when that fits the time budget (CQT_CHECK_LEAK_BUDGET_S,
 default 30 s), else for K sampled t0 (CQT_CHECK_LEAK_SAMPLES, default 50; reproducible:
-seeded by --as-of; the K samples are always done first and time the rest), the ONE feature function (cqt.features.compute_range) is run on a
+seeded by --as-of; the K samples are always done first and time the rest), the ONE feature
+function (cqt.features.compute_range) is run on a
 view of the database truncated at t0 — temporary views that shadow every raw and
 derived table with only the rows whose availability (cqt.timerule) is <= t0, so future
 rows do not exist for it, whatever the function does — with a warm-up of x1 and x3 the
@@ -312,7 +313,8 @@ def negative_ages(ctx: CheckContext) -> Metric:
     cond = " OR ".join(f"{c} < 0" for c in cols)
     n, first = ctx.conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM market_1s WHERE ts_ms > ? AND ts_ms <= ? "
                                 f"AND ({cond})", (ctx.start_ms, ctx.as_of_ms)).fetchone()
-    reason = f"{n} rows use a value from after their own time (first {fmt_ms(first)})" if n else f"columns: {', '.join(cols)}"
+    reason = (f"{n} rows use a value from after their own time (first {fmt_ms(first)})" if n
+              else f"columns: {', '.join(cols)}")
     return Metric.judge("leak.market_1s.negative_ages", n, "==", 0, reason)
 
 

@@ -25,8 +25,15 @@ from .. import db, exitcodes
 from ..config import ConfigError
 from ..timeutil import fmt_ms, now_ms
 from . import CHECKS, RUNNER_NAME
-from .base import (CannotEvaluate, DatabaseDamaged, common_options, open_for_check, run_check, settings_for_cli,
-                   verify_integrity)
+from .base import (
+    CannotEvaluate,
+    DatabaseDamaged,
+    common_options,
+    open_for_check,
+    run_check,
+    settings_for_cli,
+    verify_integrity,
+)
 from .result import FAIL, CheckResult, combine_exit_codes, fmt_num
 
 log = logging.getLogger("cqt.checks.runner")
@@ -111,8 +118,9 @@ def record(path: Path, results: list[CheckResult], code: int, summary: str, wind
         for name, exit_code, summary_json in rows:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, as_of_ts_ms, exit_code, summary_json) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", (now_ms(), name, window_s, as_of_ms, exit_code, summary_json))
+                conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, as_of_ts_ms, exit_code, "
+                             "summary_json) VALUES (?, ?, ?, ?, ?, ?)",
+                             (now_ms(), name, window_s, as_of_ms, exit_code, summary_json))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -14,9 +14,23 @@ from __future__ import annotations
 from .registry import BY_NAME, COMPONENTS, PATTERNS, REGISTRY, is_declared, lookup
 from .settings import Settings, load_settings
 from .tables.core import VARIABLES
-from .values import (DAY_S, ENV_FILE_MAX_BYTES, LOG_LEVELS, MAX_EXACT_INT, NAME_MAX_BYTES,
-                     PATH_MAX_BYTES, ROOT, TEN_YEARS_S, ConfigError, check_path, default_maximum, env_file_path,
-                     is_placeholder, parse_bool, parse_env_file)
+from .values import (
+                     DAY_S,
+                     ENV_FILE_MAX_BYTES,
+                     LOG_LEVELS,
+                     MAX_EXACT_INT,
+                     NAME_MAX_BYTES,
+                     PATH_MAX_BYTES,
+                     ROOT,
+                     TEN_YEARS_S,
+                     ConfigError,
+                     check_path,
+                     default_maximum,
+                     env_file_path,
+                     is_placeholder,
+                     parse_bool,
+                     parse_env_file,
+)
 from .var import RegistryError, Var
 
 __all__ = [

@@ -41,7 +41,8 @@ def build_table(t0, pred, feature_names: Sequence[str], lab: Labelled):
         nan = np.isnan(v)
         return pa.array(v, type=pa.float64(), mask=nan if nan.any() else None)
 
-    cols: list[tuple[str, Any, str]] = [("t0", pa.array(t0[keep].astype(np.int64), type=ts_type), FIXED_DESCRIPTIONS["t0"])]
+    t0_col = pa.array(t0[keep].astype(np.int64), type=ts_type)
+    cols: list[tuple[str, Any, str]] = [("t0", t0_col, FIXED_DESCRIPTIONS["t0"])]
     for j, name in enumerate(feature_names):
         cols.append((name, f64(pred[:, 1 + j]), FEATURE_DESCRIPTIONS.get(name, "feature from the predictions table")))
     cols.append(("score", f64(pred[:, 1 + len(feature_names)]), FIXED_DESCRIPTIONS["score"]))

@@ -165,5 +165,6 @@ def run_export(db: Path, req: ExportRequest, stall_s: float = 0.0) -> ExportResu
             record_export(db, res)
             res.recorded = True
         except sqlite3.Error as exc:
-            raise ExportError(exitcodes.IOERR, f"wrote {req.output} but could not record it in export_runs: {exc}")
+            raise ExportError(exitcodes.IOERR,
+                              f"wrote {req.output} but could not record it in export_runs: {exc}") from None
     return res

@@ -74,7 +74,8 @@ def step_checks(settings: Settings, window: int, timeout_s: float) -> Step:
     return Step("checks", r.returncode, f"EXIT_CODE={r.returncode} {last.strip()[:200]}", {"exit_code": r.returncode})
 
 
-def step_export(settings: Settings, name: str, output: Path, last: str, horizon: int | None, threshold: str) -> tuple[Step, Any]:
+def step_export(settings: Settings, name: str, output: Path, last: str, horizon: int | None,
+                threshold: str) -> tuple[Step, Any]:
     try:
         output = export_target(output, settings.db)
         req = settings_request(settings, output, horizon_sec=horizon, last_ms=parse_duration_ms(last),

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .. import journal
-from ..bookkeeping import (COLLECTORS, CheckRun, check_at_or_after, first_heartbeat, heartbeat_times,
-                           newest_heartbeat)
+from ..bookkeeping import COLLECTORS, CheckRun, check_at_or_after, first_heartbeat, heartbeat_times, newest_heartbeat
 from ..config import Settings
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000

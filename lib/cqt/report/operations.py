@@ -3,8 +3,19 @@ processes stopped, the top warnings/errors, and the dated run log of one day."""
 from __future__ import annotations
 
 from .. import journal
-from ..bookkeeping import (COLLECTORS, EXPORT_1H, EXPORT_24H, RUNNER, exit_code_counts, last_error, latest_check,
-                           latest_export, latest_heartbeats, service_runs_until, stops_between)
+from ..bookkeeping import (
+    COLLECTORS,
+    EXPORT_1H,
+    EXPORT_24H,
+    RUNNER,
+    exit_code_counts,
+    last_error,
+    latest_check,
+    latest_export,
+    latest_heartbeats,
+    service_runs_until,
+    stops_between,
+)
 from ..units import fmt_bytes
 from .context import DAY, MIN, Context, longest_all, overlap_ms, top_errors
 from .text import cell, code_text, fmt_duration, fmt_utc, labels_text
@@ -16,7 +27,7 @@ def stop_reasons(ctx: Context) -> list[str]:
     runs = service_runs_until(ctx.conn, ctx.as_of_ms)
     lo = ctx.start_ms or 0
     groups: dict[tuple, list[int]] = {}
-    for svc, _pid, start, stop, code, reason in runs:
+    for svc, _pid, _start, stop, code, reason in runs:
         if stop is not None and lo <= stop <= ctx.as_of_ms:
             groups.setdefault((svc, code, reason or "exited"), []).append(stop)
     # a run without a stop record followed by a later run of the same service: killed or crashed hard
@@ -47,9 +58,11 @@ def latest_collector_states(ctx: Context) -> dict[str, str]:
 
 def block_operations(ctx: Context) -> str:
     if ctx.start_ms is None:
-        return "\n".join(["- 시작 시각: ⏳", "- 종료/중단 시각: ⏳", "- 연속 구동 시간: ⏳", "- 중단 원인 (있을 경우): ⏳"]) + "\n"
+        return "\n".join(["- 시작 시각: ⏳", "- 종료/중단 시각: ⏳", "- 연속 구동 시간: ⏳",
+                          "- 중단 원인 (있을 경우): ⏳"]) + "\n"
     lines = [f"- 시작 시각: {fmt_utc(ctx.start_ms, True)} (수집기 첫 하트비트)"]
-    stops = [r for r in service_runs_until(ctx.conn, ctx.as_of_ms) if r[3] is not None and ctx.start_ms <= r[3] <= ctx.as_of_ms]
+    stops = [r for r in service_runs_until(ctx.conn, ctx.as_of_ms)
+             if r[3] is not None and ctx.start_ms <= r[3] <= ctx.as_of_ms]
     last_hb = max((s.spans[-1][1] for s in ctx.segments.values() if s.spans), default=None)
     running_now = (last_hb is not None and ctx.as_of_ms - last_hb <= ctx.hb_gap_ms
                    and any(state != "stopped" for state in latest_collector_states(ctx).values()))

@@ -7,8 +7,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..bookkeeping import (EXPORT_1H, EXPORT_24H, MODULES, RUNNER, CheckRun, latest_check, latest_export,
-                           nearest_check_code)
+from ..bookkeeping import (
+    EXPORT_1H,
+    EXPORT_24H,
+    MODULES,
+    RUNNER,
+    CheckRun,
+    latest_check,
+    latest_export,
+    nearest_check_code,
+)
 from ..redact import redact
 from ..units import fmt_bytes
 from .context import DAY, HOUR, MIN, Context, longest_all, milestone_runs
@@ -37,7 +45,8 @@ def module_codes(summary: Any) -> dict[str, int]:
     checks = summary.get("checks") if isinstance(summary, dict) else None
     out: dict[str, int] = {}
     items = checks.items() if isinstance(checks, dict) else (
-        ((c.get("check") or c.get("name"), c) for c in checks if isinstance(c, dict)) if isinstance(checks, list) else ())
+        ((c.get("check") or c.get("name"), c) for c in checks if isinstance(c, dict))
+        if isinstance(checks, list) else ())
     for name, v in items:
         code = v if isinstance(v, int) else (v.get("exit_code") if isinstance(v, dict) else None)
         if isinstance(name, str) and isinstance(code, int):
@@ -109,7 +118,8 @@ def block_export(ctx: Context, basename: str, with_volatility: bool) -> str:
     drops = e["drops"]
     other = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items()) if k != "label_ts_violation" and v)
     viol = f"{drops.get('label_ts_violation', 0):,}" + (f" (기타 drop: {other})" if other else " (기타 drop 없음)")
-    out = head + [f"| 파일 크기 | {cell(size)} |", f"| 총 row 수 | {rows} |", f"| label_ts 위반 drop 수 | {cell(viol)} |",
+    out = head + [f"| 파일 크기 | {cell(size)} |", f"| 총 row 수 | {rows} |",
+                  f"| label_ts 위반 drop 수 | {cell(viol)} |",
                   f"| 라벨 분포 (UP/DOWN/NONE) | {labels_text(e['labels'], e['rows'])} |"]
     if with_volatility:
         vol = e["summary"].get("volatility") or {}
@@ -121,7 +131,8 @@ def block_export(ctx: Context, basename: str, with_volatility: bool) -> str:
         else:
             v = "알 수 없음 (1초 수익률 부족)"
         out.append(f"| 해당 기간 변동성 (대략) | {v} |")
-    out.append(f"| 기간 · 설정 | {fmt_utc(e['from_ts_ms'])} → {fmt_utc(e['to_ts_ms'])} · horizon {e['horizon_sec']}초 · "
+    out.append(f"| 기간 · 설정 | {fmt_utc(e['from_ts_ms'])} → {fmt_utc(e['to_ts_ms'])} · "
+               f"horizon {e['horizon_sec']}초 · "
                f"{cell(e['threshold'])} · 생성 {fmt_utc(e['ts_ms'])} |")
     return "\n".join(out) + "\n"
 

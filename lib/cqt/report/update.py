@@ -47,7 +47,7 @@ def update_report(settings: Settings, out: Path | None = None, as_of_ms: int | N
         bodies = render_blocks(ctx)
         made: list[Any] = []
         if plots:
-            from ..plots import make_plots          # matplotlib: imported only when drawing
+            from ..plots import make_plots  # matplotlib: imported only when drawing
 
             made = make_plots(conn, settings, path.parent, path.stem, ctx)
             bodies["plots"] = block_plots(made, path.parent)

@@ -17,8 +17,15 @@ from typing import Any, Mapping
 from ..base import Venue
 from ..common import Parsed, request_param
 from .parse import (
-    RATIO_KINDS, REST, WS, parse_agg_trades_rest, parse_binance_frame, parse_funding_rate,
-    parse_open_interest, parse_premium_index, parse_ratio,
+    RATIO_KINDS,
+    REST,
+    WS,
+    parse_agg_trades_rest,
+    parse_binance_frame,
+    parse_funding_rate,
+    parse_open_interest,
+    parse_premium_index,
+    parse_ratio,
 )
 
 RATIO_PERIOD = "5m"

@@ -22,7 +22,8 @@ Prices and quantities must be JSON strings (as Binance sends them), finite and >
 ids and times JSON integers, ids within SQLite's INTEGER range, first id <= last id.
 forceOrder: ``ap`` "0" (nothing filled yet) -> avg_price NULL; ``z`` >= 0.
 Speed: the aggTrade path is inlined and keeps a bounded memo of validated price/qty
-strings -> float (only values that passed the checks enter it), ~2.4 µs a frame here. Unknown keys (``nq``, ``st``, ``ps``, ``ap`` …) are ignored.
+strings -> float (only values that passed the checks enter it), ~2.4 µs a frame here.
+Unknown keys (``nq``, ``st``, ``ps``, ``ap`` …) are ignored.
 ``Parsed.stream`` is canonical: ``<SYMBOL>@aggTrade|markPrice|bookTicker|forceOrder``.
 
 REST — :func:`parse_agg_trades_rest`, :func:`parse_open_interest`, :func:`parse_ratio`,
@@ -33,9 +34,31 @@ History answers use the wide default past bound ``HISTORY_MAX_PAST_MS``.
 from __future__ import annotations
 
 from ..common import (
-    HISTORY_MAX_PAST_MS, INT64_LIMIT, MAX_FUTURE_MS, MAX_PAST_MS, STR, JSONDecodeError,
-    Parsed, Reject, bad_type, bounds, clip, decode, interval_ms, loads, missing, nonneg,
-    opt_float, pos, range_reject, to_float, to_id, to_int, to_text, to_time, token,
+    HISTORY_MAX_PAST_MS,
+    INT64_LIMIT,
+    MAX_FUTURE_MS,
+    MAX_PAST_MS,
+    STR,
+    JSONDecodeError,
+    Parsed,
+    Reject,
+    bad_type,
+    bounds,
+    clip,
+    decode,
+    interval_ms,
+    loads,
+    missing,
+    nonneg,
+    opt_float,
+    pos,
+    range_reject,
+    to_float,
+    to_id,
+    to_int,
+    to_text,
+    to_time,
+    token,
 )
 
 __all__ = [

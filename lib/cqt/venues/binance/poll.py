@@ -1,13 +1,16 @@
 """`bin/cqt-poll-binance`: Binance USDⓈ-M futures REST series on intervals (cqt.poll).
 
-    job          every (default)            endpoint                                  table
-    open_interest CQT_POLL_OI_S (10 s)      /fapi/v1/openInterest                     binance_open_interest
-    oi_hist      CQT_POLL_RATIOS_S (60 s)   /futures/data/openInterestHist            binance_ratios (open_interest_hist)
-    global_ls    CQT_POLL_RATIOS_S          /futures/data/globalLongShortAccountRatio binance_ratios (global_long_short)
-    top_ls       CQT_POLL_RATIOS_S          /futures/data/topLongShortPositionRatio   binance_ratios (top_long_short_position)
-    taker        CQT_POLL_RATIOS_S          /futures/data/takerlongshortRatio         binance_ratios (taker_buy_sell)
-    premium      CQT_POLL_PREMIUM_S (60 s)  /fapi/v1/premiumIndex                     binance_premium_index
-    funding      CQT_POLL_FUNDING_S (600 s) /fapi/v1/fundingRate                      binance_funding_rate
+    job           every (default)            endpoint                                   table
+    open_interest CQT_POLL_OI_S (10 s)       /fapi/v1/openInterest                      binance_open_interest
+    oi_hist       CQT_POLL_RATIOS_S (60 s)   /futures/data/openInterestHist             binance_ratios
+    global_ls     CQT_POLL_RATIOS_S          /futures/data/globalLongShortAccountRatio  binance_ratios
+    top_ls        CQT_POLL_RATIOS_S          /futures/data/topLongShortPositionRatio    binance_ratios
+    taker         CQT_POLL_RATIOS_S          /futures/data/takerlongshortRatio          binance_ratios
+    premium       CQT_POLL_PREMIUM_S (60 s)  /fapi/v1/premiumIndex                      binance_premium_index
+    funding       CQT_POLL_FUNDING_S (600 s) /fapi/v1/fundingRate                       binance_funding_rate
+
+binance_ratios rows carry their job's kind: open_interest_hist, global_long_short,
+top_long_short_position, taker_buy_sell.
 
 Ratios use 5-minute periods; each poll re-fetches the last CQT_POLL_RATIO_REFETCH periods
 and stores revised values (upsert that only touches a row whose value changed). With an

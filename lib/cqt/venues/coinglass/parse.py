@@ -29,8 +29,22 @@ long/short percents and ratio >= 0.
 from __future__ import annotations
 
 from ..common import (
-    ANY, HISTORY_MAX_PAST_MS, MAX_FUTURE_MS, Parsed, Reject, bad_type, bounds, clip, decode,
-    interval_ms, missing, nonneg, pos, to_float, to_time, token,
+    ANY,
+    HISTORY_MAX_PAST_MS,
+    MAX_FUTURE_MS,
+    Parsed,
+    Reject,
+    bad_type,
+    bounds,
+    clip,
+    decode,
+    interval_ms,
+    missing,
+    nonneg,
+    pos,
+    to_float,
+    to_time,
+    token,
 )
 
 __all__ = ["parse_coinglass", "COINGLASS_ENDPOINTS", "interval_ms"]

@@ -39,9 +39,9 @@ from ... import exitcodes
 from ...collector import config_or_exit, run_rest_poller
 from ...config import ConfigError, Settings
 from ...db import connect
-from ...redact import redact
 from ...options import db_option
 from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, error_code, failure_of
+from ...redact import redact
 from ...rest import RestClient
 from ...runtime import Service, load_settings_or_exit
 from ...timeutil import now_ms

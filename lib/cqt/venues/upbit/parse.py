@@ -35,8 +35,25 @@ strings (ccxt recordings stringify everything). ``{"error":{"name":N,…}}`` ->
 from __future__ import annotations
 
 from ..common import (
-    ANY, HISTORY_MAX_PAST_MS, MAX_FUTURE_MS, MAX_PAST_MS, NUM, Parsed, Reject, bad_type,
-    bounds, clip, decode, missing, nonneg, opt_float, pos, to_id, to_text, to_time, token,
+    ANY,
+    HISTORY_MAX_PAST_MS,
+    MAX_FUTURE_MS,
+    MAX_PAST_MS,
+    NUM,
+    Parsed,
+    Reject,
+    bad_type,
+    bounds,
+    clip,
+    decode,
+    missing,
+    nonneg,
+    opt_float,
+    pos,
+    to_id,
+    to_text,
+    to_time,
+    token,
 )
 
 __all__ = ["parse_upbit_frame", "parse_upbit_ticks", "parse_upbit_ticker_rest"]
