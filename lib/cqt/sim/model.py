@@ -309,20 +309,3 @@ class MarketModel:
                 if tr[5] == sid:
                     return tr[1]
         return None
-
-    # -------------------------------------------------------------- temporary re-export
-    # cqt.synth still asks the model for wire frames and REST answers; those are
-    # cqt.sim.market.Market's. Remove these two once synth builds a Market.
-    def ws_frames(self, venue: str, t_from_ms: int, t_to_ms: int, streams=None):
-        from .market import Market
-        m = self.__dict__.get("_wire")
-        if m is None:
-            m = self.__dict__["_wire"] = Market(self)
-        return m.ws_frames(venue, t_from_ms, t_to_ms, streams)
-
-    def rest(self, path: str, params: dict, now_ms: int) -> tuple[int, str]:
-        from .market import Market
-        m = self.__dict__.get("_wire")
-        if m is None:
-            m = self.__dict__["_wire"] = Market(self)
-        return m.rest(path, params, now_ms)
