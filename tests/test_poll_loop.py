@@ -1,15 +1,101 @@
 """cqt.poll: schedule (aligned, no drift, no burst after a stall), failure states logged once,
-Retry-After / rate-limit gates, disable -> exit code, stuck runs, WindowLimit. In-process, fast."""
+Retry-After / rate-limit gates, disable -> exit code, stuck runs, WindowLimit. In-process, fast.
+
+The loop runs on a virtual clock (VirtualTime): time moves only when the loop waits, and only
+once every run in flight has finished or is asleep on that clock, so the schedule is exact
+and nothing here sleeps for real or depends on how busy the machine is. Runs still execute in
+the loop's real worker threads."""
 from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
 from cqt.poll import PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
 from cqt.rest import RestResponse
+
+SETTLE_S = 10.0          # real seconds a run in flight may take to finish or fall asleep
+
+
+class VirtualTime:
+    """A monotonic clock and a wall clock (ms) that advance only in the loop's wait, and
+    the loop's wake-up event. `sleep` is what a run calls instead of time.sleep."""
+
+    def __init__(self, wall_ms: int = 1_700_000_000_123):
+        self.t = 1_000.0
+        self._wall0_ms = wall_ms - self.t * 1000.0
+        self._cond = threading.Condition()
+        self._sleepers: dict[threading.Thread, float] = {}
+        self._flag = False
+        self._released = False
+        self.loop: PollLoop | None = None
+        self.svc = None
+        self.end = float("inf")
+
+    # clocks
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall_ms(self) -> int:
+        return round(self._wall0_ms + self.t * 1000.0)
+
+    def sleep(self, seconds: float) -> None:
+        with self._cond:
+            me = threading.current_thread()
+            deadline = self.t + seconds
+            self._sleepers[me] = deadline
+            self._cond.notify_all()
+            while self.t < deadline and not self._released:
+                self._cond.wait(1.0)
+            del self._sleepers[me]
+            self._cond.notify_all()
+
+    # the loop's wake-up event
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def _busy(self) -> list:
+        """Runs in flight that have neither finished nor fallen asleep until a later time."""
+        return [j for j in self.loop.jobs if j.thread is not None and not j.done
+                and not (self._released or self._sleepers.get(j.thread, self.t) > self.t)]
+
+    def _settle(self) -> None:
+        deadline = threading.Event()
+        timer = threading.Timer(SETTLE_S, deadline.set)
+        timer.start()
+        try:
+            while self._busy():
+                assert not deadline.is_set(), f"runs neither finished nor slept: {self._busy()}"
+                self._cond.wait(0.01)
+        finally:
+            timer.cancel()
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            self._settle()
+            if not self._flag:
+                # like a real timer, a wait never ends early (1 µs late, so "at least
+                # d seconds later" holds despite float rounding)
+                nxt = min(self._sleepers.values(), default=float("inf"))
+                self.t = max(self.t, min(self.t + timeout + 1e-6, nxt, self.end))
+                self._cond.notify_all()
+                self._settle()
+            if self.t >= self.end and not self.svc.stopping.is_set():
+                # the run is over: stop the loop, and let sleeping runs finish at once
+                self.svc.stopping.set()
+                self._released = True
+                self._cond.notify_all()
+            return self._flag
 
 
 class FakeSvc:
@@ -30,36 +116,45 @@ class FakeSvc:
             self.states.append((state, status))
 
 
+@pytest.fixture
+def vt():
+    return VirtualTime()
+
+
+def make_loop(vt: VirtualTime, jobs, **kw) -> PollLoop:
+    loop = PollLoop(jobs, clock=vt.monotonic, wall_ms=vt.wall_ms, **kw)
+    loop._wake = vt          # the loop's only real wait: driven by the virtual clock instead
+    vt.loop = loop
+    return loop
+
+
 def run_for(loop: PollLoop, seconds: float) -> tuple[FakeSvc, int | None]:
+    """Run the loop for `seconds` of virtual time (or until it returns by itself)."""
+    vt = loop._wake
     svc = FakeSvc()
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.setdefault("rc", loop.run(svc)), daemon=True)
-    t.start()
-    t.join(seconds)
-    svc.stopping.set()
-    t.join(5)
-    assert not t.is_alive(), "loop did not stop"
-    return svc, result.get("rc")
+    vt.svc, vt.end = svc, vt.monotonic() + seconds
+    rc = loop.run(svc)
+    for j in loop.jobs:
+        assert j.thread is None or not j.thread.is_alive(), "loop did not stop"
+    return svc, rc
 
 
-def recorder(log: list, sleep: float = 0.0, fail=None):
+def recorder(vt: VirtualTime, log: list, sleep: float = 0.0, fail=None):
     def fn():
-        log.append((time.monotonic(), int(time.time() * 1000)))
+        log.append((vt.monotonic(), vt.wall_ms()))
         if sleep:
-            time.sleep(sleep)
+            vt.sleep(sleep)
         if fail is not None:
             fail(len(log))
         return RunResult(rows=2)
     return fn
 
 
-
-
 @pytest.mark.timeout(20)
-def test_slots_are_aligned_and_do_not_drift():
+def test_slots_are_aligned_and_do_not_drift(vt):
     runs: list = []
-    job = PollJob("a", 0.25, recorder(runs), jitter_s=0.0, run_at_start=False)
-    loop = PollLoop([job])
+    job = PollJob("a", 0.25, recorder(vt, runs), jitter_s=0.0, run_at_start=False)
+    loop = make_loop(vt, [job])
     _, rc = run_for(loop, 1.6)
     assert rc == 0
     assert 5 <= len(runs) <= 7
@@ -73,20 +168,20 @@ def test_slots_are_aligned_and_do_not_drift():
 
 
 @pytest.mark.timeout(20)
-def test_phase_and_jitter_stay_within_bounds():
+def test_phase_and_jitter_stay_within_bounds(vt):
     runs: list = []
-    job = PollJob("a", 0.3, recorder(runs), phase_s=0.1, jitter_s=0.05, run_at_start=False)
-    run_for(PollLoop([job]), 1.4)
+    job = PollJob("a", 0.3, recorder(vt, runs), phase_s=0.1, jitter_s=0.05, run_at_start=False)
+    run_for(make_loop(vt, [job]), 1.4)
     assert len(runs) >= 3
     offsets = [(w - 100) % 300 for _, w in runs]
     assert all(o < 50 + 60 for o in offsets), offsets     # jitter 50 ms + noise, never accumulated
 
 
 @pytest.mark.timeout(20)
-def test_overrun_skips_missed_slots_instead_of_bursting():
+def test_overrun_skips_missed_slots_instead_of_bursting(vt):
     runs: list = []
-    job = PollJob("slow", 0.2, recorder(runs, sleep=0.7), jitter_s=0.0)
-    loop = PollLoop([job])
+    job = PollJob("slow", 0.2, recorder(vt, runs, sleep=0.7), jitter_s=0.0)
+    loop = make_loop(vt, [job])
     run_for(loop, 2.0)
     gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:])]
     assert len(runs) >= 2 and all(g >= 0.7 for g in gaps), gaps       # never two runs back to back
@@ -94,10 +189,10 @@ def test_overrun_skips_missed_slots_instead_of_bursting():
 
 
 @pytest.mark.timeout(20)
-def test_start_up_runs_are_staggered_and_never_doubled():
+def test_start_up_runs_are_staggered_and_never_doubled(vt):
     runs: dict[str, list] = {f"j{i}": [] for i in range(3)}
-    jobs = [PollJob(n, 1.0, recorder(r), jitter_s=0.0) for n, r in runs.items()]
-    run_for(PollLoop(jobs, workers=3, start_stagger_s=0.3), 1.3)
+    jobs = [PollJob(n, 1.0, recorder(vt, r), jitter_s=0.0) for n, r in runs.items()]
+    run_for(make_loop(vt, jobs, workers=3, start_stagger_s=0.3), 1.3)
     firsts = sorted(r[0][0] for r in runs.values())
     assert firsts[-1] - firsts[0] >= 0.15                  # staggered, not a burst
     for r in runs.values():
@@ -106,7 +201,7 @@ def test_start_up_runs_are_staggered_and_never_doubled():
 
 
 @pytest.mark.timeout(20)
-def test_failures_log_once_per_state_change_and_back_off(caplog):
+def test_failures_log_once_per_state_change_and_back_off(vt, caplog):
     runs: list = []
 
     def fail(n):
@@ -115,8 +210,8 @@ def test_failures_log_once_per_state_change_and_back_off(caplog):
         if n == 5:
             raise PollError("timeout")
 
-    job = PollJob("oi", 0.1, recorder(runs, fail=fail), jitter_s=0.0, max_backoff_s=0.4)
-    loop = PollLoop([job])
+    job = PollJob("oi", 0.1, recorder(vt, runs, fail=fail), jitter_s=0.0, max_backoff_s=0.4)
+    loop = make_loop(vt, [job])
     with caplog.at_level(logging.INFO, logger="cqt.poll"):
         svc, _ = run_for(loop, 2.6)
     msgs = [r.getMessage() for r in caplog.records if r.name == "cqt.poll"]
@@ -135,57 +230,58 @@ def test_failures_log_once_per_state_change_and_back_off(caplog):
 
 
 @pytest.mark.timeout(20)
-def test_retry_after_is_honoured():
+def test_retry_after_is_honoured(vt):
     runs: list = []
 
     def fail(n):
         if n == 1:
             raise PollError("429 rate limited", retry_after_s=1.0)
 
-    run_for(PollLoop([PollJob("a", 0.2, recorder(runs, fail=fail), jitter_s=0.0)]), 1.6)
+    run_for(make_loop(vt, [PollJob("a", 0.2, recorder(vt, runs, fail=fail), jitter_s=0.0)]), 1.6)
     assert len(runs) >= 2
     assert runs[1][0] - runs[0][0] >= 1.0
 
 
 class _Rate:
-    def __init__(self, until):
+    def __init__(self, until, clock):
         self.until = until
+        self.clock = clock
         self.block_reason = "429 too many requests"
 
     def wait_s(self):
-        return max(0.0, self.until - time.monotonic())
+        return max(0.0, self.until - self.clock())
 
 
 class _Client:
     name = "binance_rest"
 
-    def __init__(self, until):
-        self.rate = _Rate(until)
+    def __init__(self, until, clock):
+        self.rate = _Rate(until, clock)
 
 
 @pytest.mark.timeout(20)
-def test_client_rate_limit_holds_every_job_back():
+def test_client_rate_limit_holds_every_job_back(vt):
     runs: list = []
-    t0 = time.monotonic()
-    client = _Client(t0 + 0.8)
-    jobs = [PollJob(n, 0.2, recorder(runs), jitter_s=0.0, client=client) for n in ("a", "b")]
-    loop = PollLoop(jobs)
+    t0 = vt.monotonic()
+    client = _Client(t0 + 0.8, vt.monotonic)
+    jobs = [PollJob(n, 0.2, recorder(vt, runs), jitter_s=0.0, client=client) for n in ("a", "b")]
+    loop = make_loop(vt, jobs)
     run_for(loop, 1.3)
     assert runs and min(t for t, _ in runs) >= t0 + 0.8
     assert loop.status("a").runs >= 1 and loop.status("b").runs >= 1
 
 
 @pytest.mark.timeout(20)
-def test_window_limit_gates_jobs():
+def test_window_limit_gates_jobs(vt):
     runs: list = []
-    lim = WindowLimit("three_per_window", 3, 1.0)
+    lim = WindowLimit("three_per_window", 3, 1.0, clock=vt.monotonic)
 
     def fn():
         lim.note()
-        runs.append(time.monotonic())
+        runs.append(vt.monotonic())
         return 1
 
-    run_for(PollLoop([PollJob("a", 0.1, fn, jitter_s=0.0, limits=(lim,))]), 1.5)
+    run_for(make_loop(vt, [PollJob("a", 0.1, fn, jitter_s=0.0, limits=(lim,))]), 1.5)
     # at most 3 calls in any 1 s window
     for i in range(len(runs)):
         assert sum(1 for t in runs if runs[i] <= t < runs[i] + 1.0) <= 3
@@ -193,14 +289,14 @@ def test_window_limit_gates_jobs():
 
 
 @pytest.mark.timeout(20)
-def test_disabled_jobs_end_the_loop_with_their_exit_code(caplog):
+def test_disabled_jobs_end_the_loop_with_their_exit_code(vt, caplog):
     def refused():
         raise PollError("interval not allowed by plan", "Hobbyist: 4h and longer", disable=True, exit_code=78)
 
     calls: list = []
     jobs = [PollJob("a", 0.2, refused), PollJob("b", 0.2, lambda: calls.append(1) or refused())]
     with caplog.at_level(logging.ERROR, logger="cqt.poll"):
-        svc, rc = run_for(PollLoop(jobs), 3.0)
+        svc, rc = run_for(make_loop(vt, jobs), 3.0)
     assert rc == 78
     assert len(calls) == 1                  # no retry loop
     assert "every poll job is disabled" in svc.stop_reason
@@ -208,14 +304,14 @@ def test_disabled_jobs_end_the_loop_with_their_exit_code(caplog):
 
 
 @pytest.mark.timeout(20)
-def test_unexpected_exception_is_counted_not_fatal(caplog):
+def test_unexpected_exception_is_counted_not_fatal(vt, caplog):
     runs: list = []
 
     def fail(n):
         if n == 1:
             raise KeyError("boom")
 
-    loop = PollLoop([PollJob("a", 0.2, recorder(runs, fail=fail), jitter_s=0.0)])
+    loop = make_loop(vt, [PollJob("a", 0.2, recorder(vt, runs, fail=fail), jitter_s=0.0)])
     with caplog.at_level(logging.WARNING, logger="cqt.poll"):
         _, rc = run_for(loop, 0.9)
     assert rc == 0 and len(runs) >= 2
@@ -224,9 +320,9 @@ def test_unexpected_exception_is_counted_not_fatal(caplog):
 
 
 @pytest.mark.timeout(20)
-def test_stuck_run_is_reported_once_and_its_result_kept(caplog):
+def test_stuck_run_is_reported_once_and_its_result_kept(vt, caplog):
     runs: list = []
-    loop = PollLoop([PollJob("hang", 5.0, recorder(runs, sleep=0.7), timeout_s=0.2)])
+    loop = make_loop(vt, [PollJob("hang", 5.0, recorder(vt, runs, sleep=0.7), timeout_s=0.2)])
     with caplog.at_level(logging.WARNING, logger="cqt.poll"):
         run_for(loop, 1.1)
     assert sum("still running" in r.getMessage() for r in caplog.records) == 1
@@ -235,7 +331,7 @@ def test_stuck_run_is_reported_once_and_its_result_kept(caplog):
 
 
 @pytest.mark.timeout(20)
-def test_workers_bound_concurrency():
+def test_workers_bound_concurrency(vt):
     active = []
     peak = [0]
     lock = threading.Lock()
@@ -244,12 +340,12 @@ def test_workers_bound_concurrency():
         with lock:
             active.append(1)
             peak[0] = max(peak[0], len(active))
-        time.sleep(0.2)
+        vt.sleep(0.2)
         with lock:
             active.pop()
         return 0
 
-    run_for(PollLoop([PollJob(f"j{i}", 0.3, fn) for i in range(5)], workers=2), 0.9)
+    run_for(make_loop(vt, [PollJob(f"j{i}", 0.3, fn) for i in range(5)], workers=2), 0.9)
     assert peak[0] == 2
 
 
@@ -292,14 +388,14 @@ def test_failure_of_maps_http_outcomes():
 
 
 @pytest.mark.timeout(20)
-def test_a_deferred_run_is_not_a_failure(caplog):
+def test_a_deferred_run_is_not_a_failure(vt, caplog):
     runs: list = []
 
     def fail(n):
         if n == 1:
             raise PollError("rate limited", "held back locally", calls=0, deferred=True, retry_after_s=0.3)
 
-    loop = PollLoop([PollJob("a", 5.0, recorder(runs, fail=fail), jitter_s=0.0)])
+    loop = make_loop(vt, [PollJob("a", 5.0, recorder(vt, runs, fail=fail), jitter_s=0.0)])
     with caplog.at_level(logging.INFO, logger="cqt.poll"):
         run_for(loop, 0.8)
     st = loop.status("a")
