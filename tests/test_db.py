@@ -1,4 +1,5 @@
 """SQLite layer: WAL, migrations, schema-too-new refusal, the batched writer under contention."""
+import contextlib
 import multiprocessing as mp
 import sqlite3
 import subprocess
@@ -7,9 +8,8 @@ import time
 
 import pytest
 
-from cqt import db as cdb
-from cqt import sinks, writer
-from helpers import PY, ROOT, cqt_env, python_env, query, run_bin
+from cqt import db as cdb, sinks, writer
+from helpers import PY, ROOT, cqt_env, python_env, run_bin, wait_for
 
 SQL = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?)"
 
@@ -142,15 +142,59 @@ def test_reject_and_event_throttling(tmp_path):
     assert conn.execute("SELECT COUNT(*), SUM(count) FROM events").fetchone() == (1, 10_000)
 
 
-def test_wal_bounded_by_checkpoint(tmp_path):
+SMALL_WAL = 256 * 1024
+
+
+@contextlib.contextmanager
+def wal_grown_past_the_limit(path, monkeypatch, checkpoint):
+    """A writer with a 256 KiB WAL limit writes 50 000 rows while a reader holds a snapshot
+    (so SQLite's own checkpoints cannot reset the WAL); then the reader lets go and the
+    writer's periodic checkpoint (`checkpoint`) has had three turns. Yields the WAL size
+    reached while the reader held on; the writer stays open inside the block."""
+    monkeypatch.setattr(cdb, "WAL_LIMIT_BYTES", SMALL_WAL)          # journal_size_limit at connect
+    calls = []
+
+    def counted(conn, p, limit=SMALL_WAL):
+        calls.append(1)
+        checkpoint(conn, p, limit)
+
+    monkeypatch.setattr(writer, "checkpoint", counted)
+    w = writer.BatchWriter(path, checkpoint_every_s=3600)
+    try:
+        reader = sqlite3.connect(path, isolation_level=None)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT COUNT(*) FROM binance_agg_trades").fetchone()    # holds its snapshot
+            for k in range(10):
+                w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i)
+                                 for i in range(k * 5000, (k + 1) * 5000)])
+            assert w.flush(30)
+            held = cdb.wal_size(path)
+            reader.execute("COMMIT")
+        finally:
+            reader.close()
+        w.checkpoint_every_s = 0.0          # from now on every pass of the writer's loop checkpoints
+        wait_for(lambda: len(calls) >= 3, 30, interval=0.05, what="three writer checkpoints")
+        yield held
+    finally:
+        w.close()
+
+
+def test_wal_bounded_by_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "w.db"
-    w = writer.BatchWriter(path, checkpoint_every_s=0.2)
-    for k in range(20):
-        w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in range(k * 5000, (k + 1) * 5000)])
-    w.flush(30)
-    time.sleep(1.0)
-    w.close()
-    assert cdb.wal_size(path) <= cdb.WAL_LIMIT_BYTES
+    with wal_grown_past_the_limit(path, monkeypatch, cdb.checkpoint) as held:
+        assert held > 8 * SMALL_WAL, held         # not vacuous: the WAL outgrew the limit many times
+        # measured while the writer is open (closing the last connection removes the WAL anyway)
+        assert cdb.wal_size(path) <= cdb.WAL_LIMIT_BYTES
+
+
+def test_wal_grows_without_the_checkpoint(tmp_path, monkeypatch):
+    """The same with the writer's checkpoint a no-op: the WAL stays as large as it grew,
+    so the test above fails when the bound is not enforced."""
+    path = tmp_path / "w.db"
+    with wal_grown_past_the_limit(path, monkeypatch, lambda conn, p, limit: None) as held:
+        assert held > 8 * SMALL_WAL, held
+        assert cdb.wal_size(path) > 8 * cdb.WAL_LIMIT_BYTES
 
 
 def test_row_counts_follow_declared_nrows(tmp_path):
