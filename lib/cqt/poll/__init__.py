@@ -38,10 +38,10 @@ The modules, each importing only those above it:
 
 The loop logs as `cqt.poll`.
 """
-from .limits import WindowLimit
 from .jobs import JobStatus, NewestTimes, PollError, PollJob, RunResult
-from .outcomes import error_code, failure_of
+from .limits import WindowLimit
 from .loop import PollLoop
+from .outcomes import error_code, failure_of
 
 __all__ = ["WindowLimit", "JobStatus", "NewestTimes", "PollError", "PollJob", "RunResult", "error_code",
            "failure_of", "PollLoop"]

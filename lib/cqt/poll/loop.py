@@ -87,7 +87,7 @@ class PollLoop:
         wall = self.wall_ms()
         self.started_ms = wall
         immediate = [j for j in self.jobs if j.spec.run_at_start]
-        for i, job in enumerate(self.jobs):
+        for job in self.jobs:
             job.slot = self.first_slot(job, now, wall)
             job.next_start = job.slot + self._jitter(job)
         for i, job in enumerate(immediate):

@@ -28,9 +28,9 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
 
     from .. import exitcodes
     from ..db import SchemaTooNew
+    from ..runtime import load_settings_or_exit, setup_logging
     from ..sinks import RejectLog
     from ..writer import BatchWriter
-    from ..runtime import load_settings_or_exit, setup_logging
 
     settings = load_settings_or_exit(db=db)
     setup_logging("cqt-replay", settings.log_level, settings.secrets)

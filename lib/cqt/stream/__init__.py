@@ -45,12 +45,12 @@ The modules, each importing only those above it:
 
 The loop logs as `cqt.stream`.
 """
-from .settings import LoopSettings
 from .backoff import Backoff, RepeatedLog
-from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule, default_position
-from .state import StreamState
 from .buffer import PACK_ROWS, RESUME_SQL, RowBuffer, pack_rows, rows_per_statement
+from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule, default_position
 from .loop import StreamLoop
+from .settings import LoopSettings
+from .state import StreamState
 
 __all__ = [
     "LoopSettings", "Backoff", "RepeatedLog", "NO_RULE", "Endpoint", "Gap", "Handler", "StreamRule",

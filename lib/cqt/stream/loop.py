@@ -200,7 +200,6 @@ class StreamLoop:
         return ws
 
     def _receive(self, c: Connection, ws: websocket.WebSocket, reason: str) -> str:
-        ep = c.ep
         now = self.clock()
         c.ws = ws
         c.connected_at = c.last_rx = c.last_ping = now
