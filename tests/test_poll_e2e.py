@@ -42,10 +42,17 @@ def _capture(path) -> list[dict]:
     return out
 
 
+# The HTTP timeout is far above what a busy machine adds to an answer from 127.0.0.1 (so the
+# only timeouts are the injected ones, and each state change is logged exactly once), and the
+# injected slow answers are far above the timeout (so they always time out).
+TIMEOUT_S = 4
+SLOW_S = 3 * TIMEOUT_S
+
+
 def _poll_env(tmp_path, sim, **extra):
     env = dict(sim.env(), CQT_HEARTBEAT_S="1", CQT_POLL_OI_S="1", CQT_POLL_RATIOS_S="2",
                CQT_POLL_PREMIUM_S="2", CQT_POLL_FUNDING_S="4", CQT_POLL_COINGLASS_S="2",
-               CQT_COINGLASS_INTERVAL="1m", CQT_COINGLASS_RATE_PER_MIN="300", CQT_POLL_TIMEOUT_S="1",
+               CQT_COINGLASS_INTERVAL="1m", CQT_COINGLASS_RATE_PER_MIN="300", CQT_POLL_TIMEOUT_S=str(TIMEOUT_S),
                COINGLASS_ENABLED="true", COINGLASS_API_KEY=KEY, CQT_BACKFILL_S="600")
     env.update(extra)
     return cqt_env(tmp_path, **env)
@@ -77,14 +84,14 @@ def test_pollers_against_sim_survive_faults(tmp_path):
         # -- faults, while it runs
         sim.fault("http_error", path="/fapi/v1/openInterest", status=429, count=3, retry_after=2)
         sim.fault("http_error", path="/fapi/v1/premiumIndex", status=503, count=3)
-        sim.fault("slow", path="/futures/data/takerlongshortRatio", seconds=2.5, count=2)
+        sim.fault("slow", path="/futures/data/takerlongshortRatio", seconds=SLOW_S, count=2)
         sim.fault("coinglass_auth", count=2)
-        sim.fault("slow", path="/api/futures/funding-rate/history", seconds=2.5, count=1)
+        sim.fault("slow", path="/api/futures/funding-rate/history", seconds=SLOW_S, count=1)
         wait_for(lambda: query(db, "SELECT COUNT(*) FROM coinglass_call_status WHERE error = 'timeout'")[0][0] >= 1,
                  25, what="a Coinglass timeout recorded")
         wait_for(lambda: "job=premium recovered" in logs["cqt-poll-binance"].read_text(), 30,
                  what="premium job recovers after the 503s")
-        wait_for(lambda: "job=taker recovered" in logs["cqt-poll-binance"].read_text(), 20,
+        wait_for(lambda: "job=taker recovered" in logs["cqt-poll-binance"].read_text(), 40,
                  what="taker job recovers after the timeouts")
         # the rest of the minute runs clean; then a 418 ban at the end
         while time.monotonic() - t0 < 52:
