@@ -71,7 +71,8 @@ def fill_raw(conn: sqlite3.Connection, start_ms: int, end_ms: int, seed: int = 1
         up_tr.append(("KRW-USDT", seq, t, usdt, 100.0, "sell", t + 80))
     for t in _every(start_ms, end_ms, 500, 333):
         up_ob.append(("KRW-BTC", t, krw - 1000, krw + 1000, 0.5, 0.4, 5.0, 6.0, 15, t + 70))
-    liq = [(SYMBOL, t, t - 2, "sell", px, px, 0.5, 0.5, "FILLED", t + 50) for t in _every(start_ms, end_ms, 120_000, 17)]
+    liq = [(SYMBOL, t, t - 2, "sell", px, px, 0.5, 0.5, "FILLED", t + 50)
+           for t in _every(start_ms, end_ms, 120_000, 17)]
     oi = [(SYMBOL, t, 80_000.0 + i, t + 120) for i, t in enumerate(_every(start_ms, end_ms, 10_000, 400))]
     prem = [(SYMBOL, t, px, px * 0.9999, 0.0001, 0.0001, end_ms + 3_600_000, t + 100)
             for t in _every(start_ms, end_ms, 60_000, 800)]
@@ -116,11 +117,11 @@ def fill_derived(conn: sqlite3.Connection, start_ms: int, end_ms: int, seed: int
         prev = close
         if traded:
             close = round(close * math.exp(rnd.gauss(0, 1e-4)), 0)
-            o, h, l, v = prev, max(prev, close), min(prev, close), close
+            o, h, ln, v = prev, max(prev, close), min(prev, close), close
         else:
-            o = h = l = v = None
+            o = h = ln = v = None
         bid, ask = close - 1000, close + 1000
-        m_rows.append((t, o, h, l, close, 0.01 if traded else 0.0, 2 if traded else 0, v,
+        m_rows.append((t, o, h, ln, close, 0.01 if traded else 0.0, 2 if traded else 0, v,
                        0.006 if traded else 0.0, 0.004 if traded else 0.0, int(traded), 300,
                        bid, ask, close, 2000 / close * 1e4, 0.1, 120, 60_000.0, 80, 60_000.0, 59_990.0, 0.0001, 400,
                        1_400.0, 5_000, close / (60_000.0 * 1_400.0) - 1))
@@ -201,7 +202,8 @@ def make_raw(path: Path, as_of_ms: int = AS_OF, span_s: int = SPAN_S, seed: int 
     """Raw tables only, from the shared generator (tests/fixtures_raw.py)."""
     from fixtures_raw import make_raw_db
 
-    make_raw_db(path, as_of_ms - span_s * 1000, span_s, seed=seed, coinglass_interval=LEAK_ENV["CQT_COINGLASS_INTERVAL"])
+    make_raw_db(path, as_of_ms - span_s * 1000, span_s, seed=seed,
+                coinglass_interval=LEAK_ENV["CQT_COINGLASS_INTERVAL"])
     return Path(path)
 
 
@@ -236,7 +238,8 @@ def add_bookkeeping(path: Path, as_of_ms: int = AS_OF, span_s: int = SPAN_S) -> 
     try:
         stats = []
         for t in _every(start, as_of_ms, 10_000):
-            stats += [("cqt-collect-binance", "binance_ws", t, 250, 250, 0), ("cqt-collect-upbit", "upbit", t, 90, 90, 0),
+            stats += [("cqt-collect-binance", "binance_ws", t, 250, 250, 0),
+                      ("cqt-collect-upbit", "upbit", t, 90, 90, 0),
                       ("cqt-poll-binance", "binance_rest", t, 2, 2, 0), ("cqt-poll-coinglass", "coinglass", t, 1, 1, 0)]
         conn.executemany("INSERT OR IGNORE INTO ingest_stats VALUES (?,?,?,?,?,?)", stats)
         conn.executemany("INSERT OR IGNORE INTO service_runs (service, pid, start_ts_ms) VALUES (?,?,?)",

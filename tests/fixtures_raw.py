@@ -52,24 +52,42 @@ INTERVAL_MS = {"1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m"
 RATIO_PERIOD_MS = 300_000
 RATIO_KINDS = ("global_long_short", "top_long_short_position", "taker_buy_sell", "open_interest_hist")
 
-SQL = {
-    "upbit_trades": "INSERT OR IGNORE INTO upbit_trades (code, sequential_id, trade_ts_ms, price, volume, side, recv_ts_ms) VALUES (?,?,?,?,?,?,?)",
-    "upbit_orderbook": "INSERT OR IGNORE INTO upbit_orderbook (code, ts_ms, best_bid, best_ask, best_bid_size, best_ask_size, total_bid_size, total_ask_size, levels, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "upbit_ticker": "INSERT OR IGNORE INTO upbit_ticker (code, ts_ms, trade_ts_ms, trade_price, prev_closing_price, acc_trade_volume_24h, acc_trade_price_24h, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?)",
-    "binance_agg_trades": "INSERT OR IGNORE INTO binance_agg_trades (symbol, agg_id, trade_ts_ms, price, qty, side, first_trade_id, last_trade_id, event_ts_ms, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "binance_mark_price": "INSERT OR IGNORE INTO binance_mark_price (symbol, event_ts_ms, mark_price, index_price, funding_rate, next_funding_ts_ms, recv_ts_ms) VALUES (?,?,?,?,?,?,?)",
-    "binance_book_ticker": "INSERT OR IGNORE INTO binance_book_ticker (symbol, update_id, event_ts_ms, bid_price, bid_qty, ask_price, ask_qty, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?)",
-    "binance_liquidations": "INSERT OR IGNORE INTO binance_liquidations (symbol, event_ts_ms, trade_ts_ms, side, price, avg_price, qty, filled_qty, status, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "binance_open_interest": "INSERT OR IGNORE INTO binance_open_interest (symbol, ts_ms, open_interest, recv_ts_ms) VALUES (?,?,?,?)",
-    "binance_ratios": "INSERT OR IGNORE INTO binance_ratios (symbol, kind, period, ts_ms, value, value2, value3, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?)",
-    "binance_premium_index": "INSERT OR IGNORE INTO binance_premium_index (symbol, ts_ms, mark_price, index_price, last_funding_rate, interest_rate, next_funding_ts_ms, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?)",
-    "binance_funding_rate": "INSERT OR IGNORE INTO binance_funding_rate (symbol, funding_ts_ms, funding_rate, mark_price, recv_ts_ms) VALUES (?,?,?,?,?)",
-    "coinglass_open_interest": "INSERT OR IGNORE INTO coinglass_open_interest (symbol, interval, open_ts_ms, avail_ts_ms, open, high, low, close, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?,?)",
-    "coinglass_funding": "INSERT OR IGNORE INTO coinglass_funding (exchange, symbol, interval, open_ts_ms, avail_ts_ms, open, high, low, close, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "coinglass_liquidations": "INSERT OR IGNORE INTO coinglass_liquidations (symbol, exchanges, interval, open_ts_ms, avail_ts_ms, long_liq_usd, short_liq_usd, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?)",
-    "coinglass_long_short": "INSERT OR IGNORE INTO coinglass_long_short (exchange, symbol, interval, open_ts_ms, avail_ts_ms, long_percent, short_percent, long_short_ratio, recv_ts_ms) VALUES (?,?,?,?,?,?,?,?,?)",
-    "coinglass_call_status": "INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok, latency_ms, rows, error) VALUES (?,?,?,?,?,?,?)",
+# The column lists of the raw tables, in insert order (SQL below binds one "?" per column).
+COLUMNS = {
+    "upbit_trades": "code, sequential_id, trade_ts_ms, price, volume, side, recv_ts_ms",
+    "upbit_orderbook": ("code, ts_ms, best_bid, best_ask, best_bid_size, best_ask_size, total_bid_size, "
+                        "total_ask_size, levels, recv_ts_ms"),
+    "upbit_ticker": ("code, ts_ms, trade_ts_ms, trade_price, prev_closing_price, acc_trade_volume_24h, "
+                     "acc_trade_price_24h, recv_ts_ms"),
+    "binance_agg_trades": ("symbol, agg_id, trade_ts_ms, price, qty, side, first_trade_id, last_trade_id, "
+                           "event_ts_ms, recv_ts_ms"),
+    "binance_mark_price": "symbol, event_ts_ms, mark_price, index_price, funding_rate, next_funding_ts_ms, recv_ts_ms",
+    "binance_book_ticker": "symbol, update_id, event_ts_ms, bid_price, bid_qty, ask_price, ask_qty, recv_ts_ms",
+    "binance_liquidations": ("symbol, event_ts_ms, trade_ts_ms, side, price, avg_price, qty, filled_qty, status, "
+                             "recv_ts_ms"),
+    "binance_open_interest": "symbol, ts_ms, open_interest, recv_ts_ms",
+    "binance_ratios": "symbol, kind, period, ts_ms, value, value2, value3, recv_ts_ms",
+    "binance_premium_index": ("symbol, ts_ms, mark_price, index_price, last_funding_rate, interest_rate, "
+                              "next_funding_ts_ms, recv_ts_ms"),
+    "binance_funding_rate": "symbol, funding_ts_ms, funding_rate, mark_price, recv_ts_ms",
+    "coinglass_open_interest": "symbol, interval, open_ts_ms, avail_ts_ms, open, high, low, close, recv_ts_ms",
+    "coinglass_funding": "exchange, symbol, interval, open_ts_ms, avail_ts_ms, open, high, low, close, recv_ts_ms",
+    "coinglass_liquidations": ("symbol, exchanges, interval, open_ts_ms, avail_ts_ms, long_liq_usd, short_liq_usd, "
+                               "recv_ts_ms"),
+    "coinglass_long_short": ("exchange, symbol, interval, open_ts_ms, avail_ts_ms, long_percent, short_percent, "
+                             "long_short_ratio, recv_ts_ms"),
+    "coinglass_call_status": "ts_ms, endpoint, http_status, ok, latency_ms, rows, error",
 }
+PLAIN_INSERT = ("coinglass_call_status",)   # no OR IGNORE: every call is its own row
+
+
+def _insert(table: str, columns: str) -> str:
+    verb = "INSERT" if table in PLAIN_INSERT else "INSERT OR IGNORE"
+    return f"{verb} INTO {table} ({columns}) VALUES ({','.join('?' * len(columns.split(', ')))})"
+
+
+SQL = {t: _insert(t, c) for t, c in COLUMNS.items()}
+
 CG_ENDPOINTS = {
     "coinglass_open_interest": "/api/futures/open-interest/aggregated-history",
     "coinglass_funding": "/api/futures/funding-rate/history",
@@ -157,9 +175,11 @@ class RawGenerator:
             bid = np.floor(mid / 1000.0) * 1000.0
             ask = bid + 1000.0 * rg.integers(1, 3, len(ts))
             bs, as_ = np.round(rg.lognormal(-1, 0.8, len(ts)), 8), np.round(rg.lognormal(-1, 0.8, len(ts)), 8)
-            tbs, tas = np.round(bs + rg.lognormal(1.5, 0.4, len(ts)), 8), np.round(as_ + rg.lognormal(1.5, 0.4, len(ts)), 8)
+            tbs = np.round(bs + rg.lognormal(1.5, 0.4, len(ts)), 8)
+            tas = np.round(as_ + rg.lognormal(1.5, 0.4, len(ts)), 8)
             recv = cap(ts + self._lat(len(ts)))
-            out["upbit_orderbook"] += list(zip([self.upbit_code] * len(ts), _i(ts), bid.tolist(), ask.tolist(), bs.tolist(),
+            out["upbit_orderbook"] += list(zip([self.upbit_code] * len(ts), _i(ts), bid.tolist(), ask.tolist(),
+                                               bs.tolist(),
                                                as_.tolist(), tbs.tolist(), tas.tolist(), [15] * len(ts), _i(recv)))
         # Upbit ticker
         ts = np.unique(self._times(self.rates["upbit_ticker"], a, b))
@@ -195,7 +215,8 @@ class RawGenerator:
                 fr = np.round(1e-4 + 2e-5 * np.sin(ev / 3.6e6), 8)
                 nxt = (ev // 28_800_000 + 1) * 28_800_000
                 recv = cap(ev + self._lat(len(ev)))
-                out["binance_mark_price"] += list(zip([self.symbol] * len(ev), _i(ev), mark.tolist(), np.round(idx, 2).tolist(),
+                out["binance_mark_price"] += list(zip([self.symbol] * len(ev), _i(ev), mark.tolist(),
+                                                      np.round(idx, 2).tolist(),
                                                       fr.tolist(), _i(nxt), _i(recv)))
         # book ticker
         ts = self._times(self.rates["book_ticker"], a, b)
@@ -217,7 +238,8 @@ class RawGenerator:
             q = np.round(rg.lognormal(-2, 1, n) + 0.001, 3)
             side = np.where(rg.random(n) < 0.5, "buy", "sell")
             recv = cap(ts + self._lat(n))
-            out["binance_liquidations"] += list(zip([self.symbol] * n, _i(ts), _i(ts - 3), side.tolist(), px.tolist(), px.tolist(),
+            out["binance_liquidations"] += list(zip([self.symbol] * n, _i(ts), _i(ts - 3), side.tolist(), px.tolist(),
+                                                    px.tolist(),
                                                     q.tolist(), q.tolist(), ["FILLED"] * n, _i(recv)))
         # open interest every 10 s
         for slot in range(-(-a // 10_000) * 10_000, b, 10_000):
@@ -266,17 +288,21 @@ class RawGenerator:
                 continue
             oi0, oi1 = float(self._at(self.oi, [o])[0]) * 95_000, float(self._at(self.oi, [close_t])[0]) * 95_000
             recv = int(cap(fetch))
-            out["coinglass_open_interest"].append(("BTC", self.cg_interval, o, close_t, round(oi0, 2), round(max(oi0, oi1) * 1.001, 2),
+            out["coinglass_open_interest"].append(("BTC", self.cg_interval, o, close_t, round(oi0, 2),
+                                                    round(max(oi0, oi1) * 1.001, 2),
                                                    round(min(oi0, oi1) * 0.999, 2), round(oi1, 2), recv))
             f0, f1 = 1e-4 + 1e-5 * math.sin(o / 1e7), 1e-4 + 1e-5 * math.sin(close_t / 1e7)
-            out["coinglass_funding"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(f0, 8), round(max(f0, f1), 8),
+            out["coinglass_funding"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(f0, 8),
+                                             round(max(f0, f1), 8),
                                              round(min(f0, f1), 8), round(f1, 8), recv))
             out["coinglass_liquidations"].append(("BTC", "Binance,OKX,Bybit", self.cg_interval, o, close_t,
-                                                  round(float(rg.lognormal(12, 1)), 2), round(float(rg.lognormal(12, 1)), 2), recv))
+                                                  round(float(rg.lognormal(12, 1)), 2),
+                                                  round(float(rg.lognormal(12, 1)), 2), recv))
             lp = 50 + float(rg.normal(0, 3))
-            out["coinglass_long_short"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(lp, 2), round(100 - lp, 2),
+            out["coinglass_long_short"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(lp, 2),
+                                                round(100 - lp, 2),
                                                 round(lp / (100 - lp), 4), recv))
-            for tbl, ep in CG_ENDPOINTS.items():
+            for ep in CG_ENDPOINTS.values():
                 out["coinglass_call_status"].append((recv, ep, 200, 1, 120, 2, None))
         return out
 

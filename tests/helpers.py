@@ -89,7 +89,8 @@ def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.2, 
         except Exception as exc:  # noqa: BLE001 - e.g. table not created yet
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_exc})" if last_exc else ""))
 
 
 def query(db: Path, sql: str, params=()) -> list[tuple]:

@@ -231,7 +231,8 @@ def ws_connect(url: str, timeout: float = 5.0, **kw):
 
 
 def recv_frames(ws, n: int = 10**9, seconds: float = 5.0, until=None) -> list[tuple[int, bytes | str]]:
-    """(opcode, data) frames (text frames as str, binary as bytes) until n frames, `until(data)` is true, or `seconds` pass."""
+    """(opcode, data) frames (text frames as str, binary as bytes) until n frames, `until(data)` is
+    true, or `seconds` pass."""
     import websocket
     out = []
     deadline = time.monotonic() + seconds

@@ -133,13 +133,15 @@ def test_backfilled_aggtrades_are_used_from_when_they_land_and_counted(tmp_path)
         sec = -(-r[2] // 1000) * 1000
         expect[sec] = expect.get(sec, 0) + 1
     got = dict(query(db, "SELECT ts_ms, late_rows FROM aggregate_late WHERE source = 'binance_agg_trades'"))
-    assert got == expect, f"{sum(got.values())} late rows counted in {len(got)} seconds, expected {len(block)} in {len(expect)}"
+    assert got == expect, (f"{sum(got.values())} late rows counted in {len(got)} seconds, "
+                           f"expected {len(block)} in {len(expect)}")
     assert query(db, "SELECT COUNT(*) FROM aggregate_late WHERE source != 'binance_agg_trades'")[0][0] == 0
     hb = json.loads(query(db, "SELECT detail FROM heartbeats WHERE service = 'cqt-aggregate' AND state != 'stopped' "
                               "ORDER BY ts_ms DESC LIMIT 1")[0][0])
     assert hb["late_seen"] == {"binance_agg_trades": len(block)}, hb
     assert hb["late"]["binance_agg_trades_pending"] == len(block), hb
-    logged = [tuple(map(int, m)) for m in re.findall(r"late data: (\d+) rows .* --rebuild --from (\d+) --to (\d+)", text)]
+    logged = [tuple(map(int, m)) for m in re.findall(r"late data: (\d+) rows .* --rebuild --from (\d+) --to (\d+)",
+                                                     text)]
     assert logged and sum(n for n, _, _ in logged) == len(block), text
     assert min(f for _, f, _ in logged) == min(expect) and max(t for _, _, t in logged) >= max(expect), logged
 

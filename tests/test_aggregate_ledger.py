@@ -11,8 +11,7 @@ from freezegun import freeze_time
 
 from cqt.aggregate.config import AggregateConfig
 from cqt.aggregate.late import CountLedger
-from cqt.aggregate.service import LiveAggregator
-from cqt.aggregate.service import wait_for_collectors as _wait_for_collectors
+from cqt.aggregate.service import LiveAggregator, wait_for_collectors as _wait_for_collectors
 from cqt.db import connect, open_db
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache, compute_range
 from fixtures_raw import DirectWriter, at, make_raw_db

@@ -133,8 +133,8 @@ COLLECTORS = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "c
 def _pipeline_missing() -> str | None:
     try:
         import simproc  # noqa: F401
-        from cqt.venues import binance, coinglass, upbit  # noqa: F401
         from cqt.sim import cli  # noqa: F401
+        from cqt.venues import binance, coinglass, upbit  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - another engineer's part is not there yet
         return f"cqt-sim / collectors not available: {type(exc).__name__}: {exc}"
     return None
@@ -149,12 +149,12 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
     why = _pipeline_missing()
     if why:
         pytest.skip(why)
+    from cqt.featureparams import FeatureParams, max_lookback_ms
     from simproc import start_sim
 
-    from cqt.featureparams import max_lookback_ms, FeatureParams
-
     db = tmp_path / "cqt.db"
-    sim = start_sim(tmp_path, "--seed", "5", "--history", "1800", "--coinglass-key", CG_KEY, "--coinglass-limit", "1000")
+    sim = start_sim(tmp_path, "--seed", "5", "--history", "1800", "--coinglass-key", CG_KEY, "--coinglass-limit",
+                    "1000")
     env = cqt_env(tmp_path, **sim.env(), CQT_HEARTBEAT_S="1", CQT_POLL_OI_S="2", CQT_POLL_RATIOS_S="5",
                   CQT_POLL_PREMIUM_S="5", CQT_POLL_FUNDING_S="10", CQT_POLL_COINGLASS_S="2",
                   CQT_COINGLASS_INTERVAL="1m", CQT_COINGLASS_RATE_PER_MIN="300", CQT_POLL_TIMEOUT_S="2",
@@ -167,7 +167,8 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
 
     try:
         # the collectors' start-up backfill first, so the aggregate's catch-up sees it
-        wait_for(lambda: query(db, "SELECT COUNT(*) FROM upbit_trades WHERE recv_ts_ms > ?", (now_ms() - 3000,))[0][0] > 0
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM upbit_trades WHERE recv_ts_ms > ?",
+                               (now_ms() - 3000,))[0][0] > 0
                  and query(db, "SELECT COUNT(*) FROM coinglass_open_interest")[0][0] > 0
                  and query(db, "SELECT COUNT(*) FROM binance_ratios")[0][0] > 0, 60, what="collectors streaming")
         time.sleep(5)

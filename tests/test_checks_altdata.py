@@ -137,8 +137,8 @@ def test_clock_skew(db):
 
 
 def test_open_gaps(db):
-    gap = ("INSERT INTO gaps (source, stream, detected_ts_ms, from_id, to_id, from_ts_ms, to_ts_ms, filled_ts_ms, status) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    gap = ("INSERT INTO gaps (source, stream, detected_ts_ms, from_id, to_id, from_ts_ms, to_ts_ms, filled_ts_ms, "
+           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
     execute(db, gap, ("binance_ws", "BTCUSDT@aggTrade", AS_OF - 30_000, 5, 9, None, None, None, "open"))  # young
     execute(db, gap, ("upbit", "KRW-BTC@trade", AS_OF - 900_000, None, None, AS_OF - 901_000, None, AS_OF - 800_000,
                       "filled"))

@@ -43,11 +43,13 @@ def test_enabled_must_be_exactly_true(db, env, reason):
     assert reason in metric(res, "coinglass.enabled").reason
 
 
-@pytest.mark.parametrize("key, state", [("", "missing"), ("your_api_key_here", "placeholder"), ("<REAL_KEY>", "placeholder")])
+@pytest.mark.parametrize("key, state",
+                         [("", "missing"), ("your_api_key_here", "placeholder"), ("<REAL_KEY>", "placeholder")])
 def test_key_missing_or_placeholder(db, tmp_path, key, state):
     res = run("coinglass_check", db, COINGLASS_ENABLED="true", COINGLASS_API_KEY=key)
     assert failed_names(res) == ["coinglass.key"]
-    assert f"COINGLASS_API_KEY is {'a ' if state == 'placeholder' else ''}{state}" in metric(res, "coinglass.key").reason
+    assert f"COINGLASS_API_KEY is {'a ' if state == 'placeholder' else ''}{state}" in metric(res,
+                                                                                             "coinglass.key").reason
     if key:
         assert key not in res.text()
 
@@ -83,7 +85,8 @@ def test_one_endpoint_silent_and_error_mix(db):
             (AS_OF - 100_000, CG_PATHS[0], AS_OF - 90_000, CG_PATHS[0]))
     res = run("coinglass_check", db, **COINGLASS_OK_ENV)
     assert set(failed_names(res)) == {"coinglass.liquidations.ok_calls", "coinglass.liquidations.last_ok_age_s"}
-    assert "no calls to /api/futures/liquidation/aggregated-history" in metric(res, "coinglass.liquidations.ok_calls").reason
+    assert "no calls to /api/futures/liquidation/aggregated-history" in metric(res,
+                                                                               "coinglass.liquidations.ok_calls").reason
     er = metric(res, "coinglass.error_ratio")
     assert er.value == pytest.approx(2 / 32, abs=1e-4)
     res = run("coinglass_check", db, CQT_CHECK_COINGLASS_ERROR_RATIO_MAX="0.05", **COINGLASS_OK_ENV)

@@ -22,8 +22,8 @@ def _prerequisites() -> str | None:
     try:
         import simproc  # noqa: F401
         from cqt import aggregate, features  # noqa: F401
-        from cqt.venues import binance, coinglass, upbit  # noqa: F401
         from cqt.sim import cli  # noqa: F401
+        from cqt.venues import binance, coinglass, upbit  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - another engineer's part is not there yet
         return f"pipeline not complete yet: {type(exc).__name__}: {exc}"
     return None
@@ -75,7 +75,7 @@ def test_pipeline_gate_end_to_end(tmp_path):
         r = run_bin("altdata_check", "--window", "60", env=env)
         assert r.returncode == 1, r.stdout
         assert "binance.aggTrade.lag_s" in r.stdout.splitlines()[-1]
-        lag_line = next(l for l in r.stdout.splitlines() if l.startswith("binance.aggTrade.lag_s "))
+        lag_line = next(ln for ln in r.stdout.splitlines() if ln.startswith("binance.aggTrade.lag_s "))
         assert lag_line.split()[3] == "FAIL" and float(lag_line.split()[1]) >= 25
 
         # -- the Coinglass key is removed: coinglass_check says so

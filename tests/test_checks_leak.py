@@ -19,8 +19,18 @@ from freezegun import freeze_time
 from cqt import features
 from cqt.checks import leak
 from cqt.timeutil import fmt_ms
-from fixtures_checks import (AS_OF, LEAK_ENV, copy_db, execute, failed_names, make_raw, metric, run,
-                             settings_for, store_features)
+from fixtures_checks import (
+    AS_OF,
+    LEAK_ENV,
+    copy_db,
+    execute,
+    failed_names,
+    make_raw,
+    metric,
+    run,
+    settings_for,
+    store_features,
+)
 
 pytestmark = pytest.mark.timeout(90)
 W_FROM, W_TO = AS_OF - 599_000, AS_OF           # the 600 s window's seconds

@@ -35,8 +35,9 @@ def test_healthy_gate_exit_0_and_recorded(db, tmp_path):
     out = p.stdout.splitlines()
     assert out[-1] == "EXIT_CODE=0", p.stdout + p.stderr
     assert out[0].split() == ["check", "status", "exit", "ms", "detail"]
-    assert [l.split()[0] for l in out[1:5]] == ["altdata_check", "feature_check", "feature_leak_check", "coinglass_check"]
-    assert all(l.split()[1:3] == ["PASS", "0"] for l in out[1:5])
+    assert [ln.split()[0] for ln in out[1:5]] == ["altdata_check", "feature_check", "feature_leak_check",
+                                                  "coinglass_check"]
+    assert all(ln.split()[1:3] == ["PASS", "0"] for ln in out[1:5])
     assert out[-2].startswith("run_pipeline_checks: PASS exit=0 (all 4 checks passed) window=600s")
     rows = query(db, "SELECT check_name, window_s, as_of_ts_ms, exit_code, summary_json FROM check_runs ORDER BY id")
     assert [r[0] for r in rows] == ["altdata_check", "feature_check", "feature_leak_check", "coinglass_check",
@@ -53,7 +54,8 @@ def test_one_failing_check_names_what_is_wrong(db, tmp_path):
     p = gate(tmp_path, "--window", "600", "--as-of", str(AS_OF), "--db", str(db), **env)
     assert p.stdout.splitlines()[-1] == "EXIT_CODE=1"
     assert "coinglass_check     FAIL              1" in p.stdout
-    assert "  coinglass_check: coinglass.key 0 ==1 FAIL  (COINGLASS_API_KEY is missing: put your key in .env)" in p.stdout
+    assert ("  coinglass_check: coinglass.key 0 ==1 FAIL  (COINGLASS_API_KEY is missing: put your key in .env)"
+            in p.stdout)
     rows = dict(query(db, "SELECT check_name, exit_code FROM check_runs"))
     assert rows == {"altdata_check": 0, "feature_check": 0, "feature_leak_check": 0, "coinglass_check": 1,
                     "run_pipeline_checks": 1}

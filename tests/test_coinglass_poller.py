@@ -8,13 +8,13 @@ import threading
 
 import pytest
 
-from cqt.venues.coinglass.poll import CoinglassConfig, CoinglassPoller
 from cqt.config import load_settings
 from cqt.db import connect
-from cqt.sinks import RejectLog
-from cqt.writer import BatchWriter
 from cqt.poll import PollError
 from cqt.rest import RateLimitState, RestResponse
+from cqt.sinks import RejectLog
+from cqt.venues.coinglass.poll import CoinglassConfig, CoinglassPoller
+from cqt.writer import BatchWriter
 
 H = 3_600_000
 T0 = 1_763_942_400_000          # a bar open (hour boundary)
@@ -104,7 +104,8 @@ def test_forming_bar_skipped_closed_bar_upserted_only_when_revised(poller):
     r3 = rows(svc, q)
     assert r3[0] == r1[0] and r3[1] == (T0, T0 + H, 121.5, T0 + H + 80_007)
     # every call recorded, with the closed bars it carried
-    calls = rows(svc, "SELECT endpoint, http_status, ok, latency_ms, rows, error FROM coinglass_call_status ORDER BY id")
+    calls = rows(svc,
+                 "SELECT endpoint, http_status, ok, latency_ms, rows, error FROM coinglass_call_status ORDER BY id")
     assert calls == [("/api/futures/open-interest/aggregated-history", 200, 1, 7, n, None) for n in (1, 2, 2)]
 
 

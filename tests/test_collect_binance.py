@@ -14,8 +14,18 @@ import pytest
 from helpers import query, run_bin, wait_for
 from simproc import start_sim
 from test_collect_support import (
-    agg_ids, collector_env, count, no_traceback, quiesce, range_ids, collectors, read_log, sent_ranges, stop,
-    wait_log, wait_rows,
+    agg_ids,
+    collector_env,
+    collectors,  # noqa: F401 - a pytest fixture, requested by name
+    count,
+    no_traceback,
+    quiesce,
+    range_ids,
+    read_log,
+    sent_ranges,
+    stop,
+    wait_log,
+    wait_rows,
 )
 
 AGG = "binance:btcusdt@aggTrade"
@@ -33,7 +43,7 @@ def _open_gaps(db) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(150)
-def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):
+def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):  # noqa: F811 - the fixture imported above
     """10 drops, a stall, an id gap, 1 000 malformed frames, refused connections,
     serverShutdown and a kill -9 + restart: stored agg ids == the sim's ids exactly."""
     db = tmp_path / "cqt.db"
@@ -48,7 +58,7 @@ def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):
         for _ in range(10):                                    # 10 forced disconnects
             n = _connects(log)
             sim.fault("drop", source="binance")
-            wait_for(lambda: _connects(log) > n, 10, what="reconnect after drop")
+            wait_for(lambda n=n: _connects(log) > n, 10, what="reconnect after drop")
         wait_rows(db, "binance_mark_price", count(db, "SELECT COUNT(*) FROM binance_mark_price") + 2)
 
         sim.fault("stall", seconds=4, source="binance")        # > CQT_STALL_MARKPRICE_S=2.5
@@ -75,7 +85,7 @@ def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):
         n = _connects(log)
         sim.fault("server_shutdown", source="binance")
         wait_log(log, r"server shutdown announced endpoint=market", timeout=10)
-        wait_for(lambda: _connects(log) > n, 10, what="reconnect after serverShutdown")
+        wait_for(lambda n=n: _connects(log) > n, 10, what="reconnect after serverShutdown")
 
         assert p.poll() is None, "collector exited on its own:\n" + read_log(log)[-3000:]
         before = count(db, "SELECT MAX(agg_id) FROM binance_agg_trades")
@@ -162,7 +172,7 @@ def test_faults_leave_stored_ids_equal_to_sent_ids(tmp_path, collectors):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
-def test_sigterm_with_data_flowing_loses_nothing(tmp_path, collectors):
+def test_sigterm_with_data_flowing_loses_nothing(tmp_path, collectors):  # noqa: F811 - the fixture imported above
     db = tmp_path / "cqt.db"
     cap = tmp_path / "cap.jsonl"
     # server pings every 0.5 s, disconnect after 1.5 s without a pong: must never happen
@@ -228,7 +238,7 @@ def _fds_threads(pid: int) -> tuple[int, int]:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
-def test_fifty_reconnects_no_leak_and_reconnect_storm_backoff(tmp_path, collectors):
+def test_fifty_reconnects_no_leak_and_reconnect_storm_backoff(tmp_path, collectors):  # noqa: F811 - the fixture imported above
     """50 reconnect cycles: fds and threads back to baseline. Then new connections are
     refused for 4 s: every backoff delay within [0, min(cap, base*2^(n-1))], attempts
     bounded, no exit, reconnected afterwards."""
@@ -241,14 +251,14 @@ def test_fifty_reconnects_no_leak_and_reconnect_storm_backoff(tmp_path, collecto
         # one cycle first so the REST pool connection and every lazy thread exist
         n = _connects(log, r"\w+")
         sim.fault("drop", source="binance")
-        wait_for(lambda: _connects(log, r"\w+") >= n + 2, 10, what="first reconnect")
+        wait_for(lambda n=n: _connects(log, r"\w+") >= n + 2, 10, what="first reconnect")
         wait_for(lambda: _open_gaps(db) == 0, 10, what="backfill idle")
         time.sleep(0.5)
         fds0, thr0 = _fds_threads(p.pid)
         for _ in range(50):
             n = _connects(log, r"\w+")
             sim.fault("drop", source="binance")
-            wait_for(lambda: _connects(log, r"\w+") >= n + 2, 10, interval=0.05, what="both endpoints reconnected")
+            wait_for(lambda n=n: _connects(log, r"\w+") >= n + 2, 10, interval=0.05, what="both endpoints reconnected")
         wait_for(lambda: _open_gaps(db) == 0, 15, what="backfill idle")
         time.sleep(0.5)
         fds1, thr1 = _fds_threads(p.pid)
@@ -274,7 +284,7 @@ def test_fifty_reconnects_no_leak_and_reconnect_storm_backoff(tmp_path, collecto
         assert abs(ceiling - bound) < 1e-3, (attempt, ceiling, bound)
         assert 0.0 <= delay <= bound + 1e-3, (attempt, delay, bound)
     per_ep = {}
-    for attempt, _d, _c, ep in delays:
+    for _attempt, _d, _c, ep in delays:
         per_ep[ep] = per_ep.get(ep, 0) + 1
     for ep, k in per_ep.items():
         # 4 s refused with full jitter (mean cap/2 once capped): ~4/0.2 + ramp-up; 4x slack

@@ -12,8 +12,18 @@ import pytest
 from helpers import query, run_bin, wait_for
 from simproc import start_sim
 from test_collect_support import (
-    collector_env, count, no_traceback, quiesce, range_ids, collectors, read_log, sent_ranges, stop, upbit_rest_trades,
-    wait_log, wait_rows,
+    collector_env,
+    collectors,  # noqa: F401 - a pytest fixture, requested by name
+    count,
+    no_traceback,
+    quiesce,
+    range_ids,
+    read_log,
+    sent_ranges,
+    stop,
+    upbit_rest_trades,
+    wait_log,
+    wait_rows,
 )
 
 
@@ -23,7 +33,7 @@ def _connects(log) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(150)
-def test_faults_rollover_kill_restart_and_replay(tmp_path, collectors):
+def test_faults_rollover_kill_restart_and_replay(tmp_path, collectors):  # noqa: F811 - the fixture imported above
     """Drops, a stall (PING/UP while silent), 1 000 malformed frames, refused connections,
     planned rollovers and a kill -9 + restart: every trade the sim has in the collected
     window is stored exactly once; the capture replays to the same rows."""
@@ -38,7 +48,7 @@ def test_faults_rollover_kill_restart_and_replay(tmp_path, collectors):
         for _ in range(10):
             n = _connects(log)
             sim.fault("drop", source="upbit")
-            wait_for(lambda: _connects(log) > n, 10, what="reconnect after drop")
+            wait_for(lambda n=n: _connects(log) > n, 10, what="reconnect after drop")
         sim.fault("stall", seconds=4, source="upbit")
         wait_log(log, r"stall endpoint=upbit stream=KRW-\w+@orderbook", timeout=15)
         sim.fault("malformed", count=1000, source="upbit", per_frame=100)

@@ -1,10 +1,9 @@
 """Configuration: defaults, environment over .env, bad values -> exit 78 naming the variable."""
 import re
-from pathlib import Path
 
 import pytest
 
-from cqt.config import VARIABLES, ConfigError, ROOT, is_placeholder, load_settings
+from cqt.config import ROOT, VARIABLES, ConfigError, is_placeholder, load_settings
 from helpers import cqt_env, run_bin
 
 
@@ -34,7 +33,8 @@ def test_environment_beats_env_file(tmp_path):
     assert s.source["CQT_LOG_LEVEL"] == "environment" and s.source["CQT_BINANCE_SYMBOL"] == ".env"
 
 
-@pytest.mark.parametrize("line", ['export CQT_DB=a.db', 'CQT_DB="a.db"', "CQT_DB='a.db'", "CQT_DB=${HOME}/a.db", "garbage"])
+@pytest.mark.parametrize("line", ['export CQT_DB=a.db', 'CQT_DB="a.db"', "CQT_DB='a.db'", "CQT_DB=${HOME}/a.db",
+                                  "garbage"])
 def test_env_file_rejects_shell_syntax(tmp_path, line):
     f = tmp_path / ".env"
     f.write_text(line + "\n")
@@ -88,7 +88,8 @@ def test_every_variable_documented():
 def test_every_variable_read_in_code_is_in_readme():
     """Any CQT_*/COINGLASS_* name the code reads appears in the README's configuration tables."""
     readme = (ROOT / "README.md").read_text()
-    patterns = re.findall(r"`((?:CQT|COINGLASS)_[A-Z0-9_]*)<[A-Z]+>", readme)   # e.g. CQT_CHECK_NULL_RATE_MAX_<TABLE>_<COLUMN>
+    # e.g. CQT_CHECK_NULL_RATE_MAX_<TABLE>_<COLUMN>
+    patterns = re.findall(r"`((?:CQT|COINGLASS)_[A-Z0-9_]*)<[A-Z]+>", readme)
     missing = set()
     for f in (ROOT / "lib" / "cqt").rglob("*.py"):
         for name in re.findall(r'"((?:CQT|COINGLASS)_[A-Z0-9_]+)"', f.read_text()):

@@ -65,7 +65,8 @@ def _writer_proc(path, offset, n):
     from cqt.writer import BatchWriter
     w = BatchWriter(path, service=f"p{offset}")
     for start in range(offset, offset + n, 250):
-        w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in range(start, min(start + 250, offset + n))])
+        ids = range(start, min(start + 250, offset + n))
+        w.put_many(SQL, [("BTCUSDT", i, i, 1.0, 1.0, "buy", i, i, None, i) for i in ids])
     assert w.close(timeout=120)
     assert w.fatal is None
 
@@ -82,7 +83,8 @@ def test_four_processes_200k_rows(tmp_path):
         p.join(150)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
     conn = cdb.connect(path, readonly=True)
-    assert conn.execute("SELECT COUNT(*), MIN(agg_id), MAX(agg_id) FROM binance_agg_trades").fetchone() == (200_000, 0, 199_999)
+    got = conn.execute("SELECT COUNT(*), MIN(agg_id), MAX(agg_id) FROM binance_agg_trades").fetchone()
+    assert got == (200_000, 0, 199_999)
 
 
 def test_flush_and_close_commit_everything(tmp_path):
@@ -132,7 +134,7 @@ def test_reject_and_event_throttling(tmp_path):
     for i in range(10_000):
         rl.record("binance_ws", "not_json", f"garbage {i} sekrit-key-1")
     ev = sinks.EventLog(w, "svc", clock=lambda: 3_600_000 * 10 + 5)
-    for i in range(10_000):
+    for _ in range(10_000):
         ev.record("ERROR", "connection refused")
     assert w.close(timeout=20)
     conn = cdb.connect(tmp_path / "r.db", readonly=True)
@@ -201,8 +203,8 @@ def test_row_counts_follow_declared_nrows(tmp_path):
     """Packed multi-row statements: the writer's counters count table rows, not tuples."""
     w = writer.BatchWriter(tmp_path / "n.db")
     packed = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?),(?,?,?,?,?,?,?,?,?,?)"
-    params = [("BTCUSDT", 2 * i, 1, 1.0, 1.0, "buy", 0, 0, None, 1, "BTCUSDT", 2 * i + 1, 1, 1.0, 1.0, "buy", 0, 0, None, 1)
-              for i in range(50)]
+    params = [("BTCUSDT", 2 * i, 1, 1.0, 1.0, "buy", 0, 0, None, 1,
+               "BTCUSDT", 2 * i + 1, 1, 1.0, 1.0, "buy", 0, 0, None, 1) for i in range(50)]
     w.put_many(packed, params, nrows=100)
     assert w.flush(10)
     assert w.stats()["committed_rows"] == 100

@@ -19,10 +19,10 @@ Run alone: .venv/bin/pytest -q -m systemd
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
-import grp
 import shutil
 import signal
 import sqlite3
@@ -93,7 +93,8 @@ class Manager:
         return int(val) if val.isdigit() and int(val) > 0 else None
 
     def journal(self, unit: str) -> str:
-        p = subprocess.run([str(journalctl3()), "-u", unit, "--root", str(self.root), "--no-pager"], capture_output=True,
+        p = subprocess.run([str(journalctl3()), "-u", unit, "--root", str(self.root), "--no-pager"],
+                           capture_output=True,
                            text=True, timeout=30, env=manager_env())
         assert p.returncode == 0, p.stderr
         return p.stdout
@@ -172,7 +173,8 @@ def test_cqt_target_under_a_service_manager(tmp_path):
             # ... nor a 120 s label horizon on ~60 s of live data: the nightly export uses these defaults
             "CQT_EXPORT_HORIZON_S": "10", "CQT_EXPORT_ALLOW_MISSING": "oi_chg_300s",
         })
-        env_file.write_text(env_file.read_text() + "\n# e2e test\n" + "".join(f"{k}={v}\n" for k, v in settings.items()))
+        extra = "".join(f"{k}={v}\n" for k, v in settings.items())
+        env_file.write_text(env_file.read_text() + "\n# e2e test\n" + extra)
         db = prefix / "data" / "cqt.db"
         checked("cqt-sim up", t0)
 

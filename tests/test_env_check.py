@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from helpers import cqt_env, query, run_bin
+from helpers import cqt_env, run_bin
 
 SECRET = "cg_live_7f3a9c1d5e2b4f8a"
 

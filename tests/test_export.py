@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from freezegun import freeze_time
 
+from cqt.db import open_db
 from cqt.export import labelling
 from cqt.export.parquet import read_metadata
 from cqt.export.request import ExportError, ExportRequest, ExportResult
 from cqt.export.run import run_export
 from cqt.export.threshold import Threshold
 from cqt.timeutil import parse_duration_ms
-from cqt.db import open_db
 from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
 
 T = 1_771_000_000_000          # a whole second (ms)
@@ -44,7 +44,8 @@ def make_db(path: Path, market: dict[int, dict], preds: dict[int, dict]) -> Path
         row.update(m)
         if not row["has_trade"]:
             row["trade_count"] = 0
-        conn.execute(f"INSERT INTO market_1s ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        conn.execute(f"INSERT INTO market_1s ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
     for ts, p in sorted(preds.items()):
         row = {"ts_ms": ts, "horizon_sec": 120, "model": "test", "score": 0.0, **{f: 0.1 for f in feats}}
         row.update(p)
@@ -241,7 +242,8 @@ def test_zero_rows_is_refused_and_nothing_written(tmp_path):
     empty.close()
     r = run_bin("cqt-export", "--output", out, "--db", tmp_path / "empty.db", env=env)
     assert r.returncode == 1 and "is cqt-aggregate running?" in r.stderr
-    r = run_bin("cqt-export", "--output", out, "--db", tmp_path / "empty.db", "--from", str(T), "--to", str(T + S), env=env)
+    r = run_bin("cqt-export", "--output", out, "--db", tmp_path / "empty.db", "--from", str(T), "--to", str(T + S),
+                env=env)
     assert r.returncode == 1 and "no predictions in range" in r.stderr
 
 

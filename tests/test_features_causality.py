@@ -15,8 +15,7 @@ import pytest
 from cqt import features, timerule
 from cqt.aggregate.rebuilds import rebuild
 from cqt.db import connect
-from cqt.features import (FEATURE_COLUMNS, MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache,
-                          compute_range)
+from cqt.features import FEATURE_COLUMNS, MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache, compute_range
 from fixtures_raw import make_raw_db
 
 START = 1_700_000_000_000
@@ -58,7 +57,8 @@ def _same(a, b) -> bool:
 def stored_rows(conn: sqlite3.Connection, t0s) -> dict[int, tuple[tuple, tuple]]:
     q = ",".join("?" * len(t0s))
     m = {r[0]: r for r in conn.execute(f"SELECT {', '.join(MARKET_COLUMNS)} FROM market_1s WHERE ts_ms IN ({q})", t0s)}
-    p = {r[0]: r for r in conn.execute(f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions WHERE ts_ms IN ({q})", t0s)}
+    p = {r[0]: r for r in conn.execute(f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions WHERE ts_ms IN ({q})",
+                                       t0s)}
     return {t: (m[t], p[t]) for t in t0s}
 
 
@@ -122,7 +122,8 @@ def test_planted_coinglass_by_open_time_is_caught(db, monkeypatch):
     for table in ("coinglass_open_interest", "coinglass_funding"):
         r = timerule.AVAILABILITY[table]
         monkeypatch.setitem(timerule.AVAILABILITY, table,
-                            timerule.Rule(table, r.kind, "open_ts_ms", "{p}open_ts_ms", lambda row, d: row["open_ts_ms"],
+                            timerule.Rule(table, r.kind, "open_ts_ms", "{p}open_ts_ms",
+                                          lambda row, d: row["open_ts_ms"],
                                           "LEAK: open time"))
     leaky = _stored_in_memory(db)
     bad = causality_mismatches(db, dict(list(leaky.items())[:20]))

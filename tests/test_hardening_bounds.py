@@ -17,8 +17,15 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from cqt.aggregate.rebuilds import clamp_to_data, data_range
 from cqt.clicktypes import TIME
-from cqt.config import (MAX_EXACT_INT, TEN_YEARS_S, VARIABLES, ConfigError, default_maximum, load_settings,
-                        parse_env_file)
+from cqt.config import (
+    MAX_EXACT_INT,
+    TEN_YEARS_S,
+    VARIABLES,
+    ConfigError,
+    default_maximum,
+    load_settings,
+    parse_env_file,
+)
 from cqt.features import FeatureParams
 from cqt.timeutil import MAX_TIME_MS, MIN_TIME_MS, parse_time_ms
 from fixtures_raw import make_raw_db

@@ -7,14 +7,20 @@
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from helpers import query, wait_for
 from simproc import start_sim
 from test_collect_support import (
-    collector_env, collectors, count, no_traceback, range_ids, read_log, sent_ranges, stop, wait_rows,
+    collector_env,
+    collectors,
+    count,
+    no_traceback,
+    range_ids,
+    read_log,
+    sent_ranges,
+    stop,
+    wait_rows,
 )
 
 __all__ = ["collectors"]        # the fixture, used by name
@@ -91,6 +97,7 @@ class _TicksRest:
 
     def get(self, path, params):
         import json
+
         from cqt.rest import RestResponse
         self.calls += 1
         rows = self.trades
@@ -104,10 +111,11 @@ class _TicksRest:
 
 def _reconcile_setup(tmp_path, stored, on_rest, *, max_pages=20):
     import threading
+
     from cqt.backfill import GapBook
-    from cqt.venues.upbit.backfill import UpbitReconcile, UpbitTradeFill
     from cqt.db import open_db
     from cqt.venues.common import insert_sql
+    from cqt.venues.upbit.backfill import UpbitReconcile, UpbitTradeFill
     conn = open_db(tmp_path / "r.db")
     conn.executemany(insert_sql("upbit_trades"), [("KRW-BTC", sid, ts, 100.0, 1.0, "buy", ts) for sid, ts in stored])
     conn.commit()
@@ -232,6 +240,7 @@ def test_failed_connects_grow_the_backoff_and_are_logged_once_a_minute(caplog, e
     uptime), and the log gets one line when the failure starts plus one a minute."""
     import logging
     import random
+
     from cqt.stream import Endpoint, LoopSettings, StreamLoop
 
     random.seed(19)
@@ -385,6 +394,7 @@ def _bad_capture(path) -> tuple[list[int], list[str]]:
 def test_replay_rejects_every_malformed_record_and_stores_the_lines_around_it(tmp_path, processes):
     import json
     from collections import Counter
+
     from helpers import cqt_env, run_bin
     cap = tmp_path / "bad.jsonl"
     good, reasons = _bad_capture(cap)
@@ -416,6 +426,7 @@ _SAMPLE_RAWS = [
 
 def _record_lines():
     import json
+
     from hypothesis import strategies as st
     scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) |
                st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
@@ -440,8 +451,8 @@ def _record_lines():
 @pytest.mark.timeout(120)
 def test_replay_record_reader_never_raises_on_any_line():
     """Arbitrary capture lines -> rows, a reject with a reason, or a skip; never an exception."""
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
     from cqt.replay.processor import RecordProcessor, ReplayStats
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -480,6 +491,7 @@ def _json_values():
 
 def _fault_specs():
     from hypothesis import strategies as st
+
     from cqt.sim import faults
     v = _json_values()
     return st.fixed_dictionaries({"kind": st.sampled_from(faults.KINDS) | v}, optional={
@@ -496,8 +508,9 @@ def test_sim_fault_parser_returns_a_bounded_fault_or_a_400_error():
     naming the field; never another exception."""
     import json
     import math
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
     from cqt.sim import faults
 
     bodies = (_fault_specs().map(lambda d: json.dumps(d).encode()) | _json_values().map(
@@ -564,6 +577,7 @@ def test_sim_refuses_a_billion_malformed_frames_and_still_stops_on_sigterm(tmp_p
     import subprocess
     import urllib.error
     import urllib.request
+
     from simproc import ws_connect
 
     def post(sim, body: bytes):

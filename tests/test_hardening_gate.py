@@ -17,10 +17,19 @@ import pytest
 from cqt.checks import CHECKS, altdata, leak
 from cqt.checks.base import MAX_WINDOW_S, CheckContext, open_for_check
 from cqt.checks.thresholds import Thresholds
-from fixtures_checks import (AS_OF, COINGLASS_OK_ENV, LEAK_ENV, copy_db, execute, make_healthy_db,
-                             make_pipeline_db, metric, run, settings_for)
-from helpers import CHECKS as CHECKS_DIR
-from helpers import ROOT, cqt_env, query, run_bin
+from fixtures_checks import (
+    AS_OF,
+    COINGLASS_OK_ENV,
+    LEAK_ENV,
+    copy_db,
+    execute,
+    make_healthy_db,
+    make_pipeline_db,
+    metric,
+    run,
+    settings_for,
+)
+from helpers import CHECKS as CHECKS_DIR, ROOT, cqt_env, query, run_bin
 
 pytestmark = pytest.mark.timeout(240)
 NAMES = [name for name, _ in CHECKS]
@@ -172,7 +181,7 @@ def test_all_none_export_fails_the_gate(tmp_path, pipeline):
     p = check(tmp_path, "feature_check", db, **PIPELINE_ENV)
     assert p.returncode == 1, p.stdout + p.stderr
     lines = p.stdout.splitlines()
-    none_line = next(l for l in lines if l.startswith("export.labels.not_all_none "))
+    none_line = next(ln for ln in lines if ln.startswith("export.labels.not_all_none "))
     assert none_line.startswith("export.labels.not_all_none 0 >=1 FAIL  (all 570 rows are NONE: UP 0 (0.0%), "
                                 "DOWN 0 (0.0%), NONE 570 (100.0%) of 570 rows in export-fixed_0.5.parquet "
                                 "(threshold fixed:0.5"), none_line
@@ -223,7 +232,8 @@ def _shift_one_second_in_twenty(db, residue, column="rv_60s"):
     lo = AS_OF - LEAK_WINDOW * 1000
     cond = "ts_ms > ? AND ts_ms <= ? AND (ts_ms / 1000) % 20 = ?"
     changed = query(db, f"SELECT COUNT(*) FROM predictions p WHERE {cond} AND {column} IS NOT "
-                        f"(SELECT {column} FROM predictions q WHERE q.ts_ms = p.ts_ms + 1000)", (lo, AS_OF, residue))[0][0]
+                        f"(SELECT {column} FROM predictions q WHERE q.ts_ms = p.ts_ms + 1000)",
+                        (lo, AS_OF, residue))[0][0]
     execute(db, f"UPDATE predictions SET {column} = (SELECT {column} FROM predictions q "
                 f"WHERE q.ts_ms = predictions.ts_ms + 1000) WHERE {cond}", (lo, AS_OF, residue))
     return changed
@@ -360,8 +370,8 @@ def test_stream_fill_counts_in_chunks(healthy):
 
 
 def test_nightly_runs_the_full_integrity_check(tmp_path):
-    from cqt.nightly.steps import checks_command
     from cqt.config import load_settings
+    from cqt.nightly.steps import checks_command
     settings = load_settings({"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_DB": str(tmp_path / "cqt.db")})
     assert checks_command(settings)[-2:] == ["--integrity", "full"]
     custom = load_settings({"CQT_ENV_FILE": str(tmp_path / "none.env"), "CQT_NIGHTLY_CHECKS_CMD": "sh my.sh"})

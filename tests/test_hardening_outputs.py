@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from cqt import outputs
-from cqt.nightly.steps import dated_copy, step_export, step_report
 from cqt.capture import CaptureWriter
 from cqt.config import load_settings
 from cqt.db import open_db
+from cqt.nightly.steps import dated_copy, step_export, step_report
 from helpers import cqt_env, program_path, query, run_bin
 
 T = 1_771_000_000_000          # 2026-02-13, a whole second
@@ -200,7 +200,8 @@ def report_env(tmp_path: Path, db: Path) -> dict[str, str]:
 def add_check_runs(db: Path, n: int = 30) -> None:
     conn = open_db(db)
     conn.executemany("INSERT INTO check_runs (ts_ms, check_name, window_s, exit_code, summary_json) "
-                     "VALUES (?, 'run_pipeline_checks', 600, ?, '{}')", [(T + k * 60 * S, k % 3 == 0) for k in range(n)])
+                     "VALUES (?, 'run_pipeline_checks', 600, ?, '{}')",
+                     [(T + k * 60 * S, k % 3 == 0) for k in range(n)])
     conn.close()
 
 
@@ -306,7 +307,8 @@ def test_report_plots_on_a_full_disk_leave_no_png_tmp(tmp_path, tiny_disk):
     for p in tiny_disk.iterdir():
         p.unlink()
     fill_disk(tiny_disk, leave=6 * 1024)
-    r = run_bin("cqt-report", "--out", tiny_disk / "run.md", "--as-of", str(T + 3_600 * S), env=report_env(tmp_path, db))
+    r = run_bin("cqt-report", "--out", tiny_disk / "run.md", "--as-of", str(T + 3_600 * S),
+                env=report_env(tmp_path, db))
     assert r.returncode == 74, r.stderr
     assert "No space left" in one_line(r.stderr)
     assert not temps(tiny_disk) and not (tiny_disk / "run.md").exists()

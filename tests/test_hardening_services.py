@@ -13,12 +13,11 @@ import time
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from cqt import redact as credact, sinks, writer
-from cqt import exitcodes
+from cqt import exitcodes, redact as credact, sinks, writer
 from cqt.config import load_settings
 from cqt.instance import InstanceLock, lock_path
 from cqt.runtime import Service
-from helpers import PY, ROOT, cqt_env, python_env, query, start_bin, stop_proc, wait_for
+from helpers import PY, cqt_env, python_env, query, start_bin, stop_proc, wait_for
 
 SQL = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?)"
 KEY = "cg_9b1f0e7d3c5a24681357"
@@ -94,7 +93,7 @@ def test_writer_commits_the_good_rows_and_drops_only_the_one_it_cannot_bind(tmp_
     assert w.stats()["dropped_rows"] == 2 and w.stats()["committed_rows"] == 16
     assert query(tmp_path / "cqt.db", "SELECT COUNT(*) FROM binance_agg_trades")[0][0] == 16
     lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
-    assert len(lines) == 2 and all("OverflowError" in l for l in lines)
+    assert len(lines) == 2 and all("OverflowError" in ln for ln in lines)
     assert KEY not in caplog.text and "'***', 18446744073709551616" in lines[0]
 
 
@@ -257,9 +256,9 @@ def test_service_stops_with_exit_1_when_the_writer_cannot_store(tmp_path, mode):
         stop_proc(p)
     err = log.read_text()
     assert rc == exitcodes.FAIL, err
-    errors = [l for l in err.splitlines() if l.startswith("ERROR")]
-    assert any("cannot store 1 row(s), dropped: OverflowError" in l for l in errors), err
-    assert any(l.startswith("ERROR runtime: stopping: database writer failed: OverflowError") for l in errors), err
+    errors = [ln for ln in err.splitlines() if ln.startswith("ERROR")]
+    assert any("cannot store 1 row(s), dropped: OverflowError" in ln for ln in errors), err
+    assert any(ln.startswith("ERROR runtime: stopping: database writer failed: OverflowError") for ln in errors), err
     db = tmp_path / "cqt.db"
     assert query(db, "SELECT COUNT(*) FROM binance_agg_trades")[0][0] >= 500      # what was good is stored
     run = query(db, "SELECT exit_code, reason FROM service_runs WHERE service='test-service'")
@@ -339,7 +338,7 @@ def test_second_instance_on_the_same_database_exits_75_naming_the_holder(tmp_pat
             p, _ctl, log = _start(tmp_path, tag, CQT_DB=str(db))
             procs.append(p)
             assert p.wait(30) == exitcodes.TEMPFAIL, log.read_text()
-            lines = [l for l in log.read_text().splitlines() if l.strip()]
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
             assert len(lines) == 1, lines
             assert lines[0].startswith("ERROR runtime: test-service is already running on ")
             assert f"(pid {first.pid}; lock {tmp_path / 'cqt.db'}.test-service.lock)" in lines[0]

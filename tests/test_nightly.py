@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from cqt.config import load_settings
+from cqt.db import open_db
 from cqt.nightly.job import summary_line
 from cqt.nightly.retention import clip, incremental_vacuum, merge_spans, retention
 from cqt.nightly.steps import Step, worst
-from cqt.config import load_settings
-from cqt.db import open_db
 from cqt.timeutil import now_ms
 from helpers import ROOT, cqt_env, query, run_bin
 
@@ -47,7 +47,8 @@ def _synthetic(tmp_path: Path, hours: float = 1.0) -> tuple[Path, int]:
 @pytest.mark.timeout(60)
 def test_failing_check_still_exports_and_reports_and_exits_1(tmp_path):
     db, end = _synthetic(tmp_path)
-    env = cqt_env(tmp_path, CQT_DB=str(db), CQT_NIGHTLY_CHECKS_CMD=_stub_checks(tmp_path, 1), CQT_REPORT_JOURNAL="events")
+    env = cqt_env(tmp_path, CQT_DB=str(db), CQT_NIGHTLY_CHECKS_CMD=_stub_checks(tmp_path, 1),
+                  CQT_REPORT_JOURNAL="events")
     r = run_bin("cqt-nightly", env=env, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
     line = r.stdout.strip()
@@ -85,7 +86,8 @@ def test_real_runner_and_a_failing_export(tmp_path):
     assert steps["export_1h"]["exit_code"] == 1 and "is cqt-aggregate running?" in steps["export_1h"]["detail"]
     assert steps["report"]["exit_code"] == 0 and steps["retention"]["exit_code"] == 0
     assert r.returncode == out["exit_code"] == worst(s["exit_code"] for s in out["steps"]) >= 1
-    assert query(tmp_path / "cqt.db", "SELECT COUNT(*) FROM check_runs WHERE check_name = 'run_pipeline_checks'")[0][0] >= 1
+    assert query(tmp_path / "cqt.db",
+                 "SELECT COUNT(*) FROM check_runs WHERE check_name = 'run_pipeline_checks'")[0][0] >= 1
     assert (tmp_path / "reports" / "step-alt-5.md").exists()
     assert not list((tmp_path / "datasets").glob("*.parquet"))
 
@@ -134,7 +136,7 @@ def test_retention_deletes_only_old_and_exported(tmp_path):
              "in_resized": resized[0] + HOUR, "straddle_old": cutoff - 60_000, "straddle_young": cutoff + 60_000,
              "recent": NOW - DAY}
     n = 0
-    for label, t in times.items():
+    for t in times.values():
         for code in ("KRW-BTC", "KRW-USDT"):
             n += 1
             conn.execute("INSERT INTO upbit_trades VALUES (?,?,?,?,?,?,?)", (code, n, t, 1.0, 1.0, "buy", t))
@@ -202,4 +204,5 @@ def test_incremental_vacuum_when_enabled(tmp_path):
     conn.execute("DELETE FROM t")
     assert conn.execute("PRAGMA freelist_count").fetchone()[0] > 100
     msg = incremental_vacuum(conn)
-    assert msg.startswith("vacuum=incremental(freed_pages=") and conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    assert msg.startswith("vacuum=incremental(freed_pages=")
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0

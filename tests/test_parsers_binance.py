@@ -8,14 +8,16 @@ import sqlite3
 import orjson
 import pytest
 
-from cqt.venues.common import Reject, TABLE_COLUMNS, insert_sql
 from cqt.venues.binance.parse import (
-    parse_agg_trades_rest, parse_binance_frame,
-    parse_funding_rate, parse_open_interest, parse_premium_index, parse_ratio,
+    parse_agg_trades_rest,
+    parse_binance_frame,
+    parse_funding_rate,
+    parse_open_interest,
+    parse_premium_index,
+    parse_ratio,
 )
-
+from cqt.venues.common import TABLE_COLUMNS, Reject
 from helpers import MIGRATION, ms, needs_samples, reason, sample
-
 
 # a valid combined aggTrade frame (real, 2021-07-22) and its receive time
 AGG = json.loads('{"stream":"sushiusdt@aggTrade","data":{"e":"aggTrade","E":1626992744262,'

@@ -7,7 +7,6 @@ import sqlite3
 import pytest
 
 from cqt.venues.coinglass.parse import COINGLASS_ENDPOINTS, Reject, interval_ms, parse_coinglass
-
 from helpers import MIGRATION, SAMPLES, needs_samples, reason
 
 H = 3_600_000

@@ -6,12 +6,18 @@ import sqlite3
 import pytest
 
 from cqt.venues.common import (
-    INTERVALS, TABLE_COLUMNS, TABLE_PK, UPSERT_TABLES, Parsed, Reject, insert_sql,
+    INTERVALS,
+    TABLE_COLUMNS,
+    TABLE_PK,
+    UPSERT_TABLES,
+    Parsed,
+    Reject,
+    clip,
+    insert_sql,
     interval_ms,
+    token,
 )
 from cqt.venues.registry import parse_rest_body as parse_rest_answer, parse_ws_frame
-from cqt.venues.common import clip, token
-
 from helpers import MIGRATION
 
 

@@ -8,9 +8,7 @@ import orjson
 import pytest
 
 from cqt.venues.upbit.parse import Reject, parse_upbit_frame, parse_upbit_ticker_rest, parse_upbit_ticks
-
 from helpers import MIGRATION, ms, needs_samples, reason, sample
-
 
 # real DEFAULT trade frame (2019) and a plausible receive time
 TRADE = {"type": "trade", "code": "KRW-BTC", "timestamp": 1549443263262,

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
-from cqt.venues.coinglass.poll import CoinglassConfig, classify, coin_of, plan_refusal
-from cqt.venues.binance.poll import BinanceRestConfig
-from cqt.venues.registry import rest_answer_outcome as parse_rest_answer
-from cqt.venues.common import store_sql
 from cqt.config import ConfigError, load_settings
 from cqt.db import open_db
 from cqt.rest import RestResponse
-from cqt.venues.common import Parsed, Reject
+from cqt.venues.binance.poll import BinanceRestConfig
+from cqt.venues.coinglass.poll import CoinglassConfig, classify, coin_of, plan_refusal
+from cqt.venues.common import Parsed, Reject, store_sql
+from cqt.venues.registry import rest_answer_outcome as parse_rest_answer
 
 NOW = 1_763_942_400_000
 H = 3_600_000

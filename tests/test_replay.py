@@ -177,7 +177,7 @@ def _fast_path_records() -> list[dict]:
         recs.append({"recv_ts_ms": e + 30, "source": "binance_ws", "raw": _agg_raw(a, e, wrapped=bool(i % 3))})
         if i % 100 == 7:
             recs.append({"recv_ts_ms": e + 30, "source": "binance_ws", "raw": bad[(i // 100) % len(bad)]})
-    for j, raw in enumerate(bad):
+    for raw in bad:
         recs.append({"recv_ts_ms": t0 + 30, "source": "binance_ws", "raw": raw})
     # the same agg id again with other values: file order decides (INSERT OR IGNORE keeps the first)
     recs.append({"recv_ts_ms": t0 + 40, "source": "binance_ws", "raw": _agg_raw(1000, t0, p="1.25")})
@@ -190,8 +190,8 @@ def _fast_path_records() -> list[dict]:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,processes", [("fast.jsonl", "2"), ("fast.jsonl.gz", "2"), ("fast.jsonl", "0")])
 def test_fast_path_stores_what_the_full_path_would_with_identical_rejects(tmp_path, name, processes):
-    from cqt.replay import blocks as replay_mod
     from cqt.capture import parse_line
+    from cqt.replay import blocks as replay_mod
     from cqt.venues.binance.parse import agg_trade_capture_row
     recs = _fast_path_records()
     lines = [json.dumps(r).encode() for r in recs]

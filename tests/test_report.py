@@ -14,11 +14,11 @@ import pytest
 from freezegun import freeze_time
 
 from cqt import bookkeeping, journal
+from cqt.config import load_settings
+from cqt.db import open_db
 from cqt.report import blocks, context, sections
 from cqt.report.text import fmt_duration
 from cqt.report.update import ReportOutcome, update_report
-from cqt.config import load_settings
-from cqt.db import open_db
 from cqt.timeutil import parse_time_ms
 from helpers import cqt_env, run_bin
 
@@ -50,7 +50,8 @@ def build_scenario(db: Path, datasets: Path, gap_binance_at: int | None = S + 24
     hb = []
     for svc in COLLECTORS:
         for t in range(S, S + 25 * HOUR + 1, 10_000):
-            if svc == "cqt-collect-binance" and gap_binance_at is not None and gap_binance_at <= t < gap_binance_at + 70_000:
+            in_gap = gap_binance_at is not None and gap_binance_at <= t < gap_binance_at + 70_000
+            if svc == "cqt-collect-binance" and in_gap:
                 continue                                   # a 70 s hole: longer than 3 x 10 s
             hb.append((svc, t, "running", "{}"))
     for t in range(S + 3_000, S + 25 * HOUR + 1, 10_000):
@@ -206,7 +207,8 @@ def test_operator_text_preserved_and_runs_idempotent(scenario, tmp_path):
     text = res.path.read_text(encoding="utf-8")
     # the operator writes around the blocks (also right next to the markers, and odd whitespace)
     text = text.replace("> **작업일시**: (운영자 기입)", "> **작업일시**: 2026-02-22 10:00 KST  ")
-    text = text.replace("<!-- cqt:end operations -->\n", "<!-- cqt:end operations -->\n메모: 새벽 3시 네트워크 점검\t \n")
+    text = text.replace("<!-- cqt:end operations -->\n",
+                        "<!-- cqt:end operations -->\n메모: 새벽 3시 네트워크 점검\t \n")
     text = text.replace("## 7. 리스크/주의사항", "## 7. 리스크/주의사항\n\n운영자 메모 ✍️ — 표 밖의 글은 그대로\r")
     text += "\n끝에 붙인 운영자 메모\n"
     res.path.write_text(text, encoding="utf-8", newline="")
@@ -260,7 +262,8 @@ def test_top5_from_events_grouped_ranked_redacted(scenario, tmp_path):
     assert "출처: events 테이블" in block and "경고/오류 34건" in block
     assert re.match(r"^1\. +12회 +WARNING +cqt-poll-binance +HTTP 429", lines[0])
     assert re.match(r"^2\. +8회 +WARNING +cqt-collect-binance +reconnecting in 16 s", lines[1])   # 8 s + 16 s grouped
-    assert re.match(r"^3\. +6회 +ERROR +cqt-poll-coinglass +HTTP 500 from coinglass key \*\*\* apikey=\*\*\*$", lines[2])
+    assert re.match(r"^3\. +6회 +ERROR +cqt-poll-coinglass +HTTP 500 from coinglass key \*\*\* apikey=\*\*\*$",
+                    lines[2])
     assert SECRET not in block
 
 
@@ -300,10 +303,12 @@ def test_top5_from_recorded_journal_export(scenario, tmp_path):
 
 
 def test_journal_line_parser():
-    line = json.dumps({"__REALTIME_TIMESTAMP": "1771722000123456", "PRIORITY": "3", "_SYSTEMD_UNIT": "cqt-aggregate.service",
+    line = json.dumps({"__REALTIME_TIMESTAMP": "1771722000123456", "PRIORITY": "3",
+                       "_SYSTEMD_UNIT": "cqt-aggregate.service",
                        "MESSAGE": "ERROR aggregate: catch-up failed (OperationalError: disk I/O error)\n    traceback"})
     e = journal.parse_journal_line(line)
-    assert e == journal.LogEntry(1771722000123, "cqt-aggregate", "ERROR", "catch-up failed (OperationalError: disk I/O error)")
+    assert e == journal.LogEntry(1771722000123, "cqt-aggregate", "ERROR",
+                                 "catch-up failed (OperationalError: disk I/O error)")
     raw = json.dumps({"__REALTIME_TIMESTAMP": "1771722000000000", "PRIORITY": "4", "SYSLOG_IDENTIFIER": "cqt-nightly",
                       "MESSAGE": list("bad \xff bytes".encode("latin-1"))})
     e = journal.parse_journal_line(raw)
@@ -403,7 +408,8 @@ def test_not_running_once_every_collector_stopped_cleanly(scenario, tmp_path):
         conn.execute("INSERT OR REPLACE INTO heartbeats VALUES (?, ?, 'stopped', '{}')", (svc, end + 1000))
     conn.commit()
     conn.close()
-    ops = blocks.find_blocks(fill(settings_for(db, tmp_path), end + 5000).path.read_text(encoding="utf-8"))["operations"]
+    text = fill(settings_for(db, tmp_path), end + 5000).path.read_text(encoding="utf-8")
+    ops = blocks.find_blocks(text)["operations"]
     assert "종료/중단 시각:" in ops and "현재 구동 중" not in ops
     ops_running = blocks.find_blocks(fill(settings_for(scenario, tmp_path / "r"), end + 5000).path
                                      .read_text(encoding="utf-8"))["operations"]

@@ -26,7 +26,8 @@ def _start(tmp_path, **extra):
 def test_sigterm_commits_queued_rows_and_exits_0_fast(tmp_path):
     p, ctl = _start(tmp_path)
     try:
-        wait_for(lambda: (ctl / "queued").exists() and int((ctl / "queued").read_text()) > 20_000, 30, what="rows queued")
+        wait_for(lambda: (ctl / "queued").exists() and int((ctl / "queued").read_text()) > 20_000, 30,
+                 what="rows queued")
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         rc = p.wait(10)
@@ -68,15 +69,18 @@ def test_notify_ready_and_watchdog(tmp_path):
         assert sum("WATCHDOG=1" in m for m in msgs) >= 4       # every 0.3 s while alive
         # alive but no data: pings continue
         (ctl / "quiet").write_text("")
-        got.clear(); drain(2)
+        got.clear()
+        drain(2)
         assert sum("WATCHDOG=1" in m for _, m in got) >= 3
         # hung main loop: pings stop
         (ctl / "hang").write_text("")
         drain(0.8)                       # pings already in flight when the loop hung
-        got.clear(); drain(2)
+        got.clear()
+        drain(2)
         assert sum("WATCHDOG=1" in m for _, m in got) == 0
         (ctl / "hang").unlink()
-        got.clear(); drain(1.5)
+        got.clear()
+        drain(1.5)
         assert sum("WATCHDOG=1" in m for _, m in got) >= 2       # recovers when the loop does
         p.send_signal(signal.SIGTERM)
         p.wait(10)
@@ -118,6 +122,6 @@ def test_priority_prefix_only_when_stderr_is_the_journal(tmp_path):
         wait_for(lambda: (ctl / "queued").exists(), 20, what="loop running")
     finally:
         stop_proc(p)
-    lines = [l for l in log.read_text().splitlines() if l.strip()]
-    assert lines and all(l.startswith("<") for l in lines), lines[:3]
-    assert any(l.startswith("<6>INFO ") for l in lines)
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("<") for ln in lines), lines[:3]
+    assert any(ln.startswith("<6>INFO ") for ln in lines)

@@ -36,9 +36,10 @@ def poll(pred, tries=500, step=0.01):
 # ------------------------------------------------------------------------------ one definition
 def test_crontab_is_rendered_from_the_definition():
     text = (ROOT / "cron" / "cqt.crontab").read_text(encoding="utf-8")
-    assert text == schedule.render_crontab(), "cron/cqt.crontab is stale: .venv/bin/python -m cqt.schedule > cron/cqt.crontab"
+    assert text == schedule.render_crontab(), \
+        "cron/cqt.crontab is stale: .venv/bin/python -m cqt.schedule > cron/cqt.crontab"
     assert "\nCRON_TZ=UTC\n" in text and "%" not in text
-    jobs = [l for l in text.splitlines() if l and not l.startswith("#") and "=" not in l.split()[0]]
+    jobs = [ln for ln in text.splitlines() if ln and not ln.startswith("#") and "=" not in ln.split()[0]]
     assert len(jobs) == len(schedule.JOBS)
     for line, job in zip(jobs, schedule.JOBS):
         assert line.startswith(job.cron + " ") and f"--run {job.name} --trigger cron" in line
@@ -59,8 +60,10 @@ def test_fire_times_are_utc_whatever_the_local_zone(monkeypatch, tmp_path):
         assert nightly.get_next_fire_time(None, after) == datetime(2026, 1, 11, 0, 10, tzinfo=UTC)
         checks = trigger_for(schedule.BY_NAME["pipeline_checks"], s)
         assert checks.get_next_fire_time(None, after.replace(minute=1)) == after.replace(minute=10)
-        assert trigger_for(schedule.BY_NAME["nightly"], settings_for(tmp_path / "x.db", CQT_SCHEDULE_NIGHTLY="off")) is None
-        every = trigger_for(schedule.BY_NAME["nightly"], settings_for(tmp_path / "x.db", CQT_SCHEDULE_NIGHTLY="@every 2s"))
+        assert trigger_for(schedule.BY_NAME["nightly"], settings_for(tmp_path / "x.db",
+                                                                     CQT_SCHEDULE_NIGHTLY="off")) is None
+        every = trigger_for(schedule.BY_NAME["nightly"], settings_for(tmp_path / "x.db",
+                                                                      CQT_SCHEDULE_NIGHTLY="@every 2s"))
         assert every.interval.total_seconds() == 2
     finally:
         monkeypatch.delenv("TZ")
@@ -165,7 +168,7 @@ def test_crontab_line_runs_and_logs_to_the_journal_or_logger(tmp_path):
     fake.mkdir()
     _script(fake / "systemd-cat", "exit 1")
     _script(fake / "logger", f'cat >> "{tmp_path}/syslog"')
-    line = next(l for l in schedule.render_crontab().splitlines() if "--run pipeline_checks" in l)
+    line = next(ln for ln in schedule.render_crontab().splitlines() if "--run pipeline_checks" in ln)
     command = line.split(None, 5)[5]
     env = cqt_env(tmp_path, CQT_HOME=str(ROOT), PATH=f"{fake}:/usr/bin:/bin")
     subprocess.run(["/bin/sh", "-c", command], env=env, timeout=60, check=True)

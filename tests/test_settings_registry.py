@@ -12,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from cqt.config import (BY_NAME, PATTERNS, REGISTRY, ROOT, VARIABLES, ConfigError, RegistryError, default_maximum,
-                        load_settings, lookup, parse_env_file)
-from cqt.config import docs
+from cqt.config import (
+    BY_NAME,
+    PATTERNS,
+    REGISTRY,
+    ROOT,
+    VARIABLES,
+    ConfigError,
+    RegistryError,
+    default_maximum,
+    docs,
+    load_settings,
+    lookup,
+    parse_env_file,
+)
 from cqt.config.tables import SECTIONS, TABLES
 
 NAME_RE = re.compile(r"^(?:CQT|COINGLASS)_[A-Z0-9_]+$")
@@ -334,9 +345,9 @@ def _reads(path: Path):
         if not (isinstance(first, ast.Constant) and isinstance(first.value, str) and NAME_RE.match(first.value)):
             continue
         kw = {k.arg: k.value for k in node.keywords}
-        arg = lambda i, key: node.args[i] if len(node.args) > i else kw.get(key)   # noqa: E731
-        out.append((node.lineno, reader, first.value, arg(1, "default"), arg(2, "minimum"), kw.get("maximum"),
-                    consts))
+        args = node.args
+        out.append((node.lineno, reader, first.value, args[1] if len(args) > 1 else kw.get("default"),
+                    args[2] if len(args) > 2 else kw.get("minimum"), kw.get("maximum"), consts))
     return out
 
 

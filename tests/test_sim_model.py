@@ -63,7 +63,7 @@ def test_magnitudes_rates_and_ids():
             assert abs(float(d["r"])) < 0.001
         elif s == FORCE:
             force_secs.append(ts // 1000)
-    for ts, s, raw in frames(m, "upbit", ORIGIN, ORIGIN + H * 1000, 60_000):
+    for _ts, s, raw in frames(m, "upbit", ORIGIN, ORIGIN + H * 1000, 60_000):
         n[s] += 1
         if s.endswith("@trade"):
             d = json.loads(raw)

@@ -28,8 +28,10 @@ def test_populated(tmp_path):
     conn.execute("INSERT INTO heartbeats VALUES ('cqt-collect-upbit', ?, 'reconnecting', '{}')", (now - 300_000,))
     conn.executemany("INSERT INTO binance_agg_trades VALUES ('BTCUSDT', ?, ?, 1, 1, 'buy', 0, 0, NULL, ?)",
                      [(i, now - 1000 * i, now) for i in range(100)])
-    conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, exit_code, summary_json) VALUES (?, 'run_pipeline_checks', 600, 1, '{}')", (now - 60_000,))
-    conn.execute("INSERT INTO events VALUES (?, ?, ?, 'cqt-collect-upbit', 'ERROR', 'connection refused', 7)", (now - 9000, now - 8000, now - now % 3600000))
+    conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, exit_code, summary_json) "
+                 "VALUES (?, 'run_pipeline_checks', 600, 1, '{}')", (now - 60_000,))
+    conn.execute("INSERT INTO events VALUES (?, ?, ?, 'cqt-collect-upbit', 'ERROR', 'connection refused', 7)",
+                 (now - 9000, now - 8000, now - now % 3600000))
     conn.close()
     r = run_bin("cqt", "status", env=cqt_env(tmp_path))
     assert r.returncode == 0, r.stderr

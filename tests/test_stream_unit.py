@@ -10,8 +10,8 @@ import pytest
 
 from cqt.capture import CaptureWriter, iter_capture, rotated_name
 from cqt.rest import RateLimitState
-from cqt.venues.common import insert_sql
 from cqt.stream import Backoff, pack_rows
+from cqt.venues.common import insert_sql
 
 
 class FakeClock:

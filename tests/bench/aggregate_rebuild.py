@@ -57,7 +57,8 @@ def bench_rebuild(db: Path, env: dict) -> dict:
         lo, hi = -(-lo // 1000) * 1000, hi // 1000 * 1000
     counts = {t: query(db, f"SELECT COUNT(*) FROM {t}")[0][0]
               for t in ("upbit_trades", "upbit_orderbook", "binance_agg_trades", "binance_mark_price")}
-    cmd = [str(ROOT / "bin" / "cqt-aggregate"), "--rebuild", "--from", str(lo), "--to", str(hi), "--db", str(db), "--json"]
+    cmd = [str(ROOT / "bin" / "cqt-aggregate"), "--rebuild", "--from", str(lo), "--to", str(hi), "--db", str(db),
+           "--json"]
     # a fresh measuring process, so getrusage(RUSAGE_CHILDREN) sees only the rebuild
     probe = ("import json, resource, subprocess, sys, time; t = time.monotonic(); "
              "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "

@@ -118,7 +118,8 @@ def build_synthetic_db(path: str | os.PathLike, hours: float = 1.0, end_ms: int 
             f"VALUES ({placeholders})",
             zip(ts.tolist(), [120] * n, ["baseline-v1"] * n, score.tolist(), *(nz(cols[c]) for c in feat_names)))
         if heartbeats:
-            hb = [(svc, int(t), "running", "{}") for svc in COLLECTORS for t in range(int(ts[0]), int(ts[-1]) + 1, 10_000)]
+            beats = range(int(ts[0]), int(ts[-1]) + 1, 10_000)
+            hb = [(svc, int(t), "running", "{}") for svc in COLLECTORS for t in beats]
             conn.executemany("INSERT OR REPLACE INTO heartbeats (service, ts_ms, state, detail) VALUES (?,?,?,?)", hb)
         conn.execute("COMMIT")
     finally:
@@ -155,7 +156,8 @@ def main() -> int:
     if not args.db:
         t = time.monotonic()
         if args.synth:
-            subprocess.run([str(ROOT / "bin" / "cqt"), "synth", "--hours", str(args.hours), "--db", str(db)], check=True)
+            subprocess.run([str(ROOT / "bin" / "cqt"), "synth", "--hours", str(args.hours), "--db", str(db)],
+                           check=True)
         else:
             build_synthetic_db(db, hours=args.hours)
         print(f"built {args.hours:g} h database in {time.monotonic() - t:.1f} s: {db}")

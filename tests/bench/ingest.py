@@ -71,6 +71,7 @@ def raw_ceiling(tmp: Path, seconds: float) -> dict:
 
 def collect(tmp: Path, seconds: float, warmup: float = 5.0) -> dict:
     import psutil
+
     from helpers import cqt_env
     work = tmp / "collect"
     work.mkdir(parents=True, exist_ok=True)
@@ -138,14 +139,15 @@ def collect(tmp: Path, seconds: float, warmup: float = 5.0) -> dict:
         hb = None
         try:
             conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            row = conn.execute("SELECT detail FROM heartbeats WHERE service='cqt-collect-binance' AND state != 'stopped' "
-                               "ORDER BY ts_ms DESC LIMIT 1").fetchone()
+            row = conn.execute("SELECT detail FROM heartbeats WHERE service='cqt-collect-binance' "
+                               "AND state != 'stopped' ORDER BY ts_ms DESC LIMIT 1").fetchone()
             hb = json.loads(row[0])["writer"] if row else None
             conn.close()
         except sqlite3.Error:
             pass
     lat.sort()
-    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
+    def pct(q: float) -> float | None:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
     cpu = (c1.user + c1.system) - (c0.user + c0.system)
     return {"seconds": seconds, "stored_msgs_per_s": round((n1 - n0) / (n1_t - n0_t)),
             "commit_minus_recv_ms_p50": pct(0.5), "commit_minus_recv_ms_p99": pct(0.99),
@@ -264,7 +266,8 @@ def main() -> None:
     if a.part in ("all", "cryptofeed"):
         res["cryptofeed_2_4_1"] = cryptofeed(tmp, a.frames, a.cryptofeed_python)
         if "frames_per_s" in res.get("cryptofeed_2_4_1", {}) and "frames_per_s" in res.get("replay", {}):
-            res["replay_vs_cryptofeed"] = round(res["replay"]["frames_per_s"] / res["cryptofeed_2_4_1"]["frames_per_s"], 2)
+            ratio = res["replay"]["frames_per_s"] / res["cryptofeed_2_4_1"]["frames_per_s"]
+            res["replay_vs_cryptofeed"] = round(ratio, 2)
     res["loadavg_after"] = os.getloadavg()
     print(json.dumps(res, indent=1))
 

@@ -346,7 +346,8 @@ def stored_ids(db: Path, key: str, lo: int, hi: int) -> list[int]:
                                            (kval, lo, hi))]
 
 
-def accounts(db: Path, sim: Sim, expected: ExpectedIds, windows: dict[str, tuple[int, int]]) -> dict[str, StreamAccount]:
+def accounts(db: Path, sim: Sim, expected: ExpectedIds,
+             windows: dict[str, tuple[int, int]]) -> dict[str, StreamAccount]:
     out = {}
     for key, (lo, hi) in windows.items():
         st = sim.stream(key)
@@ -567,7 +568,8 @@ def render(a, work, plan, faults, fault_log, disk_full_at, samples, up_samples, 
         sm = [s for s in samples if sel(s[0])]
         go, gf = (gaps_b[b] if b < n_buckets else tuple(map(sum, zip(*gaps_b))))
         rows.append([hours[b] if b < n_buckets else "**total**",
-                     f"{ups[-1] if ups else 0}/{len(svc_names)} ({100 * sum(ups) / max(1, len(ups) * len(svc_names)):.0f} %)",
+                     f"{ups[-1] if ups else 0}/{len(svc_names)} "
+                     f"({100 * sum(ups) / max(1, len(ups) * len(svc_names)):.0f} %)",
                      str(restarts), " ".join(f"{c}×{n}" for c, n in sorted(exits.items())) or "–",
                      str(fl.get("kill9", 0)), str(fl.get("disk_full", 0)),
                      str(sum(n for k, n in fl.items() if k not in ("kill9", "disk_full"))),
@@ -581,7 +583,8 @@ def render(a, work, plan, faults, fault_log, disk_full_at, samples, up_samples, 
            f"- workdir: {work} (logs/, fault-plan.json, a copy of the database: {result['db_copy']})",
            f"- started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0 / 1000))}; {len(plan)} faults planned, "
            f"{sum(faults.values())} applied: " + ", ".join(f"{k} {n}" for k, n in sorted(faults.items())),
-           f"- drain after the faults: {'%.0f s' % result['drained_s'] if result['drained_s'] is not None else 'NOT complete'}; "
+           "- drain after the faults: "
+           f"{'%.0f s' % result['drained_s'] if result['drained_s'] is not None else 'NOT complete'}; "
            f"quick_check: {result['integrity']}; stop exit codes: "
            + " ".join(f"{n.removeprefix('cqt-')}={c}" for n, c in result["stop_codes"].items()),
            "", "## Per hour", "",
@@ -594,7 +597,8 @@ def render(a, work, plan, faults, fault_log, disk_full_at, samples, up_samples, 
         cells = []
         for b in range(n_buckets):
             sm = [s[1][name] for s in samples if b_of(s[0]) == b and name in s[1]]
-            cells.append(f"{max(x[0] for x in sm):.0f} / {max(x[1] for x in sm)} / {max(x[2] for x in sm)}" if sm else "–")
+            cells.append(f"{max(x[0] for x in sm):.0f} / {max(x[1] for x in sm)} / {max(x[2] for x in sm)}"
+                         if sm else "–")
         first = next((s[1][name] for s in samples if name in s[1]), None)
         last = next((s[1][name] for s in reversed(samples) if name in s[1]), None)
         trend = f"{first[0]:.0f} → {last[0]:.0f} MB, {first[1]} → {last[1]} fds" if first and last else "–"

@@ -15,7 +15,8 @@ SQL = "INSERT OR IGNORE INTO binance_agg_trades VALUES (?,?,?,?,?,?,?,?,?,?)"
 
 
 def main_loop(svc):
-    import logging, os
+    import logging
+    import os
     svc.ready("test loop")
     if os.environ.get("CQT_TEST_LOG_SECRET"):
         # A careless log line with the key in it: the runtime must redact it everywhere.
