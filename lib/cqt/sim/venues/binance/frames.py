@@ -40,10 +40,10 @@ class Frames:
     def format(self, b: Block) -> list:
         """[(ts, stream, raw, aggTrade id or None)] of a block, sorted."""
         items = []
-        for seq, (a, pc, qm, f, l, T, m, e) in enumerate(b.bn_trades):
+        for seq, (a, pc, qm, f, last_id, T, m, e) in enumerate(b.bn_trades):
             items.append((e, 1, seq, AGG,
                           f'{{"e":"aggTrade","E":{e},"a":{a},"s":"BTCUSDT","p":"{pc // 100}.{pc % 100:02d}",'
-                          f'"q":"{qm // 1000}.{qm % 1000:03d}","f":{f},"l":{l},"T":{T},'
+                          f'"q":"{qm // 1000}.{qm % 1000:03d}","f":{f},"l":{last_id},"T":{T},'
                           f'"m":{"true" if m else "false"}}}', a))
         for seq, (e, T, u, bc, bq, ac, aq) in enumerate(b.bn_books):
             items.append((e, 2, seq, BOOK,

@@ -61,9 +61,9 @@ def _limit(p: dict, default: int, maximum: int) -> int:
 
 
 def _agg_rest(tr) -> dict:
-    a, pc, qm, f, l, T, m, _e = tr
+    a, pc, qm, f, last_id, T, m, _e = tr
     q = qty3(qm)
-    return {"a": a, "p": px2(pc), "q": q, "nq": q, "f": f, "l": l, "T": T, "m": m}
+    return {"a": a, "p": px2(pc), "q": q, "nq": q, "f": f, "l": last_id, "T": T, "m": m}
 
 
 def _latest_mark(m, now: int):

@@ -59,35 +59,35 @@ def _bars(p: dict, now: int) -> tuple[int, list[int]]:
         raise CoinglassError(400, "interval is required")
     if iv not in INTERVALS:
         raise CoinglassError(400, f"interval {iv} is not supported")
-    I = INTERVALS[iv]
+    bar_ms = INTERVALS[iv]
     off = _WEEK_OFFSET if iv == "1w" else 0
     limit = _int(p, "limit") or 1000
     limit = max(1, min(1000, limit))
     start, end = _int(p, "start_time"), _int(p, "end_time")
 
     def floor(t):
-        return t - (t - off) % I
+        return t - (t - off) % bar_ms
 
     newest = floor(now)
     hi = min(newest, floor(end)) if end is not None else newest
     if start is not None:
         t = floor(start)
         if t < start:
-            t += I
+            t += bar_ms
         opens = []
         while t <= hi and len(opens) < limit:
             opens.append(t)
-            t += I
+            t += bar_ms
     else:
-        opens = list(range(hi - (limit - 1) * I, hi + 1, I))
-    return I, opens
+        opens = list(range(hi - (limit - 1) * bar_ms, hi + 1, bar_ms))
+    return bar_ms, opens
 
 
-def _ohlc(fn, t_open: int, I: int, now: int) -> tuple[float, float, float, float]:
-    """OHLC of fn over [t_open, min(t_open + I, now)] on a 12-step grid (plus "now"
+def _ohlc(fn, t_open: int, bar_ms: int, now: int) -> tuple[float, float, float, float]:
+    """OHLC of fn over [t_open, min(t_open + bar_ms, now)] on a 12-step grid (plus "now"
     for a forming bar)."""
-    t_end = min(t_open + I, now)
-    g = I // 12
+    t_end = min(t_open + bar_ms, now)
+    g = bar_ms // 12
     vals = [fn(t) for t in range(t_open, t_end, g)]
     vals.append(fn(t_end))
     return vals[0], max(vals), min(vals), vals[-1]
@@ -111,7 +111,7 @@ _AGG_TAKER_MULT = 3.0
 
 def oi_aggregated(m, p: dict, now: int):
     _need(p, "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if p["symbol"].upper() != "BTC":
         return envelope([])
     usd = p.get("unit", "usd") != "coin"
@@ -121,7 +121,7 @@ def oi_aggregated(m, p: dict, now: int):
         return oi * m.price_at(t) if usd else oi
     rows = []
     for t in opens:
-        o, h, lo, c = _ohlc(val, t, I, now)
+        o, h, lo, c = _ohlc(val, t, bar_ms, now)
         rows.append({"time": t, "open": _num_str(o, 2), "high": _num_str(h, 2), "low": _num_str(lo, 2),
                      "close": _num_str(c, 2)})
     return envelope(rows)
@@ -133,12 +133,12 @@ def _pair_ok(p: dict) -> bool:
 
 def oi_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return envelope([])
     rows = []
     for t in opens:
-        o, h, lo, c = _ohlc(lambda x: m.open_interest(x) * m.price_at(x), t, I, now)
+        o, h, lo, c = _ohlc(lambda x: m.open_interest(x) * m.price_at(x), t, bar_ms, now)
         rows.append({"time": t, "open": _num_str(o, 2), "high": _num_str(h, 2), "low": _num_str(lo, 2),
                      "close": _num_str(c, 2)})
     return envelope(rows)
@@ -146,12 +146,12 @@ def oi_pair(m, p: dict, now: int):
 
 def funding_history(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return envelope([])
     rows = []
     for t in opens:
-        o, h, lo, c = _ohlc(lambda x: m.funding(x) * 100, t, I, now)       # percent, like Coinglass
+        o, h, lo, c = _ohlc(lambda x: m.funding(x) * 100, t, bar_ms, now)       # percent, like Coinglass
         rows.append({"time": t, "open": _num_str(o, 6), "high": _num_str(h, 6), "low": _num_str(lo, 6),
                      "close": _num_str(c, 6)})
     return envelope(rows)
@@ -159,14 +159,14 @@ def funding_history(m, p: dict, now: int):
 
 def liq_aggregated(m, p: dict, now: int):
     _need(p, "exchange_list", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if p["symbol"].upper() != "BTC":
         return envelope([])
     n_ex = len([e for e in p["exchange_list"].split(",") if e.strip()])
     mult = _AGG_LIQ_MULT * min(1.0, 0.45 + 0.2 * n_ex)
     rows = []
     for t in opens:
-        lng, sht = m.liquidations(t, min(t + I, now))
+        lng, sht = m.liquidations(t, min(t + bar_ms, now))
         rows.append({"time": t, "aggregated_long_liquidation_usd": round(lng * mult, 5),
                      "aggregated_short_liquidation_usd": round(sht * mult, 5)})
     return envelope(rows)
@@ -174,21 +174,21 @@ def liq_aggregated(m, p: dict, now: int):
 
 def liq_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return envelope([])
     rows = []
     for t in opens:
-        lng, sht = m.liquidations(t, min(t + I, now))
+        lng, sht = m.liquidations(t, min(t + bar_ms, now))
         rows.append({"time": t, "long_liquidation_usd": _num_str(lng, 5),
                      "short_liquidation_usd": _num_str(sht, 5)})
     return envelope(rows)
 
 
-def _ratio_rows(fn, prefix: str, opens, I, now):
+def _ratio_rows(fn, prefix: str, opens, bar_ms, now):
     rows = []
     for t in opens:
-        lp = round(fn(min(t + I, now)) * 100, 2)
+        lp = round(fn(min(t + bar_ms, now)) * 100, 2)
         sp = round(100 - lp, 2)
         rows.append({"time": t, f"{prefix}_long_percent": lp, f"{prefix}_short_percent": sp,
                      f"{prefix}_long_short_ratio": round(lp / sp, 2)})
@@ -197,28 +197,28 @@ def _ratio_rows(fn, prefix: str, opens, I, now):
 
 def global_ls(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return envelope([])
-    return envelope(_ratio_rows(m.long_account, "global_account", opens, I, now))
+    return envelope(_ratio_rows(m.long_account, "global_account", opens, bar_ms, now))
 
 
 def top_position(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return envelope([])
-    return envelope(_ratio_rows(m.top_long_position, "top_position", opens, I, now))
+    return envelope(_ratio_rows(m.top_long_position, "top_position", opens, bar_ms, now))
 
 
 def taker_aggregated(m, p: dict, now: int):
     _need(p, "exchange_list", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if p["symbol"].upper() != "BTC":
         return envelope([])
     rows = []
     for t in opens:
-        t_end = min(t + I, now)
+        t_end = min(t + bar_ms, now)
         buy, sell = m.taker_volume(t, t_end)
         px = m.price_at(t_end)
         rows.append({"time": t, "aggregated_buy_volume_usd": round(buy * px * _AGG_TAKER_MULT, 4),
@@ -228,12 +228,12 @@ def taker_aggregated(m, p: dict, now: int):
 
 def taker_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
-    I, opens = _bars(p, now)
+    bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return json.dumps({"code": "0", "data": []}, separators=(",", ":"))
     rows = []
     for t in opens:
-        t_end = min(t + I, now)
+        t_end = min(t + bar_ms, now)
         buy, sell = m.taker_volume(t, t_end)
         px = m.price_at(t_end)
         rows.append({"time": t, "taker_buy_volume_usd": _num_str(buy * px, 4),

@@ -18,8 +18,8 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from ...limits import Limiter, SlidingCount
 from ...blocks import UPBIT_CODES
+from ...limits import Limiter, SlidingCount
 from ...venue import VenueProtocol
 from ...wsio import BINARY, ws_frame
 from . import rest

@@ -83,7 +83,7 @@ def trades_ticks(m, p: dict, now: int):
         if len(out) >= count:
             break
     rows = []
-    for tms, ttms, price, vol, ab, sid, _bap, _bas, _bbp, _bbs, tk in out:
+    for _tms, ttms, price, vol, ab, sid, _bap, _bas, _bbp, _bbs, tk in out:
         d, t, _d8, _t6 = utc_parts(ttms)
         pcl = tk[3]
         rows.append({"market": code, "trade_date_utc": d, "trade_time_utc": t, "timestamp": ttms,
