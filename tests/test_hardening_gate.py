@@ -15,8 +15,9 @@ import tracemalloc
 import pytest
 
 from cqt.checks import CHECKS, altdata, leak
-from cqt.checks.base import MAX_WINDOW_S, CheckContext, open_for_check
+from cqt.checks.base import CheckContext, open_for_check
 from cqt.checks.thresholds import Thresholds
+from cqt.options import MAX_WINDOW_S
 from fixtures_checks import (
     AS_OF,
     COINGLASS_OK_ENV,

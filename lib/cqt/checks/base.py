@@ -20,7 +20,6 @@ import click
 from .. import db, exitcodes
 from ..config import ConfigError, Settings, load_settings
 from ..options import (
-    MAX_WINDOW_S as MAX_WINDOW_S,  # noqa: F401 - re-exported (the gate tests import it here)
     as_of_option,
     db_option,
     json_option,
