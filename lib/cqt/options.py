@@ -45,6 +45,10 @@ window_option = _option("--window", type=click.IntRange(min=1, max=MAX_WINDOW_S)
 
 out_option = _option("--out", type=click.Path(dir_okay=False), default=None, help="File to write.")
 
+capture_option = _option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
+                         help="Also record every frame and REST answer here (JSON Lines; .gz compresses; "
+                              "rotated daily; keys masked).")
+
 last_option = _option("--last", "last_ms", type=DURATION, default=None,
                       help="Range length, e.g. 90s, 30m, 1h, 24h, 7d.")
 

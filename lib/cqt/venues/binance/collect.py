@@ -27,7 +27,7 @@ import click
 
 from ...collector import capture_target_or_exit, config_or_exit, run_stream_collector
 from ...db import connect
-from ...options import db_option
+from ...options import capture_option, db_option
 from ...runtime import load_settings_or_exit, run_service
 from ...stream import Endpoint, Gap, LoopSettings, StreamLoop, StreamRule
 from .backfill import AggTradeFill
@@ -203,8 +203,7 @@ class BinanceStream:
 
 @click.command(SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
 @db_option(help="SQLite database (default: CQT_DB).")
-@click.option("--capture", "capture_path", type=click.Path(dir_okay=False),
-              help="Also record every frame and REST answer here (JSON Lines; .gz compresses; rotated daily).")
+@capture_option
 @click.option("--symbol", help="USD-M futures symbol (default: CQT_BINANCE_SYMBOL).")
 def main(db: str | None, capture_path: str | None, symbol: str | None) -> None:
     """Collect Binance USD-M futures aggTrade, markPrice@1s, bookTicker and forceOrder.

@@ -34,7 +34,7 @@ import click
 from ...collector import config_or_exit, run_rest_poller
 from ...config import ConfigError, Settings
 from ...db import connect
-from ...options import db_option
+from ...options import capture_option, db_option
 from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, failure_of
 from ...rest import RestClient
 from ...runtime import Service, load_settings_or_exit
@@ -253,8 +253,7 @@ class BinanceRestPoller:
 # ---------------------------------------------------------------------- program
 @click.command(name=SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
 @db_option(help="SQLite database (default: CQT_DB).")
-@click.option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
-              help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; rotated daily).")
+@capture_option(help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; rotated daily).")
 def main(db: str | None, capture_path: str | None) -> None:
     """Poll Binance USD-M futures REST: open interest, long/short and taker ratios,
     open-interest history, premium index and funding history, into the database.

@@ -39,7 +39,7 @@ from ... import exitcodes
 from ...collector import config_or_exit, run_rest_poller
 from ...config import ConfigError, Settings
 from ...db import connect
-from ...options import db_option
+from ...options import capture_option, db_option
 from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, error_code, failure_of
 from ...redact import redact
 from ...rest import RestClient
@@ -337,9 +337,8 @@ def check_config(settings: Settings) -> CoinglassConfig:
 
 @click.command(name=SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
 @db_option(help="SQLite database (default: CQT_DB).")
-@click.option("--capture", "capture_path", type=click.Path(dir_okay=False), default=None,
-              help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; "
-                   "rotated daily; never the key).")
+@capture_option(help="Also record every REST answer to this capture file (JSON Lines; .gz compresses; "
+                     "rotated daily; never the key).")
 def main(db: str | None, capture_path: str | None) -> None:
     """Poll Coinglass v4: aggregated open interest, funding, aggregated liquidations and
     the global long/short account ratio, closed bars only; every call is recorded in

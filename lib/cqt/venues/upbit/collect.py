@@ -30,7 +30,7 @@ import orjson
 
 from ...collector import capture_target_or_exit, config_or_exit, run_stream_collector
 from ...db import connect
-from ...options import db_option
+from ...options import capture_option, db_option
 from ...runtime import load_settings_or_exit, run_service
 from ...stream import Endpoint, Gap, LoopSettings, StreamLoop, StreamRule
 from .backfill import UpbitReconcile, UpbitTradeFill
@@ -216,8 +216,7 @@ class UpbitStream:
 
 @click.command(SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
 @db_option(help="SQLite database (default: CQT_DB).")
-@click.option("--capture", "capture_path", type=click.Path(dir_okay=False),
-              help="Also record every frame and REST answer here (JSON Lines; .gz compresses; rotated daily).")
+@capture_option
 @click.option("--codes", help="Comma-separated market codes (default: CQT_UPBIT_CODES).")
 def main(db: str | None, capture_path: str | None, codes: str | None) -> None:
     """Collect Upbit trades, order book (top of book + level sums) and ticker.
