@@ -1,4 +1,4 @@
-"""Late data in the live service (issue #5 "late data", found by the checks' e2e test).
+"""Late data in the live service (rows that land after their second was written).
 
 bin/cqt-aggregate runs as a real service while a writer thread inserts raw rows in real
 time, except Binance aggTrades of a stretch of ~90 s (a disconnect). Once every second

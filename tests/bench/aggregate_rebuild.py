@@ -7,7 +7,7 @@
    `bin/cqt synth --hours H --db PATH` (the collectors' generator, cqt-sim's market model),
    then times `bin/cqt-aggregate --rebuild --from <first second> --to <last second>` as a
    subprocess: wall time, peak RSS (getrusage of the child), rows written.
-   Targets (issue #5): 24 h (86 400 rows of both tables) < 60 s, peak RSS < 1 GB.
+   Targets: 24 h (86 400 rows of both tables) < 60 s, peak RSS < 1 GB.
 2. Live: a fresh database with `--history-s` of history (default 65 min: the whole late
    window of CQT_AGGREGATE_LATE_WINDOW_S is recounted in steady state; tests/fixtures_raw.py)
    and a writer thread inserting raw rows in real time at busy-market rates (Binance
