@@ -195,20 +195,20 @@ def _ratio_rows(fn, prefix: str, opens, bar_ms, now):
     return rows
 
 
-def global_ls(m, p: dict, now: int):
+def _pair_ratio(m, p: dict, now: int, series: str, prefix: str):
     _need(p, "exchange", "symbol")
     bar_ms, opens = _bars(p, now)
     if not _pair_ok(p):
         return envelope([])
-    return envelope(_ratio_rows(m.long_account, "global_account", opens, bar_ms, now))
+    return envelope(_ratio_rows(getattr(m, series), prefix, opens, bar_ms, now))
+
+
+def global_ls(m, p: dict, now: int):
+    return _pair_ratio(m, p, now, "long_account", "global_account")
 
 
 def top_position(m, p: dict, now: int):
-    _need(p, "exchange", "symbol")
-    bar_ms, opens = _bars(p, now)
-    if not _pair_ok(p):
-        return envelope([])
-    return envelope(_ratio_rows(m.top_long_position, "top_position", opens, bar_ms, now))
+    return _pair_ratio(m, p, now, "top_long_position", "top_position")
 
 
 def taker_aggregated(m, p: dict, now: int):

@@ -95,13 +95,19 @@ def trades_ticks(m, p: dict, now: int):
 _KST_MS = 9 * 3600 * 1000
 
 
-def ticker(m, p: dict, now: int):
+def _markets(p: dict) -> list[str]:
+    """The `markets` parameter as codes, with Upbit's errors for a missing or unknown one."""
     v = p.get("markets")
     if not v:
         raise UpbitError(400, _MISSING)
     codes = [c.strip().upper() for c in v.split(",") if c.strip()]
     if not codes or any(c not in UPBIT_CODES for c in codes):
         raise UpbitError(404, "Code not found")
+    return codes
+
+
+def ticker(m, p: dict, now: int):
+    codes = _markets(p)
     last = m.last_frames("upbit", now, [f"{c}@ticker" for c in codes], max_back_s=3600)
     rows = []
     for c in codes:
@@ -127,12 +133,7 @@ def ticker(m, p: dict, now: int):
 
 
 def orderbook(m, p: dict, now: int):
-    v = p.get("markets")
-    if not v:
-        raise UpbitError(400, _MISSING)
-    codes = [c.strip().upper() for c in v.split(",") if c.strip()]
-    if not codes or any(c not in UPBIT_CODES for c in codes):
-        raise UpbitError(404, "Code not found")
+    codes = _markets(p)
     count = max(1, min(30, _int(p, "count", 30)))
     last = m.last_frames("upbit", now, [f"{c}@orderbook" for c in codes], max_back_s=600)
     rows = []
