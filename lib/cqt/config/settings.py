@@ -12,13 +12,25 @@ declared one: anything else is a RegistryError, a programming error the tests ca
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..symbols import base_asset_of_binance, base_asset_of_upbit, binance_symbol, upbit_code
 from .registry import component as component_table, lookup
 from .tables.core import VARIABLES
-from .values import ROOT, check_number, check_path, convert, env_file_path, is_placeholder, parse_bool, parse_env_file
+from .values import (
+    ROOT,
+    ConfigError,
+    check_number,
+    check_path,
+    convert,
+    env_file_path,
+    is_placeholder,
+    parse_bool,
+    parse_env_file,
+)
 from .var import RegistryError, Var
 
 _BY_NAME = {v.name: v for v in VARIABLES}
@@ -53,8 +65,9 @@ class Settings:
     binance_ws_url: str
     binance_rest_url: str
     coinglass_url: str
-    upbit_codes: tuple[str, ...]
-    binance_symbol: str
+    assets: tuple[str, ...]            # CQT_SYMBOLS: base assets, the `symbol` of market_1s/predictions
+    binance_symbols: tuple[str, ...]   # one USDⓈ-M perpetual per asset (plus any extra of an override)
+    upbit_codes: tuple[str, ...]       # one KRW market per asset, KRW-USDT always last
     coinglass_enabled: bool
     coinglass_api_key: str = field(repr=False)
     coinglass_interval: str
@@ -132,6 +145,24 @@ class Settings:
         return p if p.is_absolute() else ROOT / p
 
     @property
+    def binance_symbol(self) -> str:
+        """The first Binance symbol: only for code not yet reading `binance_symbols`."""
+        return self.binance_symbols[0]
+
+    def binance_symbol_of(self, asset: str) -> str:
+        """The Binance symbol collected for `asset` (``BTC`` -> ``BTCUSDT``)."""
+        return _venue_symbol(asset, self.binance_symbols, base_asset_of_binance, binance_symbol)
+
+    def upbit_code_of(self, asset: str) -> str:
+        """The Upbit market collected for `asset` (``BTC`` -> ``KRW-BTC``)."""
+        return _venue_symbol(asset, self.upbit_codes, base_asset_of_upbit, upbit_code)
+
+    @property
+    def usdt_code(self) -> str:
+        """The Upbit KRW-USDT market: the FX rate of every kimchi premium."""
+        return USDT_CODE
+
+    @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never appear in logs, the database or reports."""
         key = self.coinglass_api_key
@@ -143,6 +174,62 @@ class Settings:
         if not self.coinglass_api_key:
             return "missing"
         return "placeholder" if is_placeholder(self.coinglass_api_key) else "present"
+
+
+#: most assets one host may configure: the REST budget and the check run stay bounded
+MAX_ASSETS = 200
+USDT_CODE = "KRW-USDT"
+_ASSET_RE = re.compile(r"[A-Z0-9]{1,20}")
+_BINANCE_RE = re.compile(r"[A-Z0-9]{2,30}")
+_UPBIT_RE = re.compile(r"[A-Z]{2,5}-[A-Z0-9]{1,20}")
+
+
+def _unique(name: str, items: tuple[str, ...], pattern: re.Pattern, what: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in (i.upper() for i in items):
+        if not pattern.fullmatch(item):
+            raise ConfigError(name, f"{item!r} is not {what}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _venue_symbol(asset: str, listed: tuple[str, ...], base_of, derive) -> str:
+    asset = asset.strip().upper()
+    return next((s for s in listed if base_of(s) == asset), derive(asset))
+
+
+def resolve_symbols(values: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The assets and each venue's symbols from CQT_SYMBOLS and the per-venue overrides.
+
+    An override must cover every asset (else nothing would be aggregated for it): a
+    ConfigError names the variable and the missing symbol. The legacy CQT_BINANCE_SYMBOL
+    (one symbol) counts only when CQT_BINANCE_SYMBOLS is unset.
+    """
+    assets = _unique("CQT_SYMBOLS", values["CQT_SYMBOLS"], _ASSET_RE, "a base asset like BTC")
+    if len(assets) > MAX_ASSETS:
+        raise ConfigError("CQT_SYMBOLS", f"{len(assets)} assets; at most {MAX_ASSETS}")
+    binance_name = "CQT_BINANCE_SYMBOLS"
+    binance = values.get("CQT_BINANCE_SYMBOLS")
+    if binance is None and values.get("CQT_BINANCE_SYMBOL") is not None:
+        binance_name, binance = "CQT_BINANCE_SYMBOL", (values["CQT_BINANCE_SYMBOL"],)
+    if binance is None:
+        binance = tuple(binance_symbol(a) for a in assets)
+    binance = _unique(binance_name, binance, _BINANCE_RE, "a Binance symbol like BTCUSDT")
+    upbit = values.get("CQT_UPBIT_CODES")
+    if upbit is None:
+        upbit = tuple(upbit_code(a) for a in assets)
+    upbit = tuple(c for c in _unique("CQT_UPBIT_CODES", upbit, _UPBIT_RE, "an Upbit market like KRW-BTC")
+                  if c != USDT_CODE) + (USDT_CODE,)
+    for name, listed, base_of, derive in ((binance_name, binance, base_asset_of_binance, binance_symbol),
+                                          ("CQT_UPBIT_CODES", upbit, base_asset_of_upbit, upbit_code)):
+        bases = {base_of(s) for s in listed}
+        missing = [a for a in assets if a not in bases]
+        if missing:
+            raise ConfigError(name, f"lists no market for {', '.join(missing)} of CQT_SYMBOLS: add "
+                                    f"{', '.join(derive(a) for a in missing)} or unset {name} "
+                                    "(then every symbol is derived from CQT_SYMBOLS)")
+    return {"assets": assets, "binance_symbols": binance, "upbit_codes": upbit}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) -> Settings:
@@ -165,7 +252,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
         if raw.strip() == "" and var.kind != "secret":
             raw = var.default
             source.setdefault(var.name, "default")
-        values[var.name] = convert(var, raw)
+        values[var.name] = None if raw is None else convert(var, raw)
     for key, val in overrides.items():
         if val is not None:
             name = "CQT_" + key.upper()
@@ -178,8 +265,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
         binance_ws_url=values["CQT_BINANCE_WS_URL"],
         binance_rest_url=values["CQT_BINANCE_REST_URL"],
         coinglass_url=values["CQT_COINGLASS_URL"],
-        upbit_codes=tuple(c.upper() for c in values["CQT_UPBIT_CODES"]),
-        binance_symbol=values["CQT_BINANCE_SYMBOL"].upper(),
+        **resolve_symbols(values),
         coinglass_enabled=values["COINGLASS_ENABLED"],
         coinglass_api_key=values["COINGLASS_API_KEY"].strip(),
         coinglass_interval=values["CQT_COINGLASS_INTERVAL"],

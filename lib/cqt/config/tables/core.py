@@ -24,8 +24,15 @@ VARIABLES: tuple[Var, ...] = (
        example="https://fapi.binance.com"),
     _V("CQT_COINGLASS_URL", "https://open-api-v4.coinglass.com", "url_http", "Coinglass API v4",
        example="https://open-api-v4.coinglass.com"),
-    _V("CQT_UPBIT_CODES", "KRW-BTC,KRW-USDT", "list", "Upbit markets", example="KRW-BTC,KRW-USDT"),
-    _V("CQT_BINANCE_SYMBOL", "BTCUSDT", "str", "Binance futures symbol", example="BTCUSDT"),
+    _V("CQT_SYMBOLS", "BTC", "list",
+       "base assets to collect, aggregate, check and export (at most 200); every venue symbol is derived from them",
+       example="BTC"),
+    _V("CQT_BINANCE_SYMBOLS", None, "list", "Binance USDⓈ-M perpetuals, overriding the derived list; must cover "
+       "every asset of `CQT_SYMBOLS`", default_doc="`<ASSET>USDT` for each asset"),
+    _V("CQT_BINANCE_SYMBOL", None, "str", "legacy single-symbol form of `CQT_BINANCE_SYMBOLS` (older `.env` files); "
+       "ignored when that is set", default_doc="unset"),
+    _V("CQT_UPBIT_CODES", None, "list", "Upbit markets, overriding the derived list; `KRW-USDT` is always added",
+       default_doc="`KRW-<ASSET>` for each asset, plus `KRW-USDT`"),
     _V("COINGLASS_ENABLED", "false", "bool", "must be exactly `true` for the run plan", example="true"),
     _V("COINGLASS_API_KEY", "", "secret", "Coinglass key; never printed, logged or stored",
        example="your_key_here"),
