@@ -13,7 +13,7 @@ import pytest
 
 from cqt import features, timerule
 from cqt.db import open_db
-from cqt.features import FeatureParams, compute_range, features_at, market_at
+from cqt.features import PREDICTION_COLUMNS, FeatureParams, compute_range, features_at, market_at
 
 T = 1_700_000_000_000
 P = FeatureParams()  # defaults: KRW-BTC, KRW-USDT, BTCUSDT, 1h Coinglass bars, 60 s delay
@@ -164,8 +164,8 @@ def test_before_any_data_everything_null_but_counts(conn):
     assert res.market["trade_count"].tolist() == [0, 0]
     assert res.market["close"].isna().all()
     assert res.nulls["predictions"]["ret_1s"] == 2
-    row = res.prediction_rows()[0]
-    assert row[0] == T - 3_000_000 and row[3] is None     # score NULL
+    row = dict(zip(PREDICTION_COLUMNS, res.prediction_rows()[0]))
+    assert row["symbol"] == "BTC" and row["ts_ms"] == T - 3_000_000 and row["score"] is None
 
 
 def test_carry_limit_makes_stale_values_null(conn):

@@ -87,7 +87,7 @@ _COINGLASS_NULL = ("Coinglass bars are hourly and usable only after close + CQT_
                    "collection has none for up to ~1 h; coinglass_check judges the source itself")
 
 FEATURES: tuple[Column, ...] = (
-    *(_F(f"ret_{k}s", "log return", f"Upbit KRW-BTC log return of close over {k} s ending at t0",
+    *(_F(f"ret_{k}s", "log return", f"Upbit KRW-<symbol> log return of close over {k} s ending at t0",
          sources=_UT, window_s=k) for k in RET_WINDOWS),
     *(_F(f"rv_{k}s", "log return", f"realized volatility: std of 1 s log returns over {k} s ending at t0 "
                                    "(not annualized)", _NONNEG, _UT, k) for k in RV_WINDOWS),
@@ -100,7 +100,7 @@ FEATURES: tuple[Column, ...] = (
        ("upbit_trades", "binance_agg_trades")),
     _F("kimchi_chg_60s", "ratio", "change of the kimchi premium over 60 s ending at t0", None,
        ("upbit_trades", "binance_agg_trades"), KIMCHI_CHG_S),
-    *(_F(f"bn_ret_{k}s", "log return", f"Binance BTCUSDT log return of last price over {k} s", None, _BN, k)
+    *(_F(f"bn_ret_{k}s", "log return", f"Binance <symbol>USDT log return of last price over {k} s", None, _BN, k)
       for k in BN_RET_WINDOWS),
     _F("basis_bps", "bps", "(mark - index) / index x 1e4 at t0", None, ("binance_mark_price",)),
     _F("funding_rate", "rate", "Binance funding rate (latest known at t0)", FUNDING_VALID, ("binance_mark_price",)),
@@ -119,7 +119,9 @@ FEATURES: tuple[Column, ...] = (
 
 #: the columns of `predictions` before the features
 PREDICTION_HEAD: tuple[Column, ...] = (
-    Column("ts_ms", "ms", "bar time t (UTC epoch ms): the second the features describe", sql_type="INTEGER"),
+    Column("symbol", "", "the asset (base asset, e.g. BTC) the row describes", sql_type="TEXT", not_null=True),
+    Column("ts_ms", "ms", "bar time t (UTC epoch ms): the second the features describe", sql_type="INTEGER",
+           not_null=True),
     Column("horizon_sec", "s", "the horizon the score looks ahead", _POS, sql_type="INTEGER", not_null=True),
     Column("model", "", "the model that made the score", sql_type="TEXT", not_null=True),
     Column("score", "", "baseline model score from the features at t0 (in (-1, 1); not a feature)"),
@@ -128,21 +130,24 @@ PREDICTION_HEAD: tuple[Column, ...] = (
 _NO_TRADE = "NULL when the second had no trade (has_trade = 0)"
 _M = Column
 MARKET: tuple[Column, ...] = (
-    _M("ts_ms", "ms", "bar end t; the bar covers Upbit KRW-BTC trades in (t-1 s, t]", sql_type="INTEGER"),
-    *(_M(c, "KRW", f"{c} of the Upbit KRW-BTC trades in the second", _POS, null_by_design=True, null_note=_NO_TRADE)
-      for c in ("open", "high", "low")),
-    _M("close", "KRW", "last Upbit KRW-BTC trade price, carried forward within the carry limit", _POS),
-    _M("volume", "BTC", "Upbit KRW-BTC volume in the second", _NONNEG, not_null=True),
-    _M("trade_count", "trades", "Upbit KRW-BTC trades in the second", _NONNEG, sql_type="INTEGER", not_null=True),
+    _M("symbol", "", "the asset (base asset, e.g. BTC): Upbit KRW-<symbol>, Binance <symbol>USDT",
+       sql_type="TEXT", not_null=True),
+    _M("ts_ms", "ms", "bar end t; the bar covers Upbit KRW-<symbol> trades in (t-1 s, t]", sql_type="INTEGER",
+       not_null=True),
+    *(_M(c, "KRW", f"{c} of the Upbit KRW-<symbol> trades in the second", _POS, null_by_design=True,
+         null_note=_NO_TRADE) for c in ("open", "high", "low")),
+    _M("close", "KRW", "last Upbit KRW-<symbol> trade price, carried forward within the carry limit", _POS),
+    _M("volume", "<symbol>", "Upbit KRW-<symbol> volume in the second", _NONNEG, not_null=True),
+    _M("trade_count", "trades", "Upbit KRW-<symbol> trades in the second", _NONNEG, sql_type="INTEGER", not_null=True),
     _M("vwap", "KRW", "volume-weighted price of the trades in the second", _POS, null_by_design=True,
        null_note=_NO_TRADE),
-    _M("buy_volume", "BTC", "taker buy volume in the second", _NONNEG, not_null=True),
-    _M("sell_volume", "BTC", "taker sell volume in the second", _NONNEG, not_null=True),
+    _M("buy_volume", "<symbol>", "taker buy volume in the second", _NONNEG, not_null=True),
+    _M("sell_volume", "<symbol>", "taker sell volume in the second", _NONNEG, not_null=True),
     _M("has_trade", "flag", "1 = a real trade in this second, 0 = close carried forward", Valid(FLAG),
        sql_type="INTEGER", not_null=True),
     _M("close_age_ms", "ms", "t - time of the trade that set close", _AGE, sql_type="INTEGER"),
-    _M("best_bid", "KRW", "best bid of the latest Upbit KRW-BTC order book at or before t", _POS),
-    _M("best_ask", "KRW", "best ask of the latest Upbit KRW-BTC order book at or before t", _POS),
+    _M("best_bid", "KRW", "best bid of the latest Upbit KRW-<symbol> order book at or before t", _POS),
+    _M("best_ask", "KRW", "best ask of the latest Upbit KRW-<symbol> order book at or before t", _POS),
     _M("mid", "KRW", "(best bid + best ask) / 2", _POS),
     _M("spread_bps", "bps", "(ask - bid) / mid x 1e4", _NONNEG),
     _M("book_imbalance", "ratio", "(total bid size - total ask size) / (sum) over the delivered levels", _UNIT),

@@ -1,8 +1,15 @@
 """THE feature function: `market_1s` bars and `predictions` feature vectors from raw rows.
 
-    res = compute_range(conn, t_from_ms, t_to_ms, params)     # bar times, both inclusive
+    params = params_for(settings, "BTC")                       # one asset (cqt.featureparams)
+    res = compute_range(conn, t_from_ms, t_to_ms, params)     # bar times, both inclusive; that asset only
     res.market, res.predictions                                # DataFrames, one row per second
     features_at(conn, t0, params)                              # one predictions row as a dict
+
+One call computes one asset (`params.asset`, the `symbol` of every row it returns)
+from that asset's own raw rows — Upbit KRW-<asset>, Binance <asset>USDT, the Coinglass
+coin — and KRW-USDT, which every asset shares. Rows of other assets are never read, so
+an asset's rows are the same whatever else the database holds. Several assets = one
+call per asset (the aggregate keeps one SecondCache per asset).
 
 The live service (one second at a time, with a SecondCache), `--rebuild` and `bin/cqt
 synth` (chunks, with a SecondCache), the export and the leak check's recomputation
@@ -12,7 +19,7 @@ implementation anywhere.
 Around it: cqt.catalogue (what each feature is: its column, sources, look-back, range),
 cqt.featureparams (FeatureParams, look-backs per source), cqt.rawread (reading raw rows
 into per-second summaries, SecondCache). Callers of the function need only this module:
-it also offers `params_from_settings`, `FeatureParams`, `SecondCache` and the column tuples.
+it also offers `params_for`, `params_from_settings`, `FeatureParams`, `SecondCache` and the column tuples.
 
 How causality holds by construction
 -----------------------------------
@@ -64,13 +71,15 @@ from .featureparams import (
     FeatureParams,
     as_params,
     lookback_ms,
+    params_for,
     params_from_settings,
 )
 from .rawread import SecondCache, load_polled, load_seeded
 
 #: what callers of the feature function use, besides the function itself
 __all__ = ["compute_range", "features_at", "market_at", "baseline_score", "FeatureResult", "FeatureParams",
-           "SecondCache", "params_from_settings", "MARKET_COLUMNS", "PREDICTION_COLUMNS", "FEATURE_COLUMNS"]
+           "SecondCache", "params_for", "params_from_settings", "MARKET_COLUMNS", "PREDICTION_COLUMNS",
+           "FEATURE_COLUMNS"]
 
 # baseline-v1 coefficients (docs/aggregate.md "Baseline score")
 SCORE_SIGMA_FLOOR = 5e-5
@@ -155,7 +164,7 @@ def baseline_score(f: Mapping[str, np.ndarray]) -> np.ndarray:
         z_lead = (bn_ret_5s - ret_5s) / (sigma * sqrt(5))   Binance leads Upbit
         score  = tanh(0.25 z_mom + 0.5 z_lead + 0.5 flow_imb_60s + 0.25 book_imbalance)
 
-    NULL when any input is NULL. In (-1, 1): > 0 expects KRW-BTC to rise over the horizon.
+    NULL when any input is NULL. In (-1, 1): > 0 expects the Upbit price to rise over the horizon.
     It exists to exercise the pipeline and the backtest, not to make money."""
     sigma = np.maximum(f["rv_60s"], SCORE_SIGMA_FLOOR)  # NaN stays NaN
     z_mom = f["ret_60s"] / (sigma * math.sqrt(60))
@@ -167,7 +176,7 @@ def baseline_score(f: Mapping[str, np.ndarray]) -> np.ndarray:
 # ------------------------------------------------------------------------------ the function
 class FeatureResult:
     """The rows of one compute_range call: columns as numpy arrays (float64 with NaN for
-    NULL; ts_ms int64), DataFrames on demand, tuples ready for SQLite."""
+    NULL; ts_ms int64; symbol: the asset), DataFrames on demand, tuples ready for SQLite."""
 
     def __init__(self, columns_m: dict[str, np.ndarray], columns_p: dict[str, np.ndarray], params: FeatureParams,
                  rows_read: int):
@@ -203,7 +212,8 @@ class FeatureResult:
     def predictions(self) -> pd.DataFrame:
         if self._pred is None:
             n = len(self)
-            self._pred = pd.DataFrame({"ts_ms": self.columns_market["ts_ms"],
+            self._pred = pd.DataFrame({"symbol": self.columns_market["symbol"],
+                                       "ts_ms": self.columns_market["ts_ms"],
                                        "horizon_sec": np.full(n, self.params.horizon_sec, dtype=np.int64),
                                        "model": [self.params.model] * n,
                                        **{c: self.columns_predictions[c] for c in ("score", *FEATURE_COLUMNS)}})
@@ -214,7 +224,8 @@ class FeatureResult:
 
     def prediction_rows(self) -> list[tuple]:
         n = len(self)
-        cols = [("ts_ms", self.columns_market["ts_ms"]), ("horizon_sec", [self.params.horizon_sec] * n),
+        cols = [("symbol", self.columns_market["symbol"]), ("ts_ms", self.columns_market["ts_ms"]),
+                ("horizon_sec", [self.params.horizon_sec] * n),
                 ("model", [self.params.model] * n)]
         cols += [(c, self.columns_predictions[c]) for c in ("score", *FEATURE_COLUMNS)]
         return _rows(cols, frozenset({"ts_ms"}))
@@ -239,11 +250,13 @@ def _rows(cols: list[tuple[str, Any]], int_columns: frozenset[str]) -> list[tupl
 def compute_range(conn: sqlite3.Connection, t_from_ms: int, t_to_ms: int, params: Any = None, *,
                   cache: SecondCache | None = None, warmup: float = 1.0,
                   truncate_ms: int | None = None) -> FeatureResult:
-    """market_1s and predictions rows for every second t in [t_from_ms, t_to_ms].
+    """market_1s and predictions rows of one asset (`params.asset`) for every second t in
+    [t_from_ms, t_to_ms].
 
     `t_from_ms`/`t_to_ms`: bar times (multiples of 1000 ms), both inclusive.
-    `params`: FeatureParams or cqt Settings (None = defaults).
-    `cache`: a SecondCache reused across calls (live service, chunked rebuild).
+    `params`: FeatureParams (`params_for(settings, asset)`), or cqt Settings (its first
+    asset), or None (the defaults: BTC).
+    `cache`: a SecondCache reused across calls of the same asset (live service, chunked rebuild).
     `warmup`: multiply every look-back by this factor (>= 1); results must not change —
     the leak check recomputes with 1 and 3.
     `truncate_ms`: read only rows with availability <= this (a view of the database as it
@@ -289,7 +302,7 @@ def compute_range(conn: sqlite3.Connection, t_from_ms: int, t_to_ms: int, params
     m: dict[str, np.ndarray] = {}
     f: dict[str, np.ndarray] = {}
     with np.errstate(all="ignore"):
-        # --- Upbit KRW-BTC: bars, carried close -----------------------------------------
+        # --- Upbit KRW-<asset>: bars, carried close --------------------------------------
         up = ev["upbit"]
         jc = _asof_stream(up, grid, p.carry_ms("upbit"), valid_from["upbit"])
         close = _take(up["close"], jc)
@@ -298,6 +311,7 @@ def compute_range(conn: sqlite3.Connection, t_from_ms: int, t_to_ms: int, params
         buy = np.where(je >= 0, _take(up["buy"], je), 0.0)
         sell = np.where(je >= 0, _take(up["sell"], je), 0.0)
         jt = je[idx]
+        m["symbol"] = np.full(len(t), p.asset, dtype=object)
         m["ts_ms"] = t
         for c in ("open", "high", "low"):
             m[c] = _take(up[c], jt)

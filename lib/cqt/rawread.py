@@ -6,7 +6,11 @@
     count_rows / count_by_second(conn, source, params, lo, hi)        # what the live service checks
 
 A bucket b holds the rows with availability in (b-1 s, b]. Every statement is bounded
-above by the range's end, so nothing here can read a row from after it. The feature
+above by the range's end, so nothing here can read a row from after it, and every
+statement filters by the asset of `params` (cqt.featureparams.FeatureParams): Upbit rows
+by `code` (KRW-<asset>, or KRW-USDT, shared by every asset), Binance rows by `symbol`
+(<asset>USDT), Coinglass bars by the coin (open interest) or the pair (funding). A row of
+another asset is never read. The feature
 function (cqt.features) is the only consumer of the summaries; the aggregate uses the
 counts to see rows that land late.
 """
@@ -273,10 +277,15 @@ class SecondCache:
     live row is always computed from what the database holds at that moment.
 
     `on_load(source, lo, hi, summaries)` is called for every read from the database (the
-    live service's per-second row ledger, which counts late data)."""
+    live service's per-second row ledger, which counts late data).
+
+    One cache holds one asset's summaries: the first `get` binds it to the venue symbols
+    of its params, and a call with another asset's params is a ValueError (it would mix
+    two markets' rows silently)."""
 
     def __init__(self, on_load: LoadHook | None = None) -> None:
         self._data: dict[str, _Span] = {}
+        self._series: tuple[str, ...] | None = None     # the venue symbols this cache holds
         self.rows_read = 0
         self.reloads = 0               # sources dropped by validate() because the database changed
         self.on_load = on_load
@@ -288,6 +297,7 @@ class SecondCache:
 
     def get(self, conn: sqlite3.Connection, source: str, params: FeatureParams, lo: int, hi: int,
             seed_lo: int) -> dict[str, np.ndarray]:
+        self._bind(params)
         span = self._data.get(source)
         if span is None or span.lo > lo or span.hi < lo:
             data, vlo = _load_seeded_span(conn, source, params, lo, hi, seed_lo, None)
@@ -316,10 +326,19 @@ class SecondCache:
             return {k: v[keep] for k, v in span.data.items()}
         return span.data
 
+    def _bind(self, params: FeatureParams) -> None:
+        series = (params.upbit_code, params.usdt_code, params.binance_symbol)
+        if self._series is None:
+            self._series = series
+        elif series != self._series:
+            raise ValueError(f"SecondCache holds {'/'.join(self._series)}, asked for {'/'.join(series)}: "
+                             "use one cache per asset")
+
     def validate(self, conn: sqlite3.Connection, params: FeatureParams) -> list[str]:
         """Drop every cached source whose rows in the database (available in its span) no
         longer number what its summaries were made from; the next `get` reloads it.
         One indexed COUNT(*) per source. Returns the sources dropped."""
+        self._bind(params)
         stale = []
         for source, span in list(self._data.items()):
             if count_rows(conn, source, params, span.vlo, span.hi) != int(span.data["n"].sum()):
@@ -335,4 +354,5 @@ class SecondCache:
 
     def clear(self) -> None:
         self._data.clear()
+        self._series = None
 

@@ -25,10 +25,11 @@ TABLE: tuple[Var, ...] = (
     _V("CQT_AGGREGATE_USDT_CARRY_S", "3600", "int", "the same for the KRW-USDT last trade (a sparse market)", 1, DAY_S),
     _V("CQT_AGGREGATE_OI_CARRY_S", "300", "int", "the same for Binance open interest (polled every ~10 s)", 1, DAY_S),
     _V("CQT_AGGREGATE_LS_PERIOD", "5m", "str", "`binance_ratios.period` used for `ls_ratio` (carried 3 periods)"),
-    _V("CQT_AGGREGATE_CG_SYMBOL", None, "str", "`coinglass_open_interest.symbol`",
-       default_doc="coin of `CQT_BINANCE_SYMBOL` (`BTC`)"),
+    _V("CQT_AGGREGATE_CG_SYMBOL", None, "str",
+       "`coinglass_open_interest.symbol` read for the asset; only with one asset in `CQT_SYMBOLS` (with several: "
+       "exit 78, each asset reads its own coin)", default_doc="the asset (`BTC`)"),
     _V("CQT_AGGREGATE_CG_EXCHANGE", "Binance", "str",
-       "`coinglass_funding.exchange` (its symbol is `CQT_BINANCE_SYMBOL`)"),
+       "`coinglass_funding.exchange` (its symbol is the asset's Binance symbol, `BTCUSDT`)"),
     _V("CQT_AGGREGATE_START_WAIT_S", "120", "float",
        "first start only (empty `market_1s`): wait at most this long for the collectors' start-up backfill and first "
        "Upbit/Binance trades; `0` = no wait", 0.0, DAY_S),
