@@ -85,14 +85,14 @@ def test_forming_bar_skipped_closed_bar_upserted_only_when_revised(poller):
     q = "SELECT open_ts_ms, avail_ts_ms, close, recv_ts_ms FROM coinglass_open_interest ORDER BY open_ts_ms"
     # 1) T0-1h closed, T0 forming
     client.script.append(answer(bar(T0 - H, 100, 110), bar(T0, 110, 115)))
-    p.poll("open_interest")
+    p.poll("BTC", "open_interest")
     r1 = rows(svc, q)
     assert r1 == [(T0 - H, T0, 110.0, now[0] + 7)]
     assert client.asked[-1] == {"symbol": "BTC", "interval": "1h", "limit": 3}
     # 2) an hour on: T0 has closed (values final for now), T0+1h forming
     now[0] = T0 + H + 20_000
     client.script.append(answer(bar(T0 - H, 100, 110), bar(T0, 110, 120), bar(T0 + H, 120, 121)))
-    p.poll("open_interest")
+    p.poll("BTC", "open_interest")
     r2 = rows(svc, q)
     assert r2[0] == r1[0]                                # unchanged: first receive time kept
     assert r2[1] == (T0, T0 + H, 120.0, T0 + H + 20_007)
@@ -100,22 +100,23 @@ def test_forming_bar_skipped_closed_bar_upserted_only_when_revised(poller):
     # 3) Coinglass revises the last closed bar: stored again, with the revision's receive time
     now[0] = T0 + H + 80_000
     client.script.append(answer(bar(T0 - H, 100, 110), bar(T0, 110, 121.5), bar(T0 + H, 121.5, 122)))
-    p.poll("open_interest")
+    p.poll("BTC", "open_interest")
     r3 = rows(svc, q)
     assert r3[0] == r1[0] and r3[1] == (T0, T0 + H, 121.5, T0 + H + 80_007)
     # every call recorded, with the closed bars it carried
     calls = rows(svc,
                  "SELECT endpoint, http_status, ok, latency_ms, rows, error FROM coinglass_call_status ORDER BY id")
-    assert calls == [("/api/futures/open-interest/aggregated-history", 200, 1, 7, n, None) for n in (1, 2, 2)]
+    assert calls == [("/api/futures/open-interest/aggregated-history?coin=BTC", 200, 1, 7, n, None)
+                     for n in (1, 2, 2)]
 
 
 def test_restart_catches_up_from_the_newest_stored_bar(poller):
     p, svc, client, now = poller
     p.newest.clear()
-    p.newest["funding"] = T0 - 5 * H
+    p.newest["BTC@funding"] = T0 - 5 * H
     now[0] = T0 + 10 * 60_000
     client.script.append(answer(*[bar(T0 - k * H, 1, 1) for k in range(5, -1, -1)]))
-    p.poll("funding")
+    p.poll("BTC", "funding")
     asked = client.asked[-1]
     assert asked["start_time"] == T0 - 5 * H and asked["limit"] == 8 and asked["end_time"] == now[0]
     assert asked["exchange"] == "Binance" and asked["symbol"] == "BTCUSDT"
@@ -126,15 +127,15 @@ def test_errors_are_recorded_short_and_without_the_key(poller):
     p, svc, client, now = poller
     client.script.append((401, json.dumps({"code": "401", "msg": f"Invalid API key {KEY}"})))
     with pytest.raises(PollError) as e:
-        p.poll("liquidations")
+        p.poll("BTC", "liquidations")
     assert e.value.reason == "401 key rejected"
     client.script.append((200, json.dumps({"code": "0", "msg": "success", "data": [{"time": T0 - H}]})))
     with pytest.raises(PollError) as e:
-        p.poll("liquidations")
+        p.poll("BTC", "liquidations")
     assert e.value.reason.startswith("bad answer: missing_key:")
     client.script.append((200, "<html>" + KEY))
     with pytest.raises(PollError):
-        p.poll("long_short")
+        p.poll("BTC", "long_short")
     calls = rows(svc, "SELECT http_status, ok, rows, error FROM coinglass_call_status ORDER BY id")
     assert calls[0] == (401, 0, 0, "401 key rejected")
     assert calls[1][:3] == (200, 0, 0) and calls[1][3].startswith("bad answer: missing_key:")
@@ -163,31 +164,31 @@ def test_binance_ratio_backfill_catch_up_and_refetch(tmp_path):
     client = ScriptedClient(lambda: now[0])
     p = BinanceRestPoller(svc, BinanceRestConfig.from_settings(svc.settings), client, clock=lambda: now[0])
     p.load_resume_points()
-    assert p.newest["global_ls"] is None
+    assert p.newest["BTCUSDT@global_ls"] is None
     P = 300_000
     # first start, empty table: backfill CQT_BACKFILL_S (3600 s = 12 periods) from startTime
     client.script.append(ratio_rows([T0 - 12 * P + k * P for k in range(13)]))
-    res = p.poll_ratio("global_ls", "globalLongShortAccountRatio", "global_long_short")
+    res = p.poll_ratio("BTCUSDT", "global_ls")
     asked = client.asked[-1]
     assert asked["startTime"] == now[0] - 3_600_000 and asked["limit"] == 500 and asked["period"] == "5m"
-    assert res.rows == 13 and p.newest["global_ls"] == T0
+    assert res.rows == 13 and p.newest["BTCUSDT@global_ls"] == T0
     # next minute: just the last 3 periods
     now[0] += 60_000
     client.script.append(ratio_rows([T0 - 2 * P, T0 - P, T0]))
-    p.poll_ratio("global_ls", "globalLongShortAccountRatio", "global_long_short")
+    p.poll_ratio("BTCUSDT", "global_ls")
     assert client.asked[-1] == {"symbol": "BTCUSDT", "period": "5m", "limit": 3}
     # an hour-long hole (restart): page forward from the newest stored period
     now[0] = T0 + 3_600_000 + 7_000
     client.script.append(ratio_rows([T0 + k * P for k in range(13)]))
-    p.poll_ratio("global_ls", "globalLongShortAccountRatio", "global_long_short")
+    p.poll_ratio("BTCUSDT", "global_ls")
     assert client.asked[-1]["startTime"] == T0
     assert rows(svc, "SELECT COUNT(*) FROM binance_ratios")[0][0] == 25
     # funding: nothing stored -> the most recent events; then from the newest stored
     client.script.append((200, json.dumps([{"symbol": "BTCUSDT", "fundingRate": "0.0001", "fundingTime": T0 - 8 * H,
                                             "markPrice": "80000.0"}])))
-    p.poll_funding()
+    p.poll_funding("BTCUSDT")
     assert client.asked[-1] == {"symbol": "BTCUSDT", "limit": 3}
     client.script.append((200, "[]"))
-    p.poll_funding()
+    p.poll_funding("BTCUSDT")
     assert client.asked[-1] == {"symbol": "BTCUSDT", "startTime": T0 - 8 * H, "limit": 1000}
     svc.writer.close()

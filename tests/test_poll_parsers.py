@@ -10,7 +10,8 @@ from cqt.config import ConfigError, load_settings
 from cqt.db import open_db
 from cqt.rest import RestResponse
 from cqt.venues.binance.poll import BinanceRestConfig
-from cqt.venues.coinglass.poll import CoinglassConfig, classify, coin_of, plan_refusal
+from cqt.venues.coinglass import markets
+from cqt.venues.coinglass.poll import CoinglassConfig, classify, plan_refusal
 from cqt.venues.common import Parsed, Reject, store_sql
 from cqt.venues.registry import rest_answer_outcome as parse_rest_answer
 
@@ -132,13 +133,14 @@ def test_coinglass_config_exit_78_cases():
     good = dict(COINGLASS_ENABLED="true", COINGLASS_API_KEY="k" * 32)
     with pytest.raises(ConfigError, match="not allowed by the hobbyist plan"):
         CoinglassConfig.from_settings(settings(CQT_COINGLASS_PLAN="hobbyist", **good))
-    with pytest.raises(ConfigError, match="over the plan limit"):
+    with pytest.raises(ConfigError, match="over 80 % of the plan limit of 30"):
         CoinglassConfig.from_settings(settings(CQT_POLL_COINGLASS_S="5", **good))
     cfg = CoinglassConfig.from_settings(settings(CQT_COINGLASS_PLAN="hobbyist", CQT_COINGLASS_INTERVAL="4h", **good))
-    assert cfg.per_minute == 30 and cfg.coin == "BTC" and cfg.exchanges == "Binance,OKX,Bybit"
-    assert cfg.params("liquidations") == {"exchange_list": "Binance,OKX,Bybit", "symbol": "BTC", "interval": "4h"}
-    assert cfg.params("funding") == {"exchange": "Binance", "symbol": "BTCUSDT", "interval": "4h"}
-    assert coin_of(settings(CQT_BINANCE_SYMBOL="ETHUSDC")) == "ETH"
+    assert cfg.per_minute == 30 and cfg.coins == ("BTC",) and cfg.exchanges == "Binance,OKX,Bybit"
+    assert cfg.params("liquidations", "BTC") == {"exchange_list": "Binance,OKX,Bybit", "symbol": "BTC",
+                                                 "interval": "4h"}
+    assert cfg.params("funding", "BTC") == {"exchange": "Binance", "symbol": "BTCUSDT", "interval": "4h"}
+    assert markets(settings(CQT_BINANCE_SYMBOL="ETHUSDC")) == (("ETH", "ETHUSDC"),)
 
 
 def test_binance_config_guards_the_server_limits():

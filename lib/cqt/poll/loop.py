@@ -17,6 +17,9 @@ log = logging.getLogger("cqt.poll")
 MIN_INTERVAL_S = 0.2       # nothing polls faster: no tight loop, whatever the settings say
 TICK_S = 0.25              # the loop wakes at least this often (stop requests, alive pings)
 STOP_GRACE_S = 1.5         # on stop, wait this long for runs in flight
+DETAIL_MAX_JOBS = 64       # heartbeat detail lists every job up to this many, then only the unwell ones
+QUIET_STATES = ("scheduled", "running", "ok")
+STATUS_MAX_FAILING = 8     # the status line names this many failing jobs, then "and N more"
 
 
 @dataclass
@@ -39,7 +42,7 @@ class PollLoop:
 
     def __init__(self, jobs: Iterable[PollJob], *, workers: int = 2, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic, wall_ms: Callable[[], int] = now_ms,
-                 start_stagger_s: float = 0.5):
+                 start_stagger_s: float = 0.5, detail_max_jobs: int = DETAIL_MAX_JOBS):
         self.jobs = [_Job(j) for j in jobs]
         names = [j.spec.name for j in self.jobs]
         if len(set(names)) != len(names):
@@ -49,6 +52,7 @@ class PollLoop:
         self.clock = clock
         self.wall_ms = wall_ms
         self.start_stagger_s = start_stagger_s
+        self.detail_max_jobs = detail_max_jobs
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self.started_ms: int | None = None
@@ -289,21 +293,31 @@ class PollLoop:
         waiting = sorted({j.wait_reason for j in active if j.status.state == "waiting" and j.wait_reason})
         held = f"; held back: {', '.join(waiting)}" if waiting else ""
         banned = any("418" in w or "banned" in w for w in waiting)
+        named = ", ".join(f"{j.spec.name}={j.status.last_error}" for j in failing[:STATUS_MAX_FAILING])
+        if len(failing) > STATUS_MAX_FAILING:
+            named += f" and {len(failing) - STATUS_MAX_FAILING} more"
         if active and (len(failing) == len(active) or banned):
-            svc.set_state("error", ("all jobs failing: " if len(failing) == len(active) else "")
-                          + ", ".join(f"{j.spec.name}={j.status.last_error}" for j in failing) + held)
+            svc.set_state("error", ("all jobs failing: " if len(failing) == len(active) else "") + named + held)
         elif failing:
-            svc.set_state("running", f"{len(active) - len(failing)}/{len(active)} jobs ok; failing: "
-                          + ", ".join(f"{j.spec.name}={j.status.last_error}" for j in failing) + held)
+            svc.set_state("running", f"{len(active) - len(failing)}/{len(active)} jobs ok; failing: " + named + held)
         else:
             svc.set_state("running", f"polling {len(active)} jobs{held}")
 
     # ------------------------------------------------------------------ reporting
     def detail(self) -> dict[str, Any]:
-        """Heartbeat detail: {"jobs": {name: status…}} (wall-clock ms; next_in_s from now)."""
+        """Heartbeat detail: {"jobs": {name: status…}, "jobs_by_state": {state: count}}
+        (wall-clock ms; next_in_s from now). With more than `detail_max_jobs` jobs (many
+        symbols), `jobs` lists only the ones not scheduled/running/ok, at most that many, so
+        a heartbeat stays small; the counts cover them all."""
         now = self.clock()
-        jobs = {}
+        by_state: dict[str, int] = {}
         for j in self.jobs:
+            by_state[j.status.state] = by_state.get(j.status.state, 0) + 1
+        listed = self.jobs
+        if len(listed) > self.detail_max_jobs:
+            listed = [j for j in listed if j.status.state not in QUIET_STATES][: self.detail_max_jobs]
+        jobs = {}
+        for j in listed:
             st = j.status
             d = {k: v for k, v in st.__dict__.items() if v is not None}
             d["interval_s"] = j.spec.interval_s
@@ -312,7 +326,7 @@ class PollLoop:
             if j.wait_reason:
                 d["waiting_for"] = j.wait_reason
             jobs[j.spec.name] = d
-        return {"jobs": jobs}
+        return {"jobs": jobs, "jobs_by_state": by_state}
 
     def status(self, name: str) -> JobStatus:
         for j in self.jobs:

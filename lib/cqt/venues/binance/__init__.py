@@ -59,10 +59,11 @@ def parse_rest(path: str, params: Mapping[str, Any] | None, body, recv_ts_ms: in
 
 
 def rest_context(path: str, params: Mapping[str, Any] | None, settings) -> dict[str, Any]:
-    """`params` completed from settings where a hand-made or old capture lacks them."""
+    """`params` completed from settings where a hand-made or old capture lacks them (a
+    capture without a symbol was made by the single-symbol cqt: the first configured one)."""
     p = dict(params or {})
     if path == "/fapi/v1/aggTrades" or path.startswith("/futures/data/"):
-        p.setdefault("symbol", settings.binance_symbol)
+        p.setdefault("symbol", settings.binance_symbols[0])
     if path.startswith("/futures/data/"):
         p.setdefault("period", RATIO_PERIOD)
     return p

@@ -6,28 +6,60 @@
                call recorded in coinglass_call_status, the program
 
 This module is the venue record (`VENUE`) the shared machinery sees, and the request
-context the poller and a replay share (the coin, the exchange list).
+context the poller and a replay share (the coins and pairs, the exchange list, how a
+coinglass_call_status row names its coin).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ...symbols import coinglass_coin_of_binance
+from ...config import ConfigError
+from ...symbols import coinglass_coin
 from ..base import Venue
 from ..common import Parsed, request_param
 from .parse import COINGLASS_ENDPOINTS, SRC, parse_coinglass
 
 #: REST paths whose answers carry rows
 DATA_PATHS: tuple[str, ...] = tuple(ep.path for ep in COINGLASS_ENDPOINTS.values())
+#: how coinglass_call_status.endpoint names the coin of a call: `<path>?coin=<COIN>`
+COIN_MARK = "?coin="
 
 
-def coin_of(settings) -> str:
-    """The coin for aggregated endpoints: CQT_COINGLASS_SYMBOL, else the Binance symbol
-    without its quote asset (BTCUSDT -> BTC; cqt.symbols)."""
-    coin = settings.get_str("CQT_COINGLASS_SYMBOL")
-    if coin:
-        return coin.strip().upper()
-    return coinglass_coin_of_binance(settings.binance_symbol)
+def markets(settings) -> tuple[tuple[str, str], ...]:
+    """(coin, pair) per asset of CQT_SYMBOLS, in order: the coin of the aggregated
+    endpoints (the asset: BTC) and the pair of the per-exchange ones (the Binance perpetual
+    collected for it: BTCUSDT).
+
+    CQT_COINGLASS_SYMBOL (the single-symbol form) replaces the coin only while CQT_SYMBOLS
+    names one asset; with several it is a ConfigError (one coin cannot stand for several
+    assets)."""
+    override = settings.get_str("CQT_COINGLASS_SYMBOL").strip().upper()
+    assets = settings.assets
+    if override and len(assets) != 1:
+        raise ConfigError("CQT_COINGLASS_SYMBOL", f"{override!r} applies only when CQT_SYMBOLS names one asset; "
+                          f"it names {', '.join(assets)}: unset it (each asset is then polled as its own coin)")
+    return tuple((override or coinglass_coin(a), settings.binance_symbol_of(a)) for a in assets)
+
+
+def first_market(settings) -> tuple[str, str]:
+    """The (coin, pair) a request without its symbol was made for (a capture of the
+    single-symbol cqt): the first asset's. Never raises (replay completes old captures)."""
+    asset = settings.assets[0]
+    override = settings.get_str("CQT_COINGLASS_SYMBOL").strip().upper()
+    return (override if override and len(settings.assets) == 1 else coinglass_coin(asset),
+            settings.binance_symbol_of(asset))
+
+
+def call_endpoint(path: str, coin: str | None) -> str:
+    """coinglass_call_status.endpoint of one call: the path and the coin it was for,
+    `/api/futures/funding-rate/history?coin=BTC` (the bare path when the coin is unknown)."""
+    return f"{path}{COIN_MARK}{coin}" if coin else path
+
+
+def split_call_endpoint(endpoint: str) -> tuple[str, str | None]:
+    """`<path>?coin=<COIN>` -> (path, coin); a bare path (rows of the single-symbol cqt) -> (path, None)."""
+    path, mark, coin = endpoint.partition(COIN_MARK)
+    return path, (coin or None) if mark else None
 
 
 def exchange_list(settings) -> str:
@@ -57,11 +89,12 @@ def rest_context(path: str, params: Mapping[str, Any] | None, settings) -> dict[
     """`params` completed from settings as the live poller would have sent them (only for
     hand-made or old captures; live requests always carry them)."""
     p = dict(params or {})
+    coin, pair = first_market(settings)
     p.setdefault("interval", settings.coinglass_interval)
     if path.endswith("/aggregated-history"):
-        p.setdefault("symbol", coin_of(settings))
+        p.setdefault("symbol", coin)
     else:
-        p.setdefault("symbol", settings.binance_symbol)
+        p.setdefault("symbol", pair)
         p.setdefault("exchange", exchange(settings))
     if "liquidation" in path:
         p.setdefault("exchange_list", exchange_list(settings))

@@ -1,22 +1,31 @@
-"""`bin/cqt-poll-coinglass`: Coinglass API v4 bars on an interval (cqt.poll).
+"""`bin/cqt-poll-coinglass`: Coinglass API v4 bars on an interval (cqt.poll), for every
+asset of CQT_SYMBOLS: the coin (BTC) on the aggregated endpoints, the pair (the Binance
+perpetual, BTCUSDT) on the per-exchange ones.
 
-    job            path                                                   table
+    job kind       path                                                   table
     open_interest  /api/futures/open-interest/aggregated-history          coinglass_open_interest (coin)
     funding        /api/futures/funding-rate/history                      coinglass_funding (exchange, pair)
     liquidations   /api/futures/liquidation/aggregated-history            coinglass_liquidations (coin, exchange_list)
     long_short     /api/futures/global-long-short-account-ratio/history   coinglass_long_short (exchange, pair)
 
-Every job runs every CQT_POLL_COINGLASS_S (60 s) with interval CQT_COINGLASS_INTERVAL (1h).
+One job per kind and coin, named `<COIN>@<kind>` (`ETH@funding`). Every job runs every
+CQT_POLL_COINGLASS_S (60 s) with interval CQT_COINGLASS_INTERVAL (1h); the coins of one
+kind are spread evenly over the interval. All jobs share CQT_COINGLASS_RATE_PER_MIN (the
+plan's limit): when the coins would need more than 80 % of it, every interval is stretched
+by the same factor, computed once at start, and one WARNING says so (cqt.poll.budget); an
+interval that needs more than 80 % for a single coin is refused (exit 78).
+
 A bar's `time` is its open; only closed bars are stored (avail_ts_ms = open + interval
 <= receive time); each poll re-fetches the last bars and stores a bar again only when
 Coinglass revised it. An empty table is backfilled CQT_BACKFILL_S deep (at least the
 last closed bar); after a restart the poller catches up from the newest stored bar.
 
 **Every HTTP call** is one `coinglass_call_status` row: ts_ms (call start), endpoint (the
-path), http_status (NULL = no answer), ok (HTTP 200 and code "0" and a valid body),
-latency_ms, rows (bars stored), error (short reason: `401 key rejected`,
-`429 rate limited`, `timeout`, `interval not allowed by plan: …`, `bad answer: …` —
-never the key; configured secrets are masked and long tokens cut from server text).
+path and the coin, `<path>?coin=BTC`: cqt.venues.coinglass.call_endpoint), http_status
+(NULL = no answer), ok (HTTP 200 and code "0" and a valid body), latency_ms, rows (bars
+stored), error (short reason: `401 key rejected`, `429 rate limited`, `timeout`,
+`interval not allowed by plan: …`, `bad answer: …` — never the key; configured secrets
+are masked and long tokens cut from server text).
 
 Failure behaviour: 429/5xx/timeouts back off (the RestClient's state and Retry-After);
 a rejected key (401) is an ERROR once and a slow retry (the key may be re-enabled);
@@ -27,6 +36,7 @@ placeholder key: one line, exit 78, before anything starts.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -41,13 +51,14 @@ from ...config import ConfigError, Settings
 from ...db import connect
 from ...options import capture_option, db_option
 from ...poll import NewestTimes, PollError, PollJob, PollLoop, RunResult, WindowLimit, error_code, failure_of
+from ...poll.budget import BUDGET_FRACTION, Budget, JobKind, Plan, plan_intervals, spread_phase
 from ...redact import redact
 from ...rest import RestClient
 from ...runtime import Service, load_settings_or_exit
 from ...timeutil import now_ms
 from ..common import Reject, clip, interval_ms, store_sql
 from ..registry import rest_answer_outcome
-from . import coin_of, exchange, exchange_list
+from . import call_endpoint, exchange, exchange_list, markets
 from .parse import COINGLASS_ENDPOINTS, SRC
 
 log = logging.getLogger("cqt.poll.coinglass")
@@ -65,6 +76,8 @@ PLANS = {
 }
 PLAN_LIMITS_TEXT = "Hobbyist 4h and longer (30 req/min), Startup 30m and longer (80 req/min), " \
                    "Standard and Professional every interval"
+
+RATE = "coinglass_per_minute"
 
 CALL_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_status, ok, latency_ms, rows, error) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -86,8 +99,8 @@ class CoinglassConfig:
     timeout_s: float
     exchange: str
     exchanges: str
-    coin: str
-    pair: str
+    coins: tuple[str, ...]           # the coin of each asset (aggregated endpoints)
+    pairs: tuple[str, ...]           # the pair of each asset, same order (per-exchange endpoints)
     plan: str | None
     per_minute: int
     backfill_s: int
@@ -95,7 +108,8 @@ class CoinglassConfig:
     @classmethod
     def from_settings(cls, s: Settings, require_key: bool = True) -> "CoinglassConfig":
         """Raises ConfigError (exit 78): disabled, key missing/placeholder, bad values,
-        an interval or a request rate the configured plan does not allow.
+        an interval or a request rate the configured plan does not allow, a poll interval
+        that needs more than 80 % of the rate for one coin (more coins stretch it instead).
         `require_key=False` (cqt synth) skips the enabled/key checks."""
         if require_key and not s.coinglass_enabled:
             raise ConfigError("COINGLASS_ENABLED", "Coinglass is disabled (set COINGLASS_ENABLED=true to poll it)")
@@ -107,20 +121,23 @@ class CoinglassConfig:
         if plan is not None and plan not in PLANS:
             raise ConfigError("CQT_COINGLASS_PLAN", f"{plan!r} is not one of {', '.join(PLANS)}")
         per_minute = s.get_int("CQT_COINGLASS_RATE_PER_MIN", PLANS[plan][0] if plan else PLANS["hobbyist"][0])
+        coin_pairs = markets(s)
         cfg = cls(
             interval=s.coinglass_interval,
             poll_s=s.get_float("CQT_POLL_COINGLASS_S"),
             timeout_s=s.get_float("CQT_POLL_TIMEOUT_S"),
             exchange=exchange(s),
             exchanges=exchange_list(s),
-            coin=coin_of(s),
-            pair=s.binance_symbol,
+            coins=tuple(c for c, _ in coin_pairs),
+            pairs=tuple(p for _, p in coin_pairs),
             plan=plan,
             per_minute=per_minute,
             backfill_s=s.backfill_s,
         )
         if not cfg.exchanges:
             raise ConfigError("CQT_COINGLASS_EXCHANGES", "must list at least one exchange")
+        if len(set(cfg.coins)) != len(cfg.coins):
+            raise ConfigError("CQT_SYMBOLS", f"two assets map to one Coinglass coin: {', '.join(cfg.coins)}")
         if plan is not None:
             limit, shortest = PLANS[plan]
             if interval_ms(cfg.interval) < interval_ms(shortest):
@@ -129,21 +146,40 @@ class CoinglassConfig:
             if per_minute > limit:
                 raise ConfigError("CQT_COINGLASS_RATE_PER_MIN", f"{per_minute} exceeds the {plan} plan's "
                                   f"{limit} requests per minute")
-        need = len(COINGLASS_ENDPOINTS) * 60.0 / cfg.poll_s
-        if need > cfg.per_minute:
-            raise ConfigError("CQT_POLL_COINGLASS_S", f"{cfg.poll_s:g} s with {len(COINGLASS_ENDPOINTS)} endpoints "
-                              f"is {need:.0f} requests per minute, over the plan limit of {cfg.per_minute} "
-                              f"(CQT_COINGLASS_RATE_PER_MIN); poll every >= "
-                              f"{len(COINGLASS_ENDPOINTS) * 60.0 / cfg.per_minute:g} s")
+        one = plan_intervals(cfg.kinds(), cfg.budgets(), 1)
+        if one.over():
+            n = len(COINGLASS_ENDPOINTS)
+            raise ConfigError("CQT_POLL_COINGLASS_S", f"{cfg.poll_s:g} s with {n} endpoints is "
+                              f"{one.demand[RATE]:.0f} requests per minute, over {BUDGET_FRACTION * 100:g} % of the plan "
+                              f"limit of {cfg.per_minute} (CQT_COINGLASS_RATE_PER_MIN); poll every >= "
+                              f"{math.ceil(n * 60.0 / one.allowed[RATE])} s")
         return cfg
 
-    def params(self, key: str) -> dict[str, Any]:
-        """Request parameters of an endpoint (what the live poller sends)."""
+    def kinds(self) -> list[JobKind]:
+        return [JobKind(key, self.poll_s, {RATE: 1}) for key in COINGLASS_ENDPOINTS]
+
+    def budgets(self) -> list[Budget]:
+        return [Budget(RATE, self.per_minute, 60.0)]
+
+    def rate_plan(self) -> Plan:
+        """The intervals for all coins (computed from the rate, never from 429s)."""
+        return plan_intervals(self.kinds(), self.budgets(), len(self.coins))
+
+    def pair_of(self, coin: str) -> str:
+        return self.pairs[self.coins.index(coin)]
+
+    def params(self, key: str, coin: str) -> dict[str, Any]:
+        """Request parameters of an endpoint for one coin (what the live poller sends)."""
         if key == "open_interest":
-            return {"symbol": self.coin, "interval": self.interval}
+            return {"symbol": coin, "interval": self.interval}
         if key == "liquidations":
-            return {"exchange_list": self.exchanges, "symbol": self.coin, "interval": self.interval}
-        return {"exchange": self.exchange, "symbol": self.pair, "interval": self.interval}
+            return {"exchange_list": self.exchanges, "symbol": coin, "interval": self.interval}
+        return {"exchange": self.exchange, "symbol": self.pair_of(coin), "interval": self.interval}
+
+
+def job_name(coin: str, key: str) -> str:
+    """`BTC@open_interest`: the job of one endpoint for one coin (logs, heartbeat, resume)."""
+    return f"{coin}@{key}"
 
 
 def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError | None]:
@@ -207,7 +243,7 @@ def _plan_poll_error(msg: str, interval: str) -> PollError:
 
 
 class CoinglassPoller:
-    """The four Coinglass jobs; `run()` polls until stopped (or nothing can work: 78)."""
+    """The four Coinglass jobs for every coin; `run()` polls until stopped (or nothing can work: 78)."""
 
     def __init__(self, svc: Service, cfg: CoinglassConfig, client: RestClient, *,
                  clock: Callable[[], int] = now_ms, mono: Callable[[], float] = time.monotonic):
@@ -216,59 +252,72 @@ class CoinglassPoller:
         self.client = client
         self.clock = clock
         self.step_ms = interval_ms(cfg.interval)
-        self.limit = WindowLimit("coinglass_per_minute", cfg.per_minute, 60.0, clock=mono)
-        self.newest = NewestTimes()    # job -> newest stored time (resume point)
+        self.limit = WindowLimit(RATE, cfg.per_minute, 60.0, clock=mono)
+        self.newest = NewestTimes()    # job name -> newest stored time (resume point)
         self.backfilled: set[str] = set()
         self.calls = {"total": 0, "ok": 0, "failed": 0}
         self._lock = threading.Lock()
-        self.loop = PollLoop(self.jobs(), workers=2)
+        self.plan = cfg.rate_plan()
+        jobs = self.jobs()
+        self.loop = PollLoop(jobs, workers=min(8, max(2, len(cfg.coins))),
+                             start_stagger_s=max(0.5, min(30.0, 0.1 * len(jobs))))
 
     def jobs(self) -> list[PollJob]:
         out = []
         n = len(COINGLASS_ENDPOINTS)
-        for i, key in enumerate(COINGLASS_ENDPOINTS):
-            # Spread the endpoints over the interval, starting a few seconds after the
-            # minute (a closed bar needs a moment to be published).
-            phase = min(3.0 + i * min(5.0, self.cfg.poll_s / (n + 1)), self.cfg.poll_s * 0.9)
-            out.append(PollJob(key, self.cfg.poll_s, self._job(key), phase_s=phase,
-                               timeout_s=self.cfg.timeout_s * 3 + 5, client=self.client,
-                               limits=(self.limit,), max_backoff_s=600.0))
+        for j, coin in enumerate(self.cfg.coins):
+            for i, key in enumerate(COINGLASS_ENDPOINTS):
+                iv = self.plan.intervals[key]
+                # The endpoints a few seconds apart after the minute (a closed bar needs a moment
+                # to be published), the coins of one endpoint spread over the interval.
+                base = min(3.0 + i * min(5.0, iv / (n + 1)), iv * 0.9)
+                out.append(PollJob(job_name(coin, key), iv, self._job(coin, key),
+                                   phase_s=spread_phase(base, j, len(self.cfg.coins), iv),
+                                   timeout_s=self.cfg.timeout_s * 3 + 5, client=self.client,
+                                   limits=(self.limit,), max_backoff_s=600.0))
         return out
 
-    def _job(self, key: str) -> Callable[[], RunResult]:
-        return lambda: self.poll(key)
+    def _job(self, coin: str, key: str) -> Callable[[], RunResult]:
+        return lambda: self.poll(coin, key)
 
     def load_resume_points(self) -> None:
+        """Newest stored bar per job (endpoint and coin): none -> first-start backfill; old -> catch up."""
         conn = connect(self.svc.settings.db, readonly=True)
         c = self.cfg
         try:
-            q = {
-                "open_interest": ("SELECT MAX(open_ts_ms) FROM coinglass_open_interest WHERE symbol=? AND interval=?",
-                                  (c.coin, c.interval)),
-                "funding": ("SELECT MAX(open_ts_ms) FROM coinglass_funding WHERE exchange=? AND symbol=? "
-                            "AND interval=?", (c.exchange, c.pair, c.interval)),
-                "liquidations": ("SELECT MAX(open_ts_ms) FROM coinglass_liquidations WHERE symbol=? AND "
-                                 "exchanges=? AND interval=?", (c.coin, c.exchanges, c.interval)),
-                "long_short": ("SELECT MAX(open_ts_ms) FROM coinglass_long_short WHERE exchange=? AND symbol=? "
-                               "AND interval=?", (c.exchange, c.pair, c.interval)),
-            }
-            for key, (sql, args) in q.items():
-                self.newest[key] = conn.execute(sql, args).fetchone()[0]
+            for coin in c.coins:
+                pair = c.pair_of(coin)
+                q = {
+                    "open_interest": ("SELECT MAX(open_ts_ms) FROM coinglass_open_interest WHERE symbol=? "
+                                      "AND interval=?", (coin, c.interval)),
+                    "funding": ("SELECT MAX(open_ts_ms) FROM coinglass_funding WHERE exchange=? AND symbol=? "
+                                "AND interval=?", (c.exchange, pair, c.interval)),
+                    "liquidations": ("SELECT MAX(open_ts_ms) FROM coinglass_liquidations WHERE symbol=? AND "
+                                     "exchanges=? AND interval=?", (coin, c.exchanges, c.interval)),
+                    "long_short": ("SELECT MAX(open_ts_ms) FROM coinglass_long_short WHERE exchange=? "
+                                   "AND symbol=? AND interval=?", (c.exchange, pair, c.interval)),
+                }
+                for key, (sql, args) in q.items():
+                    self.newest[job_name(coin, key)] = conn.execute(sql, args).fetchone()[0]
         finally:
             conn.close()
 
     def run(self) -> int:
+        line = self.plan.line("coins")
+        if line:
+            log.warning("%s", line)
         self.load_resume_points()
         return self.loop.run(self.svc)
 
     # ------------------------------------------------------------------ one poll
-    def request_params(self, key: str, now: int) -> dict[str, Any]:
+    def request_params(self, coin: str, key: str, now: int) -> dict[str, Any]:
         """Re-fetch the last two bars and the forming one; after a gap (first start,
         restart) ask from the resume point instead."""
-        params = self.cfg.params(key)
-        newest = self.newest.get(key)
+        params = self.cfg.params(key, coin)
+        name = job_name(coin, key)
+        newest = self.newest.get(name)
         since = newest
-        if newest is None and key not in self.backfilled:
+        if newest is None and name not in self.backfilled:
             since = now - max(self.cfg.backfill_s * 1000, self.step_ms)
         bars_back = (now - since) // self.step_ms + 2 if since is not None else 3
         if bars_back > 3:
@@ -279,10 +328,11 @@ class CoinglassPoller:
             params["limit"] = 3
         return params
 
-    def poll(self, key: str) -> RunResult:
+    def poll(self, coin: str, key: str) -> RunResult:
         ep = COINGLASS_ENDPOINTS[key]
+        name = job_name(coin, key)
         now = self.clock()
-        params = self.request_params(key, now)
+        params = self.request_params(coin, key, now)
         if self.limit.wait_s() > 0:
             raise PollError("rate limited", f"limit {self.limit.name}", retry_after_s=self.limit.wait_s(), calls=0,
                             deferred=True)
@@ -300,23 +350,27 @@ class CoinglassPoller:
             if parsed.rows:
                 self.svc.writer.put_many(store_sql(parsed.table), parsed.rows)
             rows = len(parsed.rows)
-            self.newest.advance(key, parsed.event_ts_ms)
-            self.backfilled.add(key)
+            self.newest.advance(name, parsed.event_ts_ms)
+            self.backfilled.add(name)
         elif isinstance(parsed, Reject) and not parsed.reason.startswith("api_error"):
             self.svc.rejects.record(SOURCE, parsed.reason, r.text)
-        self.record_call(r, ep.path, ok, rows, error)
-        self.svc.count(SOURCE, frames=1 if r.status is not None else 0, rows=rows,
-                       rejects=1 if isinstance(parsed, Reject) else 0)
+        self.record_call(r, call_endpoint(ep.path, coin), ok, rows, error)
+        self._count(coin, frames=1 if r.status is not None else 0, rows=rows,
+                    rejects=1 if isinstance(parsed, Reject) else 0)
         if fail is not None:
             raise fail
         skipped = parsed.skipped_forming
         return RunResult(rows=rows, note=f"{skipped} forming bar(s) not stored" if skipped else None)
 
-    def record_call(self, r, path: str, ok: bool, rows: int, error: str | None) -> None:
+    def _count(self, coin: str, frames: int = 0, rows: int = 0, rejects: int = 0) -> None:
+        self.svc.count(SOURCE, frames=frames, rows=rows, rejects=rejects)
+
+    def record_call(self, r, endpoint: str, ok: bool, rows: int, error: str | None) -> None:
+        """One coinglass_call_status row; `endpoint` is call_endpoint(path, coin)."""
         if error:
             error = redact(error, self.svc.settings.secrets, limit=200)
         ts = r.recv_ts_ms - r.elapsed_ms
-        self.svc.writer.put(CALL_SQL, (ts, path, r.status, 1 if ok else 0, r.elapsed_ms, rows, error))
+        self.svc.writer.put(CALL_SQL, (ts, endpoint, r.status, 1 if ok else 0, r.elapsed_ms, rows, error))
         with self._lock:
             self.calls["total"] += 1
             self.calls["ok" if ok else "failed"] += 1
@@ -327,6 +381,8 @@ class CoinglassPoller:
         d["calls"] = dict(self.calls)
         d["interval"] = self.cfg.interval
         d["requests_last_min"] = self.limit.used()
+        d["plan"] = {"coins": len(self.cfg.coins), "intervals_s": dict(self.plan.intervals),
+                     "requests_per_min": round(self.plan.usage[RATE], 1)}
         return d
 
 
