@@ -89,9 +89,9 @@ def test_pollers_against_sim_survive_faults(tmp_path):
         sim.fault("slow", path="/api/futures/funding-rate/history", seconds=SLOW_S, count=1)
         wait_for(lambda: query(db, "SELECT COUNT(*) FROM coinglass_call_status WHERE error = 'timeout'")[0][0] >= 1,
                  25, what="a Coinglass timeout recorded")
-        wait_for(lambda: "job=premium recovered" in logs["cqt-poll-binance"].read_text(), 30,
+        wait_for(lambda: "job=BTCUSDT@premium recovered" in logs["cqt-poll-binance"].read_text(), 30,
                  what="premium job recovers after the 503s")
-        wait_for(lambda: "job=taker recovered" in logs["cqt-poll-binance"].read_text(), 40,
+        wait_for(lambda: "job=BTCUSDT@taker recovered" in logs["cqt-poll-binance"].read_text(), 40,
                  what="taker job recovers after the timeouts")
         # the rest of the minute runs clean; then a 418 ban at the end
         while time.monotonic() - t0 < 52:
@@ -124,8 +124,8 @@ def test_pollers_against_sim_survive_faults(tmp_path):
             assert early == [], (r, early)
     assert sum(r["status"] == 429 for r in brecs) == 3
     # 5xx and timeouts: logged once per state change, not per call
-    assert blog.count("job=premium failing: http 503") == 1, blog
-    assert blog.count("job=taker failing: timeout") == 1, blog
+    assert blog.count("job=BTCUSDT@premium failing: http 503") == 1, blog
+    assert blog.count("job=BTCUSDT@taker failing: timeout") == 1, blog
     assert "server error name=" not in blog          # the RestClient's per-call lines are folded
     # 418: loud, and nothing is sent while banned
     assert re.search(r"ERROR .*418", blog), blog
@@ -135,10 +135,10 @@ def test_pollers_against_sim_survive_faults(tmp_path):
     cstat = query(db, "SELECT endpoint, http_status, ok, latency_ms, rows, error FROM coinglass_call_status")
     crecs = _capture(ccap)
     assert len(cstat) >= len(crecs) >= 20
-    assert {r[0] for r in cstat} == {"/api/futures/open-interest/aggregated-history",
-                                     "/api/futures/funding-rate/history",
-                                     "/api/futures/liquidation/aggregated-history",
-                                     "/api/futures/global-long-short-account-ratio/history"}
+    assert {r[0] for r in cstat} == {"/api/futures/open-interest/aggregated-history?coin=BTC",
+                                     "/api/futures/funding-rate/history?coin=BTC",
+                                     "/api/futures/liquidation/aggregated-history?coin=BTC",
+                                     "/api/futures/global-long-short-account-ratio/history?coin=BTC"}
     rejected = [r for r in cstat if r[5] == "401 key rejected"]
     assert len(rejected) == 2 and all(r[1] == 401 and r[2] == 0 for r in rejected)
     timeouts = [r for r in cstat if r[5] == "timeout"]
