@@ -2,17 +2,20 @@
 
     from fixtures_raw import make_raw_db, RawGenerator, insert_rows
     info = make_raw_db(tmp_path / "cqt.db", start_ms, seconds=3600, seed=1)   # ~2-3 s for an hour
+    make_raw_db(path, start_ms, 600, seed=1, assets=("BTC", "ETH", "SOL"))    # three assets
 
 `make_raw_db(path, start_ms, seconds, seed, *, rates=None, coinglass_interval="1h",
-history=True)` creates (migrates) the database at `path` and fills [start_ms,
-start_ms + seconds*1000) with what the four collectors would have stored:
+history=True, assets=("BTC",))` creates (migrates) the database at `path` and fills
+[start_ms, start_ms + seconds*1000) with what the four collectors would have stored, for
+each asset (KRW-<asset>, <asset>USDT, Coinglass coin <asset>; KRW-USDT and the Coinglass
+call status once, with the first asset):
 
 | table                    | rate / shape (defaults, `rates=` overrides by key)                          |
 |--------------------------|------------------------------------------------------------------------------|
-| upbit_trades KRW-BTC     | Poisson 3/s ("upbit_trades"); price = BTCUSD x KRW/USDT x (1+premium), 1 000 KRW tick |
+| upbit_trades KRW-<asset> | Poisson 3/s ("upbit_trades"); price = USD price x KRW/USDT x (1+premium), KRW tick |
 | upbit_trades KRW-USDT    | Poisson 0.2/s ("usdt_trades")                                                 |
-| upbit_orderbook KRW-BTC  | Poisson 5/s ("upbit_orderbook"); bid/ask around the price, level-size sums    |
-| upbit_ticker KRW-BTC     | 1/s ("upbit_ticker")                                                          |
+| upbit_orderbook KRW-<a>  | Poisson 5/s ("upbit_orderbook"); bid/ask around the price, level-size sums    |
+| upbit_ticker KRW-<asset> | 1/s ("upbit_ticker")                                                          |
 | binance_agg_trades       | Poisson 10/s ("binance_agg_trades"); ids strictly increasing                  |
 | binance_mark_price       | every second (markPrice@1s): mark, index, funding                             |
 | binance_book_ticker      | Poisson 10/s ("book_ticker")                                                  |
@@ -28,8 +31,11 @@ collector backfills on its first poll (30 min of ratios, 2 bars of Coinglass bef
 start), so features with long look-backs have data from the start.
 
 Stream rows get recv_ts_ms = event time + 20..80 ms. Everything is deterministic for a
-seed. `RawGenerator(start_ms, seconds, seed).rows(a_ms, b_ms)` yields the same kind of
-rows for any sub-interval (the live-equals-rebuild test feeds it in real time) and
+seed, and each asset's rows for a seed are the same whatever other assets are generated
+beside it (each asset has its own random stream: `asset_seed(seed, asset)`), so a database
+of BTC alone and one of BTC, ETH and SOL hold the same BTC rows.
+`RawGenerator(start_ms, seconds, seed, asset="BTC").rows(a_ms, b_ms)` yields the same kind
+of rows for any sub-interval (the live-equals-rebuild test feeds it in real time) and
 `insert_rows(conn, rows)` writes such a dict with INSERT OR IGNORE.
 """
 from __future__ import annotations
@@ -100,24 +106,39 @@ def _i(a: np.ndarray) -> list[int]:
     return [int(x) for x in a]
 
 
+#: USD price level of the assets the tests use (any other asset: 10 USD)
+PRICE_USD = {"BTC": 60_000.0, "ETH": 3_000.0, "SOL": 150.0}
+
+
+def asset_seed(seed: int, asset: str) -> int:
+    """The random stream of one asset: BTC keeps `seed` itself (the single-asset databases of
+    every test stay what they were); other assets get their own, fixed by their name."""
+    return seed if asset == "BTC" else seed * 1_000_003 + int.from_bytes(asset.encode(), "big") % 999_983
+
+
 class RawGenerator:
-    """A market model over [start_ms - margin, start_ms + seconds]: one latent BTC/USD path
-    (1-second random walk), KRW per USDT and the kimchi premium moving slowly; every venue
-    derives its prices from it. `rows(a, b)` samples the events with time in [a, b)."""
+    """A market model of one asset over [start_ms - margin, start_ms + seconds]: one latent
+    USD price path (1-second random walk), KRW per USDT and the kimchi premium moving
+    slowly; every venue derives its prices from it. `rows(a, b)` samples the events with
+    time in [a, b). `usdt=False`: no KRW-USDT trades (another asset's generator writes them)."""
 
     def __init__(self, start_ms: int, seconds: int, seed: int = 1, *, rates: dict[str, float] | None = None,
-                 coinglass_interval: str = "1h", symbol: str = "BTCUSDT", upbit_code: str = "KRW-BTC",
-                 usdt_code: str = "KRW-USDT", margin_s: int = 4 * 3600):
+                 coinglass_interval: str = "1h", asset: str = "BTC", usdt_code: str = "KRW-USDT",
+                 usdt: bool = True, margin_s: int = 4 * 3600):
         self.start_ms, self.seconds = int(start_ms), int(seconds)
         self.rates = {**DEFAULT_RATES, **(rates or {})}
         self.cg_interval = coinglass_interval
         self.cg_ms = INTERVAL_MS[coinglass_interval]
-        self.symbol, self.upbit_code, self.usdt_code = symbol, upbit_code, usdt_code
-        self.rng = np.random.default_rng(seed)
+        self.asset = asset
+        self.symbol, self.upbit_code, self.coin = f"{asset}USDT", f"KRW-{asset}", asset
+        self.usdt_code, self.usdt = usdt_code, usdt
+        self.rng = np.random.default_rng(asset_seed(seed, asset))
         self.t0 = self.start_ms - margin_s * 1000
         n = margin_s + self.seconds + 2
         r = self.rng.standard_normal(n) * 1.5e-4
-        self.btc = 60_000.0 * np.exp(np.cumsum(r))
+        self.level = PRICE_USD.get(asset, 10.0)
+        self.tick_krw = 1000.0 if self.level >= 10_000 else 1.0    # Upbit's KRW tick at that price
+        self.usd = self.level * np.exp(np.cumsum(r))
         self.usdkrw = 1380.0 * np.exp(np.cumsum(self.rng.standard_normal(n) * 2e-6))
         self.prem = 0.02 + 0.003 * np.sin(np.arange(n) / 1800.0) + np.cumsum(self.rng.standard_normal(n) * 2e-6)
         self.oi = 80_000.0 * np.exp(np.cumsum(self.rng.standard_normal(n) * 5e-5))
@@ -130,8 +151,8 @@ class RawGenerator:
         x = (np.asarray(ts, dtype=np.float64) - self.t0) / 1000.0
         return np.interp(x, np.arange(len(arr), dtype=np.float64), arr)
 
-    def btc_usd(self, ts): return self._at(self.btc, ts)
-    def krw_btc(self, ts): return self._at(self.btc, ts) * self._at(self.usdkrw, ts) * (1 + self._at(self.prem, ts))
+    def usd_price(self, ts): return self._at(self.usd, ts)
+    def krw_price(self, ts): return self._at(self.usd, ts) * self._at(self.usdkrw, ts) * (1 + self._at(self.prem, ts))
 
     def _times(self, rate: float, a: int, b: int) -> np.ndarray:
         n = self.rng.poisson(rate * (b - a) / 1000.0)
@@ -149,31 +170,32 @@ class RawGenerator:
         rg = self.rng
         cap = (lambda x: x) if recv_cap is None else (lambda x: np.minimum(x, recv_cap))
 
-        # Upbit KRW-BTC trades
+        # Upbit KRW-<asset> trades
         ts = self._times(self.rates["upbit_trades"], a, b)
         if len(ts):
-            px = np.round(self.krw_btc(ts) * (1 + rg.normal(0, 2e-5, len(ts))) / 1000.0) * 1000.0
+            px = np.round(self.krw_price(ts) * (1 + rg.normal(0, 2e-5, len(ts))) / self.tick_krw) * self.tick_krw
             vol = np.round(rg.lognormal(-4.5, 1.0, len(ts)), 8)
             side = np.where(rg.random(len(ts)) < 0.5, "buy", "sell")
             seq = ts * 1000 + np.arange(len(ts)) % 1000
             recv = cap(ts + self._lat(len(ts)))
             out["upbit_trades"] += list(zip([self.upbit_code] * len(ts), _i(seq), _i(ts), px.tolist(), vol.tolist(),
                                             side.tolist(), _i(recv)))
-        # Upbit KRW-USDT trades
+        # Upbit KRW-USDT trades (drawn either way: the asset's other rows do not depend on `usdt`)
         ts = self._times(self.rates["usdt_trades"], a, b)
         if len(ts):
             px = np.round(self._at(self.usdkrw, ts) * (1 + self._at(self.prem, ts) * 0.9) * 2) / 2
             vol = np.round(rg.lognormal(4, 1.2, len(ts)), 4)
             side = np.where(rg.random(len(ts)) < 0.5, "buy", "sell")
             recv = cap(ts + self._lat(len(ts)))
+        if len(ts) and self.usdt:
             out["upbit_trades"] += list(zip([self.usdt_code] * len(ts), _i(ts * 1000 + 7), _i(ts), px.tolist(),
                                             vol.tolist(), side.tolist(), _i(recv)))
         # Upbit order book
         ts = np.unique(self._times(self.rates["upbit_orderbook"], a, b))
         if len(ts):
-            mid = self.krw_btc(ts)
-            bid = np.floor(mid / 1000.0) * 1000.0
-            ask = bid + 1000.0 * rg.integers(1, 3, len(ts))
+            mid = self.krw_price(ts)
+            bid = np.floor(mid / self.tick_krw) * self.tick_krw
+            ask = bid + self.tick_krw * rg.integers(1, 3, len(ts))
             bs, as_ = np.round(rg.lognormal(-1, 0.8, len(ts)), 8), np.round(rg.lognormal(-1, 0.8, len(ts)), 8)
             tbs = np.round(bs + rg.lognormal(1.5, 0.4, len(ts)), 8)
             tas = np.round(as_ + rg.lognormal(1.5, 0.4, len(ts)), 8)
@@ -184,7 +206,7 @@ class RawGenerator:
         # Upbit ticker
         ts = np.unique(self._times(self.rates["upbit_ticker"], a, b))
         if len(ts):
-            px = np.round(self.krw_btc(ts) / 1000.0) * 1000.0
+            px = np.round(self.krw_price(ts) / self.tick_krw) * self.tick_krw
             recv = cap(ts + self._lat(len(ts)))
             out["upbit_ticker"] += list(zip([self.upbit_code] * len(ts), _i(ts), _i(ts - 50), px.tolist(),
                                             (px * 0.99).tolist(), [1234.5] * len(ts), (px * 1234.5).tolist(), _i(recv)))
@@ -192,7 +214,7 @@ class RawGenerator:
         ts = self._times(self.rates["binance_agg_trades"], a, b)
         if len(ts):
             n = len(ts)
-            px = np.round(self.btc_usd(ts) * (1 + rg.normal(0, 1e-5, n)), 1)
+            px = np.round(self.usd_price(ts) * (1 + rg.normal(0, 1e-5, n)), 1)
             qty = np.round(rg.lognormal(-4, 1.2, n) + 0.001, 3)
             ids = self._agg_id + np.arange(n)
             self._agg_id += n
@@ -210,7 +232,7 @@ class RawGenerator:
             ev = secs + rg.integers(0, 8, len(secs))
             ev = ev[ev < b]
             if len(ev):
-                idx = self.btc_usd(ev)
+                idx = self.usd_price(ev)
                 mark = np.round(idx * (1 + 2e-4 + rg.normal(0, 3e-5, len(ev))), 2)
                 fr = np.round(1e-4 + 2e-5 * np.sin(ev / 3.6e6), 8)
                 nxt = (ev // 28_800_000 + 1) * 28_800_000
@@ -222,7 +244,7 @@ class RawGenerator:
         ts = self._times(self.rates["book_ticker"], a, b)
         if len(ts):
             n = len(ts)
-            px = self.btc_usd(ts)
+            px = self.usd_price(ts)
             bid = np.round(px - 0.05, 1)
             uid = self._update_id + np.cumsum(rg.integers(1, 50, n))
             self._update_id = int(uid[-1])
@@ -234,7 +256,7 @@ class RawGenerator:
         ts = np.unique(self._times(self.rates["liquidations"], a, b))
         if len(ts):
             n = len(ts)
-            px = np.round(self.btc_usd(ts), 1)
+            px = np.round(self.usd_price(ts), 1)
             q = np.round(rg.lognormal(-2, 1, n) + 0.001, 3)
             side = np.where(rg.random(n) < 0.5, "buy", "sell")
             recv = cap(ts + self._lat(n))
@@ -247,11 +269,11 @@ class RawGenerator:
             out["binance_open_interest"].append((self.symbol, slot, oi, int(cap(slot + 40 + int(rg.integers(0, 60))))))
         # premium index every 60 s, funding history at 00/08/16 UTC
         for slot in range(-(-a // 60_000) * 60_000, b, 60_000):
-            p = float(self.btc_usd([slot])[0])
+            p = float(self.usd_price([slot])[0])
             out["binance_premium_index"].append((self.symbol, slot, round(p * 1.0002, 2), round(p, 2), 1e-4, 1e-4,
                                                  (slot // 28_800_000 + 1) * 28_800_000, int(cap(slot + 60))))
         for slot in range(-(-a // 28_800_000) * 28_800_000, b, 28_800_000):
-            out["binance_funding_rate"].append((self.symbol, slot, 1e-4, round(float(self.btc_usd([slot])[0]), 2),
+            out["binance_funding_rate"].append((self.symbol, slot, 1e-4, round(float(self.usd_price([slot])[0]), 2),
                                                 int(cap(slot + 30_000))))
         # ratios: period p (ts = period start) polled 5-15 s after its end
         # (jitter is a function of the slot, so chunked generation never loses or repeats one)
@@ -262,7 +284,7 @@ class RawGenerator:
                 poll = a + 5_000          # backfilled on the first poll
             if not a <= poll < b:
                 continue
-            price = float(self.btc_usd([p])[0])
+            price = float(self.usd_price([p])[0])
             longs = 0.55 + 0.1 * math.sin(p / 7.2e6) + float(rg.normal(0, 0.005))
             oi = float(self._at(self.oi, [p])[0])
             buyv, sellv = float(rg.lognormal(4, 0.3)), float(rg.lognormal(4, 0.3))
@@ -288,22 +310,23 @@ class RawGenerator:
                 continue
             oi0, oi1 = float(self._at(self.oi, [o])[0]) * 95_000, float(self._at(self.oi, [close_t])[0]) * 95_000
             recv = int(cap(fetch))
-            out["coinglass_open_interest"].append(("BTC", self.cg_interval, o, close_t, round(oi0, 2),
+            out["coinglass_open_interest"].append((self.coin, self.cg_interval, o, close_t, round(oi0, 2),
                                                     round(max(oi0, oi1) * 1.001, 2),
                                                    round(min(oi0, oi1) * 0.999, 2), round(oi1, 2), recv))
             f0, f1 = 1e-4 + 1e-5 * math.sin(o / 1e7), 1e-4 + 1e-5 * math.sin(close_t / 1e7)
             out["coinglass_funding"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(f0, 8),
                                              round(max(f0, f1), 8),
                                              round(min(f0, f1), 8), round(f1, 8), recv))
-            out["coinglass_liquidations"].append(("BTC", "Binance,OKX,Bybit", self.cg_interval, o, close_t,
+            out["coinglass_liquidations"].append((self.coin, "Binance,OKX,Bybit", self.cg_interval, o, close_t,
                                                   round(float(rg.lognormal(12, 1)), 2),
                                                   round(float(rg.lognormal(12, 1)), 2), recv))
             lp = 50 + float(rg.normal(0, 3))
             out["coinglass_long_short"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(lp, 2),
                                                 round(100 - lp, 2),
                                                 round(lp / (100 - lp), 4), recv))
-            for ep in CG_ENDPOINTS.values():
-                out["coinglass_call_status"].append((recv, ep, 200, 1, 120, 2, None))
+            if self.usdt:                # one asset's generator stands for the poller's call log
+                for ep in CG_ENDPOINTS.values():
+                    out["coinglass_call_status"].append((recv, ep, 200, 1, 120, 2, None))
         return out
 
 
@@ -325,28 +348,33 @@ def insert_rows(conn: sqlite3.Connection, rows: dict[str, list[tuple]]) -> int:
 
 def make_raw_db(path: str | Path, start_ms: int, seconds: int, seed: int = 1, *,
                 rates: dict[str, float] | None = None, coinglass_interval: str = "1h",
-                history: bool = True, chunk_s: int = 3600) -> dict[str, Any]:
+                history: bool = True, chunk_s: int = 3600, assets: tuple[str, ...] = ("BTC",),
+                usdt: bool = True) -> dict[str, Any]:
     """Create/migrate the database at `path` and fill [start_ms, start_ms + seconds*1000)
-    with synthetic raw rows (see the module docstring). Returns {"start_ms", "end_ms",
-    "rows": {table: n}, "generator": RawGenerator}."""
+    with synthetic raw rows of each asset (see the module docstring); KRW-USDT with the first
+    asset (`usdt=False`: none). Returns {"start_ms", "end_ms", "rows": {table: n},
+    "generator": the first asset's RawGenerator, "generators": {asset: RawGenerator}}."""
     start_ms = int(start_ms)
     end_ms = start_ms + int(seconds) * 1000
-    gen = RawGenerator(start_ms, seconds, seed, rates=rates, coinglass_interval=coinglass_interval)
+    gens = {a: RawGenerator(start_ms, seconds, seed, rates=rates, coinglass_interval=coinglass_interval, asset=a,
+                            usdt=usdt and i == 0) for i, a in enumerate(assets)}
     conn = open_db(path)
     counts: dict[str, int] = {}
     try:
-        a = start_ms
-        first = True
-        while a < end_ms:
-            b = min(end_ms, a + chunk_s * 1000)
-            rows = gen.rows(a, b, history=history and first, recv_cap=end_ms)
-            insert_rows(conn, rows)
-            for k, v in rows.items():
-                counts[k] = counts.get(k, 0) + len(v)
-            a, first = b, False
+        for gen in gens.values():
+            a = start_ms
+            first = True
+            while a < end_ms:
+                b = min(end_ms, a + chunk_s * 1000)
+                rows = gen.rows(a, b, history=history and first, recv_cap=end_ms)
+                insert_rows(conn, rows)
+                for k, v in rows.items():
+                    counts[k] = counts.get(k, 0) + len(v)
+                a, first = b, False
     finally:
         conn.close()
-    return {"start_ms": start_ms, "end_ms": end_ms, "rows": counts, "generator": gen}
+    return {"start_ms": start_ms, "end_ms": end_ms, "rows": counts, "generator": gens[assets[0]],
+            "generators": gens}
 
 
 def at(ms: int):

@@ -4,14 +4,13 @@ of every stream source, a restart, and the first start's wait for the collectors
 from __future__ import annotations
 
 import logging
-import threading
 
 import pytest
 from freezegun import freeze_time
 
 from cqt.aggregate.config import AggregateConfig
 from cqt.aggregate.late import CountLedger
-from cqt.aggregate.service import LiveAggregator, wait_for_collectors as _wait_for_collectors
+from cqt.aggregate.service import LiveAggregator
 from cqt.db import connect, open_db
 from cqt.features import MARKET_COLUMNS, PREDICTION_COLUMNS, FeatureParams, SecondCache, compute_range
 from fixtures_raw import DirectWriter, at, make_raw_db
@@ -31,15 +30,19 @@ def db_template(tmp_path_factory):
     return path
 
 
-def late(path, source=None) -> dict:
+def late(path, source=None, symbol="BTC") -> dict:
     if source:
-        return dict(query(path, "SELECT ts_ms, late_rows FROM aggregate_late WHERE source = ?", (source,)))
-    return {(s, t): n for s, t, n in query(path, "SELECT source, ts_ms, late_rows FROM aggregate_late")}
+        return dict(query(path, "SELECT ts_ms, late_rows FROM aggregate_late WHERE symbol = ? AND source = ?",
+                          (symbol, source)))
+    return {(s, t): n for s, t, n in query(path, "SELECT source, ts_ms, late_rows FROM aggregate_late "
+                                                 "WHERE symbol = ?", (symbol,))}
 
 
-def row(path, ts):
-    m = query(path, f"SELECT {', '.join(MARKET_COLUMNS)} FROM market_1s WHERE ts_ms = ?", (ts,))[0]
-    p = query(path, f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions WHERE ts_ms = ?", (ts,))[0]
+def row(path, ts, symbol="BTC"):
+    m = query(path, f"SELECT {', '.join(MARKET_COLUMNS)} FROM market_1s WHERE symbol = ? AND ts_ms = ?",
+              (symbol, ts))[0]
+    p = query(path, f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions WHERE symbol = ? AND ts_ms = ?",
+              (symbol, ts))[0]
     return m, p
 
 
@@ -89,7 +92,7 @@ def test_late_rows_of_every_stream_source_are_counted_and_used(db, caplog):
     w = DirectWriter(db)
     caplog.set_level(logging.WARNING, logger="cqt.aggregate")
     with freeze_time(at(S + 400_500)) as clock:
-        agg = LiveAggregator(db, AggregateConfig(params=PARAMS), w)
+        agg = LiveAggregator(db, AggregateConfig(assets=(PARAMS,)), w)
         agg.step()                                        # catch-up to S+398
         for _ in range(70):                               # then live, second by second, to S+468
             clock.tick(1.0)
@@ -132,7 +135,7 @@ def test_late_rows_of_every_stream_source_are_counted_and_used(db, caplog):
 def test_a_restart_counts_what_landed_while_stopped_once(db):
     w = DirectWriter(db)
     with freeze_time(at(S + 400_500)) as clock:
-        agg = LiveAggregator(db, AggregateConfig(params=PARAMS), w)
+        agg = LiveAggregator(db, AggregateConfig(assets=(PARAMS,)), w)
         agg.step()
         w(lambda c: c.execute(UPBIT_SQL, ("KRW-BTC", 21, S + 390_500, 83_000_000.0, S + 400_700)))   # late, live
         clock.tick(1.0)
@@ -146,7 +149,7 @@ def test_a_restart_counts_what_landed_while_stopped_once(db):
         w(lambda c: c.execute(AGG_SQL, (31, S + 396_500, 31, 31, S + 396_500, S + 410_000)))
         w(lambda c: c.execute(AGG_SQL, (32, S + 405_500, 32, 32, S + 405_500, S + 410_000)))
         clock.move_to(at(S + 420_500))
-        agg = LiveAggregator(db, AggregateConfig(params=PARAMS), w, started_ms=S + 420_000)
+        agg = LiveAggregator(db, AggregateConfig(assets=(PARAMS,)), w, started_ms=S + 420_000)
         assert agg.step() == 19
         assert late(db, "upbit_trades") == {S + 391_000: 1, S + 396_000: 1}     # the first one not again
         assert late(db, "binance_agg_trades") == {S + 397_000: 1}
@@ -155,46 +158,43 @@ def test_a_restart_counts_what_landed_while_stopped_once(db):
         agg.close()
 
 
-class FakeService:
-    def __init__(self):
-        self.stopping = threading.Event()
-        self.states = []
-
-    def alive(self):
-        pass
-
-    def set_state(self, state, status=None):
-        self.states.append((state, status))
-
-    def sleep(self, s):
-        return self.stopping.wait(0.01)
-
-
 def test_first_start_waits_for_the_collectors_initial_backfill_bounded(tmp_path, caplog):
     path = tmp_path / "empty.db"
     conn = open_db(path)
     conn.execute("INSERT INTO gaps (source, stream, detected_ts_ms, status, reason) "
                  "VALUES ('binance_ws', 'BTCUSDT@aggTrade', 1, 'open', 'initial')")
-    agg = LiveAggregator(path, AggregateConfig(params=PARAMS, start_wait_ms=300), lambda fn: None)
-    assert agg.start_blockers() == ["the initial backfill of BTCUSDT@aggTrade", "Upbit KRW-BTC trades",
+    now = [S + 10_000]
+    agg = LiveAggregator(path, AggregateConfig(assets=(PARAMS,), start_wait_ms=3000), lambda fn: None,
+                         clock=lambda: now[0])
+    btc = agg.assets["BTC"]
+    assert btc.start_blockers() == ["the initial backfill of BTCUSDT@aggTrade", "Upbit KRW-BTC trades",
                                     "Binance BTCUSDT aggTrades"]
     caplog.set_level(logging.INFO, logger="cqt.aggregate")
-    svc = FakeService()
-    _wait_for_collectors(svc, agg, agg.cfg)                 # bounded: returns after ~0.3 s
-    assert svc.states and svc.states[0][0] == "waiting"
+    assert agg.step() == 0 and agg.waiting == ["BTC"] and agg.status()[0] == "waiting"
+    assert 0 < agg.sleep_s() <= 0.5
+    now[0] += 2000
+    assert agg.step() == 0 and agg.waiting == ["BTC"]          # still within CQT_AGGREGATE_START_WAIT_S
+    now[0] += 1000
+    assert agg.step() == 1 and agg.waiting == []                # bounded: starts after 3 s without the data
     assert "starting: rows that arrive" in caplog.text
-    # the collectors deliver: no more waiting
+    assert btc.last_written == now[0] - agg.cfg.grace_ms and agg.status()[0] == "running"
+    agg.close()
+    # the collectors deliver: no waiting at all
     conn.execute("UPDATE gaps SET status = 'filled'")
     conn.execute(UPBIT_SQL, ("KRW-BTC", 1, S, 1.0, S))
     conn.execute(AGG_SQL, (1, S, 1, 1, S, S))
-    assert agg.start_blockers() == []
-    svc2 = FakeService()
-    _wait_for_collectors(svc2, agg, agg.cfg)
-    assert svc2.states == []
-    # once market_1s has rows (a restart) it never waits
+    agg = LiveAggregator(path, AggregateConfig(assets=(PARAMS,), start_wait_ms=3000), lambda fn: None,
+                         clock=lambda: now[0])
+    assert agg.assets["BTC"].start_blockers() == []
+    agg.begin()
+    assert agg.waiting == []
+    agg.close()
+    # once the asset has market_1s rows (a restart) it never waits
     conn.execute("DELETE FROM upbit_trades")
-    conn.execute("INSERT INTO market_1s (ts_ms, volume, trade_count, buy_volume, sell_volume, has_trade) "
-                 "VALUES (1000, 0, 0, 0, 0, 0)")
-    assert agg.start_blockers() == []
+    conn.execute("INSERT INTO market_1s (symbol, ts_ms, volume, trade_count, buy_volume, sell_volume, has_trade) "
+                 "VALUES ('BTC', 1000, 0, 0, 0, 0, 0)")
+    agg = LiveAggregator(path, AggregateConfig(assets=(PARAMS,), start_wait_ms=3000), lambda fn: None,
+                         clock=lambda: now[0])
+    assert agg.assets["BTC"].start_blockers() == []
     agg.close()
     conn.close()

@@ -1,15 +1,17 @@
 """Live equals rebuild.
 
 1. (default suite) bin/cqt-aggregate runs as a real service for 20 s (CQT_TEST_LIVE_S)
-   after catching up 15 min of history, while a writer thread inserts raw rows in real
-   time (trades, books, mark prices, open interest, ratios, Coinglass bars... at realistic
-   rates and latencies, like the collectors would); then the same range is rebuilt from
-   the raw tables into a copy: every row identical (1e-12).
+   for three assets (CQT_SYMBOLS=BTC,ETH,SOL) after catching up 15 min of history, while
+   a writer thread inserts raw rows of every asset in real time (trades, books, mark
+   prices, open interest, ratios, Coinglass bars... at realistic rates and latencies, like
+   the collectors would); then the same range is rebuilt from the raw tables into a copy:
+   every row of every asset identical (1e-12).
 2. (e2e) the same against cqt-sim and the four real collectors for 60 s
    (CQT_TEST_E2E_LIVE_S).
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -25,15 +27,16 @@ from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
 
 LIVE_S = int(os.environ.get("CQT_TEST_LIVE_S", "20"))
 HISTORY_S = 900
+ASSETS = ("BTC", "ETH", "SOL")
 
 
 class RealTimeWriter(threading.Thread):
     """Inserts what happened in the last ~100 ms, every 100 ms, like a collector."""
 
-    def __init__(self, path, gen: RawGenerator, since_ms: int):
+    def __init__(self, path, gen: RawGenerator | list[RawGenerator], since_ms: int):
         super().__init__(daemon=True, name="raw-writer")
         self.conn = open_db(path)
-        self.gen = gen
+        self.gens = gen if isinstance(gen, list) else [gen]
         self.last = since_ms
         self.stop = threading.Event()
         self.rows = 0
@@ -43,8 +46,8 @@ class RealTimeWriter(threading.Thread):
         try:
             while not self.stop.wait(0.1):
                 upto = now_ms() - 100            # events up to 100 ms ago, received 5-80 ms after they happened
-                rows = self.gen.rows(self.last, upto)
-                self.rows += insert_rows(self.conn, rows)
+                for gen in self.gens:
+                    self.rows += insert_rows(self.conn, gen.rows(self.last, upto))
                 self.last = upto
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
@@ -57,13 +60,17 @@ def test_live_service_equals_rebuild(tmp_path):
     db = tmp_path / "cqt.db"
     now = now_ms()
     start = (now // 1000) * 1000 - HISTORY_S * 1000
-    gen = RawGenerator(start, HISTORY_S + LIVE_S + 120, seed=11, coinglass_interval="1m")
+    gens = [RawGenerator(start, HISTORY_S + LIVE_S + 120, seed=11, coinglass_interval="1m", asset=a, usdt=i == 0)
+            for i, a in enumerate(ASSETS)]
     conn = open_db(db)
-    insert_rows(conn, gen.rows(start, now - 100, history=True, recv_cap=now))   # what collectors already stored
+    for gen in gens:                                    # what collectors already stored
+        insert_rows(conn, gen.rows(start, now - 100, history=True, recv_cap=now))
     conn.close()
-    writer = RealTimeWriter(db, gen, now - 100)
+    writer = RealTimeWriter(db, gens, now - 100)
     writer.start()
-    env = cqt_env(tmp_path, CQT_COINGLASS_INTERVAL="1m", CQT_HEARTBEAT_S="1", CQT_AGGREGATE_LATE_SCAN_S="2")
+    symbols = ",".join(ASSETS)
+    env = cqt_env(tmp_path, CQT_COINGLASS_INTERVAL="1m", CQT_HEARTBEAT_S="1", CQT_AGGREGATE_LATE_SCAN_S="2",
+                  CQT_SYMBOLS=symbols)
     log = tmp_path / "aggregate.log"
     proc = start_bin("cqt-aggregate", env=env, log_path=log)
     cpu_s = None
@@ -79,8 +86,8 @@ def test_live_service_equals_rebuild(tmp_path):
         writer.join(10)
         assert writer.error is None and writer.rows > 0
         last_data = writer.last
-        wait_for(lambda: query(db, "SELECT MAX(ts_ms) FROM market_1s")[0][0] >= last_data // 1000 * 1000 + 1000,
-                 15, what="the service to write the last second with data")
+        wait_for(lambda: query(db, "SELECT MIN(n) FROM (SELECT MAX(ts_ms) AS n FROM market_1s GROUP BY symbol)")[0][0]
+                 >= last_data // 1000 * 1000 + 1000, 15, what="the service to write the last second with data")
         try:
             import psutil
             cpu = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
@@ -95,11 +102,22 @@ def test_live_service_equals_rebuild(tmp_path):
     assert "ready" in text and "Traceback" not in text
     print(f"service CPU time over ~{LIVE_S} s (incl. start-up and catch-up): {cpu_s} s")
 
-    a, b, n = query(db, "SELECT MIN(ts_ms), MAX(ts_ms), COUNT(*) FROM market_1s")[0]
-    assert n == (b - a) // 1000 + 1 == query(db, "SELECT COUNT(*) FROM predictions")[0][0]   # no gap, no duplicate
-    assert b - a >= (HISTORY_S + LIVE_S - 30) * 1000
-    hb = query(db, "SELECT detail FROM heartbeats WHERE service = 'cqt-aggregate' ORDER BY ts_ms DESC LIMIT 1")[0][0]
-    assert '"last_bar_ts_ms"' in hb and '"late"' in hb
+    spans = {s: (a, b, n) for s, a, b, n in query(db, "SELECT symbol, MIN(ts_ms), MAX(ts_ms), COUNT(*) FROM market_1s "
+                                                      "GROUP BY symbol")}
+    assert set(spans) == set(ASSETS)
+    for s, (a, b, n) in spans.items():                  # no gap, no duplicate, for every asset
+        assert n == (b - a) // 1000 + 1 == query(db, "SELECT COUNT(*) FROM predictions WHERE symbol = ?", (s,))[0][0]
+        assert b - a >= (HISTORY_S + LIVE_S - 30) * 1000, s
+    a, b = min(x[0] for x in spans.values()), max(x[1] for x in spans.values())
+    n = sum(x[2] for x in spans.values())
+    hb = json.loads(query(db, "SELECT detail FROM heartbeats WHERE service = 'cqt-aggregate' AND state = 'running' "
+                              "ORDER BY ts_ms DESC LIMIT 1")[0][0])
+    assert hb["last_bar_ts_ms"] and "late" in hb and set(hb["symbols"]) == set(ASSETS)
+    assert all(hb["symbols"][s]["rows_written"] >= spans[s][2] - 5 for s in ASSETS), hb["symbols"]
+    per_symbol_rows = dict(query(db, "SELECT symbol, SUM(rows) FROM ingest_stats WHERE service = 'cqt-aggregate' "
+                                     "AND source = 'market_1s' GROUP BY symbol"))
+    print(f"ingest_stats market_1s rows by symbol: {per_symbol_rows}; step_ms p50 {hb['step_ms_p50']} "
+          f"max {hb['step_ms_max']}")
     assert query(db, "SELECT exit_code FROM service_runs WHERE service = 'cqt-aggregate'") == [(0,)]
     assert query(db, "SELECT COUNT(*) FROM aggregate_late")[0][0] == 0   # nothing arrived late here
 
@@ -108,20 +126,22 @@ def test_live_service_equals_rebuild(tmp_path):
     src.backup(dst)
     src.close(), dst.close()
     r = run_bin("cqt-aggregate", "--rebuild", "--from", str(a), "--to", str(b), "--db", str(copy), "--json",
-                env=cqt_env(tmp_path, CQT_COINGLASS_INTERVAL="1m", CQT_DB=str(copy)))
+                env=cqt_env(tmp_path, CQT_COINGLASS_INTERVAL="1m", CQT_DB=str(copy), CQT_SYMBOLS=symbols))
     assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["symbols"]) == set(ASSETS)
     for table, cols in (("market_1s", MARKET_COLUMNS), ("predictions", PREDICTION_COLUMNS)):
-        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ts_ms BETWEEN ? AND ? ORDER BY ts_ms"
+        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ts_ms BETWEEN ? AND ? ORDER BY symbol, ts_ms"
         live, rebuilt = query(db, sql, (a, b)), query(copy, sql, (a, b))
         assert len(live) == len(rebuilt) == n
-        bad = [(row_l[0], c, x, y) for row_l, row_r in zip(live, rebuilt)
+        bad = [(row_l[:2], c, x, y) for row_l, row_r in zip(live, rebuilt)
                for c, x, y in zip(cols, row_l, row_r) if not same_value(x, y)]
         assert not bad, f"{table}: {len(bad)} values differ, first {bad[:5]}"
     # not vacuous: the live part has every feature, including the long and the polled ones
-    live_part = query(copy, f"SELECT {', '.join(FEATURE_COLUMNS)}, score FROM predictions WHERE ts_ms > ?",
-                      (b - 30_000,))
-    for i, c in enumerate((*FEATURE_COLUMNS, "score")):
-        assert any(row[i] is not None for row in live_part), c
+    for s in ASSETS:
+        live_part = query(copy, f"SELECT {', '.join(FEATURE_COLUMNS)}, score FROM predictions WHERE symbol = ? "
+                                "AND ts_ms > ?", (s, b - 30_000))
+        for i, c in enumerate((*FEATURE_COLUMNS, "score")):
+            assert any(row[i] is not None for row in live_part), (s, c)
 
 
 # ------------------------------------------------------------------------------ against cqt-sim
@@ -179,7 +199,8 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
         for n in COLLECTORS:
             assert stop_proc(procs[n]) == 0, logs()
         stopped = now_ms()
-        wait_for(lambda: query(db, "SELECT MAX(ts_ms) FROM market_1s")[0][0] >= stopped // 1000 * 1000, 15,
+        wait_for(lambda: query(db, "SELECT MAX(ts_ms) FROM market_1s WHERE symbol = 'BTC'")[0][0]
+                 >= stopped // 1000 * 1000, 15,
                  what="the aggregate to pass the collectors' stop")
         assert stop_proc(procs["cqt-aggregate"]) == 0, logs()
     finally:
@@ -187,13 +208,13 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
             stop_proc(p)
         sim.stop()
 
-    a, b, n = query(db, "SELECT MIN(ts_ms), MAX(ts_ms), COUNT(*) FROM market_1s")[0]
+    a, b, n = query(db, "SELECT MIN(ts_ms), MAX(ts_ms), COUNT(*) FROM market_1s WHERE symbol = 'BTC'")[0]
     assert n == (b - a) // 1000 + 1 and b - a >= (E2E_LIVE_S + 300) * 1000
-    late = [s for (s,) in query(db, "SELECT ts_ms FROM aggregate_late")]
+    late = query(db, "SELECT symbol, ts_ms FROM aggregate_late")
     horizon = max_lookback_ms(FeatureParams(cg_interval="1m"))
 
-    def excused(t: int) -> bool:
-        return any(s <= t <= s + horizon for s in late)
+    def excused(symbol: str, t: int) -> bool:
+        return any(sym == symbol and s <= t <= s + horizon for sym, s in late)
 
     copy = tmp_path / "rebuilt.db"
     src, dst = sqlite3.connect(db), sqlite3.connect(copy)
@@ -204,17 +225,18 @@ def test_live_equals_rebuild_against_sim_and_collectors(tmp_path):
     assert r.returncode == 0, r.stderr
     compared = 0
     for table, cols in (("market_1s", MARKET_COLUMNS), ("predictions", PREDICTION_COLUMNS)):
-        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ts_ms BETWEEN ? AND ? ORDER BY ts_ms"
+        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ts_ms BETWEEN ? AND ? ORDER BY symbol, ts_ms"
         bad = []
         for row_l, row_r in zip(query(db, sql, (a, b)), query(copy, sql, (a, b))):
-            if excused(row_l[0]):
+            if excused(row_l[0], row_l[1]):
                 continue
             compared += 1
-            bad += [(row_l[0], c, x, y) for c, x, y in zip(cols, row_l, row_r) if not same_value(x, y)]
+            bad += [(row_l[:2], c, x, y) for c, x, y in zip(cols, row_l, row_r) if not same_value(x, y)]
         assert not bad, f"{table}: {len(bad)} values differ, first {bad[:5]} (late seconds: {late[:5]})"
     assert compared >= n, f"only {compared} of {2 * n} rows comparable (late seconds {late[:10]})"
     print(f"compared {compared} rows; {len(late)} late seconds recorded")
-    live_part = query(db, f"SELECT {', '.join(FEATURE_COLUMNS)} FROM predictions WHERE ts_ms > ?", (b - 30_000,))
+    live_part = query(db, f"SELECT {', '.join(FEATURE_COLUMNS)} FROM predictions WHERE symbol = 'BTC' AND ts_ms > ?",
+                      (b - 30_000,))
     for i, c in enumerate(FEATURE_COLUMNS):
         if c != "oi_chg_300s":    # open interest has no REST history: 5 min of polling are needed first
             assert any(row[i] is not None for row in live_part), c

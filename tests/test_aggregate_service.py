@@ -29,11 +29,11 @@ def db_template(tmp_path_factory):
 
 
 def cfg(**kw) -> AggregateConfig:
-    return AggregateConfig(params=PARAMS, **kw)
+    return AggregateConfig(assets=(PARAMS,), **kw)
 
 
 def written(path) -> list[int]:
-    return [r[0] for r in query(path, "SELECT ts_ms FROM market_1s ORDER BY ts_ms")]
+    return [r[0] for r in query(path, "SELECT ts_ms FROM market_1s WHERE symbol = 'BTC' ORDER BY ts_ms")]
 
 
 def first_trade_bar(path) -> int:
@@ -150,9 +150,9 @@ def test_late_trades_are_counted_and_rebuild_corrects_them(db):
 def test_rebuild_cli_replaces_rows_bounds_inclusive(db, tmp_path):
     junk = [(t,) for t in range(S + 99_000, S + 202_000, 1000)]
     conn = connect(db)
-    conn.executemany("INSERT INTO market_1s (ts_ms, close, volume, trade_count, buy_volume, sell_volume, has_trade) "
-                     "VALUES (?, -1, 0, 0, 0, 0, 0)", junk)
-    conn.executemany("INSERT INTO predictions (ts_ms, horizon_sec, model) VALUES (?, 1, 'junk')", junk)
+    conn.executemany("INSERT INTO market_1s (symbol, ts_ms, close, volume, trade_count, buy_volume, sell_volume, "
+                     "has_trade) VALUES ('BTC', ?, -1, 0, 0, 0, 0, 0)", junk)
+    conn.executemany("INSERT INTO predictions (symbol, ts_ms, horizon_sec, model) VALUES ('BTC', ?, 1, 'junk')", junk)
     conn.close()
     env = cqt_env(tmp_path, PYTHONWARNINGS="error::RuntimeWarning")   # e.g. numpy's "invalid value in cast"
     r = run_bin("cqt-aggregate", "--rebuild", "--from", "2023-11-14T22:15:00.5Z", "--to", str(S + 200_000),

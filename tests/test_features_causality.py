@@ -1,7 +1,9 @@
 """Causality: a stored row equals the recomputation on a copy of the database from which
-every row not yet available at t0 was deleted — for 100 random t0. Planting a leak (a
-centered window; Coinglass joined on open time) must make this test fail: that is tested
-too. Also: results do not depend on the warm-up or on how the range is chunked.
+every row not yet available at t0 was deleted — for 100 random t0 of BTC and 30 of each
+other asset of a three-asset database (BTC, ETH, SOL: each asset's rows from its own raw
+rows). Planting a leak (a centered window; Coinglass joined on open time) must make this
+test fail: that is tested too. Also: results do not depend on the warm-up or on how the
+range is chunked.
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from fixtures_raw import make_raw_db
 START = 1_700_000_000_000
 SECONDS = 1800
 END = START + (SECONDS - 1) * 1000
+ASSETS = ("BTC", "ETH", "SOL")
 PARAMS = FeatureParams(cg_interval="1m")       # Coinglass 1m bars: a bar closes every minute
+PARAMS_OF = {a: FeatureParams(asset=a, cg_interval="1m") for a in ASSETS}
 # the deletion uses the TRUE rule, captured before any test plants a leak in it
 DELETES = [(t, timerule.availability_sql(t, PARAMS.cg_delay_s)) for t in timerule.RAW_TABLES]
 T0S = sorted(random.Random(20241124).sample(range(START // 1000 + 1, END // 1000 + 1), 100))
@@ -31,8 +35,8 @@ T0S = [s * 1000 for s in T0S]
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     path = tmp_path_factory.mktemp("causal") / "raw.db"
-    make_raw_db(path, START, SECONDS, seed=7, coinglass_interval="1m")
-    rebuild(path, START, END, params=PARAMS)      # the stored rows, through the real write path
+    make_raw_db(path, START, SECONDS, seed=7, coinglass_interval="1m", assets=ASSETS)
+    rebuild(path, START, END, params=tuple(PARAMS_OF.values()))   # the stored rows, through the real write path
     conn = connect(path)
     yield conn
     conn.close()
@@ -54,23 +58,24 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def stored_rows(conn: sqlite3.Connection, t0s) -> dict[int, tuple[tuple, tuple]]:
+def stored_rows(conn: sqlite3.Connection, t0s, asset: str = "BTC") -> dict[int, tuple[tuple, tuple]]:
     q = ",".join("?" * len(t0s))
-    m = {r[0]: r for r in conn.execute(f"SELECT {', '.join(MARKET_COLUMNS)} FROM market_1s WHERE ts_ms IN ({q})", t0s)}
-    p = {r[0]: r for r in conn.execute(f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions WHERE ts_ms IN ({q})",
-                                       t0s)}
+    m = {r[1]: r for r in conn.execute(f"SELECT {', '.join(MARKET_COLUMNS)} FROM market_1s "
+                                       f"WHERE symbol = ? AND ts_ms IN ({q})", (asset, *t0s))}
+    p = {r[1]: r for r in conn.execute(f"SELECT {', '.join(PREDICTION_COLUMNS)} FROM predictions "
+                                       f"WHERE symbol = ? AND ts_ms IN ({q})", (asset, *t0s))}
     return {t: (m[t], p[t]) for t in t0s}
 
 
 def causality_mismatches(conn: sqlite3.Connection, stored: dict[int, tuple[tuple, tuple]],
-                         warmups=(1.0,)) -> list[str]:
+                         warmups=(1.0,), params: FeatureParams = PARAMS) -> list[str]:
     """Recompute every stored t0 on a truncated copy; list the values that differ."""
     out = []
     for t0, (m_row, p_row) in stored.items():
         mem = truncated_copy(conn, t0)
         try:
             for w in warmups:
-                res = compute_range(mem, t0, t0, PARAMS, warmup=w)
+                res = compute_range(mem, t0, t0, params, warmup=w)
                 for cols, got, want in ((MARKET_COLUMNS, res.market_rows()[0], m_row),
                                         (PREDICTION_COLUMNS, res.prediction_rows()[0], p_row)):
                     for c, g, s in zip(cols, got, want):
@@ -81,25 +86,36 @@ def causality_mismatches(conn: sqlite3.Connection, stored: dict[int, tuple[tuple
     return out
 
 
-def test_causality_100_random_t0(db):
-    stored = stored_rows(db, T0S)
-    assert len(stored) == 100
-    bad = causality_mismatches(db, stored, warmups=(1.0, 3.0))
+@pytest.mark.parametrize("asset", ASSETS)
+def test_causality_random_t0_of_each_asset(db, asset):
+    t0s = T0S if asset == "BTC" else T0S[asset == "SOL"::3]      # 100 of BTC, 30-odd of ETH and SOL
+    stored = stored_rows(db, t0s, asset)
+    assert len(stored) == len(t0s) >= 33
+    assert {m[0] for m, _ in stored.values()} == {p[0] for _, p in stored.values()} == {asset}
+    bad = causality_mismatches(db, stored, warmups=(1.0, 3.0), params=PARAMS_OF[asset])
     assert not bad, f"{len(bad)} differences, first: {bad[:5]}"
     # not vacuous: every feature has values at the sampled t0
     for i, c in enumerate(PREDICTION_COLUMNS):
         if c in FEATURE_COLUMNS or c == "score":
-            assert sum(p[i] is not None for _, p in stored.values()) >= 50, c
+            assert sum(p[i] is not None for _, p in stored.values()) >= len(t0s) // 2, c
     # the as-of view without a copy (what the leak check can use) gives the same rows
-    for t0 in T0S[::10]:
-        res = compute_range(db, t0, t0, PARAMS, truncate_ms=t0)
+    for t0 in t0s[::10]:
+        res = compute_range(db, t0, t0, PARAMS_OF[asset], truncate_ms=t0)
         assert all(_same(a, b) for a, b in zip(res.prediction_rows()[0], stored[t0][1]))
+
+
+def test_the_assets_rows_differ(db):
+    """Not vacuous: each asset has its own prices and features (no asset reads another's rows)."""
+    closes = {a: db.execute("SELECT AVG(close), AVG(ret_60s), AVG(bn_ret_60s) FROM market_1s JOIN predictions "
+                            "USING (symbol, ts_ms) WHERE symbol = ?", (a,)).fetchone() for a in ASSETS}
+    assert closes["BTC"][0] > 10 * closes["ETH"][0] > 100 * closes["SOL"][0] > 0
+    assert len({c[1] for c in closes.values()}) == len({c[2] for c in closes.values()}) == 3
 
 
 def _stored_in_memory(conn) -> dict[int, tuple[tuple, tuple]]:
     res = compute_range(conn, START, END, PARAMS)
-    m = {r[0]: r for r in res.market_rows()}
-    p = {r[0]: r for r in res.prediction_rows()}
+    m = {r[1]: r for r in res.market_rows()}
+    p = {r[1]: r for r in res.prediction_rows()}
     return {t: (m[t], p[t]) for t in T0S}
 
 

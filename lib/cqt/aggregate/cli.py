@@ -1,7 +1,7 @@
-"""bin/cqt-aggregate: the service, or `--rebuild --from T --to T [--db PATH] [--json]`.
+"""bin/cqt-aggregate: the service, or `--rebuild --from T --to T [--symbol A] [--db PATH] [--json]`.
 
-    bin/cqt-aggregate                                   # the service (systemd: cqt-aggregate.service)
-    bin/cqt-aggregate --rebuild --from T --to T [--db PATH] [--json]
+    bin/cqt-aggregate                                   # the service: every asset of CQT_SYMBOLS
+    bin/cqt-aggregate --rebuild --from T --to T [--symbol A] [--db PATH] [--json]
 """
 from __future__ import annotations
 
@@ -40,24 +40,31 @@ def is_storage_error(exc: BaseException) -> bool:
               help="Recompute [--from, --to] from the raw tables, replacing rows, and exit.")
 @from_to_options(from_help="First bar time (the second's end), ISO-8601 (UTC if no zone) or epoch ms; inclusive.",
                  to_help="Last bar time, inclusive.", metavar="T")
+@click.option("--symbol", "symbol", metavar="A", default=None,
+              help="With --rebuild: only this asset (one of CQT_SYMBOLS, e.g. BTC); default: every asset.")
 @db_option
 @json_option(help="With --rebuild: print the summary as JSON.")
-def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | None, as_json: bool) -> None:
-    """Per-second market bars (market_1s) and causal feature vectors (predictions).
+def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, symbol: str | None, db: str | None,
+         as_json: bool) -> None:
+    """Per-second market bars (market_1s) and causal feature vectors (predictions), per asset.
 
-    Without --rebuild: the service. Every second it writes the bars that are complete
-    after the grace delay (CQT_AGGREGATE_GRACE_S), catching up after a restart
-    (at most CQT_AGGREGATE_MAX_CATCHUP_S). See docs/aggregate.md.
+    Without --rebuild: the service. Every second it writes, for every asset of CQT_SYMBOLS,
+    the bars that are complete after the grace delay (CQT_AGGREGATE_GRACE_S), catching up
+    after a restart (at most CQT_AGGREGATE_MAX_CATCHUP_S). See docs/aggregate.md.
     """
     if not do_rebuild and (from_ms is not None or to_ms is not None):
         raise click.UsageError("--from/--to only go with --rebuild")
+    if not do_rebuild and symbol is not None:
+        raise click.UsageError("--symbol only goes with --rebuild (the service writes every asset of CQT_SYMBOLS)")
     if do_rebuild and (from_ms is None or to_ms is None):
         raise click.UsageError("--rebuild needs --from and --to")
     if do_rebuild and from_ms > to_ms:  # type: ignore[operator]
         raise click.UsageError("--from is after --to")
     settings = load_settings_or_exit(db=db)
+    if symbol is not None and symbol.strip().upper() not in settings.assets:
+        raise click.UsageError(f"--symbol {symbol}: not one of CQT_SYMBOLS ({', '.join(settings.assets)})")
     try:
-        cfg = config_from_settings(settings)
+        cfg = config_from_settings(settings, symbol)
     except (ConfigError, ValueError) as exc:
         print(f"cqt-aggregate: {exc}", file=sys.stderr)
         sys.exit(exitcodes.CONFIG)
@@ -73,7 +80,8 @@ def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | Non
 
     def progress(st: RebuildStats) -> None:
         through = min(st.to_ms, st.from_ms + st.seconds * 1000 - 1000)
-        log.info("rebuilt through %s seconds=%d elapsed_s=%.1f", fmt_ms(through), st.seconds, st.elapsed_s)
+        log.info("%s: rebuilt through %s seconds=%d elapsed_s=%.1f", st.symbol, fmt_ms(through), st.seconds,
+                 st.elapsed_s)
 
     try:
         st = rebuild_within_data(settings, cfg, from_ms, to_ms, progress)  # type: ignore[arg-type]
@@ -95,8 +103,9 @@ def main(do_rebuild: bool, from_ms: int | None, to_ms: int | None, db: str | Non
     else:
         nulls = st.nulls.get("predictions", {})
         worst = ", ".join(f"{c}={n}" for c, n in sorted(nulls.items(), key=lambda kv: -kv[1])[:6]) or "none"
-        print(f"rebuilt {st.seconds} seconds {fmt_ms(st.from_ms)} .. {fmt_ms(st.to_ms)} in {st.elapsed_s:.1f} s: "
-              f"market_1s {st.market_rows} rows, predictions {st.prediction_rows} rows; "
+        assets = ", ".join(f"{s} {a.seconds}" for s, a in st.symbols.items()) or "none"
+        print(f"rebuilt {st.seconds} seconds {fmt_ms(st.from_ms)} .. {fmt_ms(st.to_ms)} in {st.elapsed_s:.1f} s "
+              f"(seconds per asset: {assets}): market_1s {st.market_rows} rows, predictions {st.prediction_rows} rows; "
               f"NULL features (look-back before data or stale source): {worst}; "
               f"late seconds corrected: {st.late_seconds_corrected} ({st.late_rows_corrected} rows)")
     sys.exit(exitcodes.OK)

@@ -7,6 +7,10 @@ read (per-second row counts, CountLedger) and for Coinglass bars received after 
 second of their availability was written — and logged with the `--rebuild` command that
 corrects the range. The rows written before stay what was known live; `--rebuild` over
 the range recomputes them with the late rows and marks them corrected.
+
+The ledger is per asset (one LateLedger per asset, `aggregate_late` keyed by (symbol,
+source, ts_ms)): a late ETH trade is counted for ETH only. KRW-USDT trades feed every
+asset's kimchi premium, so a late one is counted for every asset that used it.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import timerule
-from ..featureparams import STREAM_SOURCES, lookback_ms
+from ..featureparams import STREAM_SOURCES, FeatureParams, lookback_ms
 from ..rawread import coinglass_open_range, count_by_second, count_rows, stream_table
 from ..timeutil import fmt_ms
 from .bars import SECOND_MS
@@ -27,18 +31,18 @@ log = logging.getLogger("cqt.aggregate")
 
 #: stream rows counted late, added to what is already recorded for the second
 LATE_ADD_SQL = (
-    "INSERT INTO aggregate_late (source, ts_ms, late_rows, corrected_rows, first_detected_ts_ms, last_detected_ts_ms) "
-    "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(source, ts_ms) DO UPDATE SET "
+    "INSERT INTO aggregate_late (symbol, source, ts_ms, late_rows, corrected_rows, first_detected_ts_ms, "
+    "last_detected_ts_ms) VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT(symbol, source, ts_ms) DO UPDATE SET "
     "late_rows = aggregate_late.late_rows + excluded.late_rows, last_detected_ts_ms = excluded.last_detected_ts_ms")
 #: Coinglass bars: the number of bars of the second received late (recomputed on every scan)
 LATE_ROWS_SQL = (
-    "INSERT INTO aggregate_late (source, ts_ms, late_rows, corrected_rows, first_detected_ts_ms, last_detected_ts_ms) "
-    "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(source, ts_ms) DO UPDATE SET "
+    "INSERT INTO aggregate_late (symbol, source, ts_ms, late_rows, corrected_rows, first_detected_ts_ms, "
+    "last_detected_ts_ms) VALUES (?, ?, ?, ?, 0, ?, ?) ON CONFLICT(symbol, source, ts_ms) DO UPDATE SET "
     "late_rows = excluded.late_rows, last_detected_ts_ms = excluded.last_detected_ts_ms "
     "WHERE aggregate_late.late_rows != excluded.late_rows")
 
 #: aggregate_late.source of each stream source of cqt.features (the raw table; KRW-USDT
-#: trades share upbit_trades with KRW-BTC and are kept apart)
+#: trades share upbit_trades with the asset's KRW market and are kept apart)
 LATE_SOURCE = {"upbit": "upbit_trades", "usdt": "upbit_trades_usdt", "book": "upbit_orderbook",
                "binance": "binance_agg_trades", "mark": "binance_mark_price", "liq": "binance_liquidations"}
 
@@ -99,7 +103,7 @@ Write = Callable[[Callable[[sqlite3.Connection], Any]], None]
 
 
 class LateLedger:
-    """Finds, counts, records and logs late rows for the live service.
+    """Finds, counts, records and logs late rows of one asset (`params`) for the live service.
 
     Every count the service reads (SecondCache loads and reloads via `on_load`, the
     periodic `scan` of the late window) goes through a CountLedger per stream source; a
@@ -107,9 +111,12 @@ class LateLedger:
     read-only connection, `write(fn)` queues fn(conn) for the batched writer, `sync(s)`
     waits until what was queued is committed."""
 
-    def __init__(self, conn: sqlite3.Connection, cfg: AggregateConfig, write: Write, written: WrittenSpan, *,
-                 clock: Callable[[], int], started_ms: int, sync: Callable[[float], Any] | None = None):
+    def __init__(self, conn: sqlite3.Connection, params: FeatureParams, cfg: AggregateConfig, write: Write,
+                 written: WrittenSpan, *, clock: Callable[[], int], started_ms: int,
+                 sync: Callable[[float], Any] | None = None):
         self.conn = conn
+        self.params = params
+        self.symbol = params.asset
         self.cfg = cfg
         self.write = write
         self.written = written
@@ -117,7 +124,7 @@ class LateLedger:
         self.started_ms = started_ms
         self.sync = sync
         self.ledgers = {s: CountLedger() for s in STREAM_SOURCES}
-        self.late: dict[str, int] = {}             # aggregate_late totals (all processes), by source
+        self.late: dict[str, int] = {}             # aggregate_late totals of the asset (all processes), by source
         self.late_seen: dict[str, int] = {}        # late rows this process detected, by source
         self._new: dict[tuple[str, int], int] = {}        # detected, not yet written
         self._unlogged: dict[tuple[str, int], int] = {}   # written, not yet logged
@@ -129,22 +136,23 @@ class LateLedger:
 
     # -- after a restart ---------------------------------------------------------------------
     def restore(self) -> None:
-        """After a restart: the Upbit KRW-BTC row counts of the seconds already written come
+        """After a restart: the Upbit KRW-<asset> row counts of the seconds already written come
         from market_1s.trade_count (plus the late rows already counted for them), so a
         trade that landed while the service was stopped is still found late."""
         last = self.written.last
         assert last is not None
         lo = last - self.cfg.late_window_ms
-        counts = self.conn.execute("SELECT ts_ms, trade_count FROM market_1s WHERE ts_ms > ? ORDER BY ts_ms DESC",
-                                   (lo,)).fetchall()
+        counts = self.conn.execute("SELECT ts_ms, trade_count FROM market_1s WHERE symbol = ? AND ts_ms > ? "
+                                   "ORDER BY ts_ms DESC", (self.symbol, lo)).fetchall()
         first = last + SECOND_MS
         for ts, _ in counts:                 # the contiguous stretch ending at the last written second
             if ts != first - SECOND_MS:
                 break
             first = ts
         counted = dict(self.conn.execute(
-            "SELECT ts_ms, late_rows - corrected_rows FROM aggregate_late WHERE source = ? AND ts_ms >= ? "
-            "AND ts_ms <= ? AND late_rows > corrected_rows", (LATE_SOURCE["upbit"], first, last)))
+            "SELECT ts_ms, late_rows - corrected_rows FROM aggregate_late WHERE symbol = ? AND source = ? "
+            "AND ts_ms >= ? AND ts_ms <= ? AND late_rows > corrected_rows",
+            (self.symbol, LATE_SOURCE["upbit"], first, last)))
         n = {ts: k + counted.get(ts, 0) for ts, k in counts if ts >= first}
         self.ledgers["upbit"].observe(first - SECOND_MS, last, [k for k in n if n[k]],
                                       [v for v in n.values() if v])
@@ -167,7 +175,7 @@ class LateLedger:
                                         "AND ts_ms < ?", (SERVICE, prev[0], self.started_ms)).fetchone()[0]
         if stopped is None:
             return
-        p = self.cfg.params
+        p = self.params
         lo = last - self.cfg.late_window_ms
         for source in STREAM_SOURCES:
             if source == "upbit":            # counted exactly against market_1s.trade_count
@@ -206,7 +214,7 @@ class LateLedger:
         10 s, with the --rebuild command for the affected range)."""
         now = self.clock() if now is None else now
         if self._new:
-            rows = [(src, sec, n, now, now) for (src, sec), n in sorted(self._new.items())]
+            rows = [(self.symbol, src, sec, n, now, now) for (src, sec), n in sorted(self._new.items())]
             self.write(lambda conn: conn.executemany(LATE_ADD_SQL, rows))
             for (src, sec), n in self._new.items():
                 self.late_seen[src] = self.late_seen.get(src, 0) + n
@@ -219,15 +227,16 @@ class LateLedger:
             self._logged_ms = now
             items = self._unlogged
             self._unlogged = {}
-            lb = {LATE_SOURCE[s]: lookback_ms(s, self.cfg.params) for s in STREAM_SOURCES}
+            lb = {LATE_SOURCE[s]: lookback_ms(s, self.params) for s in STREAM_SOURCES}
             first = min(sec for _, sec in items)
             last = max(sec + lb.get(src, 0) for src, sec in items)
             to = min(last, self.written.last) if self.written.last is not None else last
-            log.warning("late data: %d rows landed after their second was written, in %d seconds (%s), first %s; "
-                        "rows computed since include them, the rows written before stay what was known live; "
-                        "bin/cqt-aggregate --rebuild --from %d --to %d corrects them",
-                        sum(items.values()), len({sec for _, sec in items}), ",".join(sorted({s for s, _ in items})),
-                        fmt_ms(first), first, to)
+            log.warning("late data of %s: %d rows landed after their second was written, in %d seconds (%s), "
+                        "first %s; rows computed since include them, the rows written before stay what was known "
+                        "live; bin/cqt-aggregate --rebuild --from %d --to %d --symbol %s corrects them",
+                        self.symbol, sum(items.values()), len({sec for _, sec in items}),
+                        ",".join(sorted({s for s, _ in items})),
+                        fmt_ms(first), first, to, self.symbol)
 
     def close(self) -> None:
         """Log what is still unlogged (the service is stopping)."""
@@ -249,7 +258,7 @@ class LateLedger:
         self._last_scan_ms = now
         if self.written.last is None:
             return self.late
-        p = self.cfg.params
+        p = self.params
         hi = self.written.last
         lo = hi - self.cfg.late_window_ms
         self._reported = {k: v for k, v in self._reported.items() if k[1] > lo}
@@ -279,23 +288,24 @@ class LateLedger:
         finally:
             self.conn.execute("COMMIT")
         if polled:
-            self.write(lambda conn: conn.executemany(LATE_ROWS_SQL, [(t, sec, n, now, now) for t, sec, n in polled]))
+            self.write(lambda conn: conn.executemany(LATE_ROWS_SQL, [(self.symbol, t, sec, n, now, now)
+                                                                     for t, sec, n in polled]))
             new = [(src, sec, n) for src, sec, n in polled if self._reported.get((src, sec), 0) < n]
             for src, sec, n in new:
                 self._reported[(src, sec)] = n
             if new:
-                log.warning("late data: %d Coinglass bars received after the second of their availability was "
-                            "written (%s), first %s; raise CQT_COINGLASS_DELAY_S if this is routine; "
-                            "bin/cqt-aggregate --rebuild --from %d --to %d corrects them",
-                            sum(n for _, _, n in new), ",".join(sorted({x[0] for x in new})),
-                            fmt_ms(min(x[1] for x in new)), min(x[1] for x in new), hi)
+                log.warning("late data of %s: %d Coinglass bars received after the second of their availability "
+                            "was written (%s), first %s; raise CQT_COINGLASS_DELAY_S if this is routine; "
+                            "bin/cqt-aggregate --rebuild --from %d --to %d --symbol %s corrects them",
+                            self.symbol, sum(n for _, _, n in new), ",".join(sorted({x[0] for x in new})),
+                            fmt_ms(min(x[1] for x in new)), min(x[1] for x in new), hi, self.symbol)
         self.flush(now)
         if self._queued and self.sync is not None:
             self.sync(2.0)               # the totals below include what was just queued
         self._queued = False
         totals = self.conn.execute(
-            "SELECT source, SUM(late_rows), SUM(late_rows - corrected_rows) FROM aggregate_late GROUP BY source"
-        ).fetchall()
+            "SELECT source, SUM(late_rows), SUM(late_rows - corrected_rows) FROM aggregate_late WHERE symbol = ? "
+            "GROUP BY source", (self.symbol,)).fetchall()
         self.late = {}
         for src, tot, pend in totals:
             self.late[f"{src}_total"] = int(tot)
@@ -309,7 +319,7 @@ class LateLedger:
         if led.lo is None or led.hi is None:
             return
         a, b = max(led.lo, lo), min(led.hi, hi)
-        p = self.cfg.params
+        p = self.params
         if b > a and count_rows(self.conn, source, p, a, b) != led.total(a, b):
             secs, counts = count_by_second(self.conn, source, p, a, b)
             for sec, d in led.observe(a, b, secs, counts):
