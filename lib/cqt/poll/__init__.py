@@ -23,6 +23,10 @@ A poller is a list of `PollJob(name, interval_s, fn)`. `PollLoop.run(svc)` runs 
   failing, when the reason changes, and when it recovers (with the count). `disable=True`
   stops a job for good (e.g. an interval the API plan refuses); when every job is
   disabled the loop returns the highest `exit_code` they carried (78 = misconfigured).
+* **many symbols** — a poller runs one job per kind and symbol; `budget` plans, once at
+  start, the interval of each kind for N symbols so every limit stays at or under 80 % in
+  steady state (stretching evenly when it would not), and spreads the symbols of one kind
+  over its interval. With many jobs the heartbeat detail lists only the unwell ones.
 * **liveness** — the loop calls `svc.alive()` every few hundred ms (watchdog), sets
   the heartbeat state (`running`, or `error` when every enabled job is failing) and
   `detail()` gives per-job status for the heartbeat.
@@ -31,6 +35,7 @@ Timers use the monotonic clock; wall-clock time only aligns slots and stamps row
 
 The modules, each importing only those above it:
 
+    budget    Budget, JobKind, plan_intervals, max_symbols, spread_phase (pure planning maths)
     limits    WindowLimit (requests per sliding window, shared by jobs)
     jobs      PollJob, RunResult, PollError, JobStatus, NewestTimes
     outcomes  failure_of (an HTTP answer -> PollError), error_code (the error envelope)
