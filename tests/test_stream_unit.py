@@ -140,8 +140,8 @@ def test_resume_sql_matches_schema(tmp_path):
     from cqt.db import open_db
     from cqt.stream import RESUME_SQL
     conn = open_db(tmp_path / "x.db")
-    conn.execute(RESUME_SQL, ("svc", "S@aggTrade", 5, 6, 7))
-    conn.execute(RESUME_SQL, ("svc", "S@aggTrade", 8, 9, 10))
-    assert conn.execute("SELECT last_id, last_ts_ms FROM resume_state").fetchall() == [(8, 9)]
+    conn.execute(RESUME_SQL, ("svc", "S@aggTrade", "S", 5, 6, 7))
+    conn.execute(RESUME_SQL, ("svc", "S@aggTrade", "S", 8, 9, 10))
+    assert conn.execute("SELECT symbol, last_id, last_ts_ms FROM resume_state").fetchall() == [("S", 8, 9)]
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO gaps (source, stream, detected_ts_ms, status) VALUES ('a', 'b', NULL, 'open')")

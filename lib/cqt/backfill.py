@@ -31,8 +31,9 @@ log = logging.getLogger("cqt.backfill")
 
 MAX_FAILURES = 8
 
+#: symbol = the venue symbol of the stream (`Gap.symbol`: the part before '@'), last
 GAP_INSERT = ("INSERT INTO gaps (source, stream, detected_ts_ms, from_id, to_id, from_ts_ms, to_ts_ms, "
-              "filled_ts_ms, filled_rows, status, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+              "filled_ts_ms, filled_rows, status, reason, symbol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 GAP_UPDATE = ("UPDATE gaps SET from_id = ?, to_id = ?, from_ts_ms = ?, to_ts_ms = ?, filled_ts_ms = ?, "
               "filled_rows = ?, status = ? WHERE id = ?")
 
@@ -49,7 +50,7 @@ class GapBook:
         def insert(conn) -> None:
             cur = conn.execute(GAP_INSERT, (gap.source, gap.stream, gap.detected_ts_ms, gap.from_id, gap.to_id,
                                             gap.from_ts_ms, gap.to_ts_ms, filled_ts, 0 if status != "open" else None,
-                                            status, gap.reason))
+                                            status, gap.reason, gap.symbol))
             gap.row_id = cur.lastrowid
         self.writer.call(insert)
 
@@ -149,7 +150,7 @@ class Pager:
         if o.stopping():
             raise Stopped()
         r = o.rest.get(path, params)
-        o.svc.count(o.rest.name, frames=1)
+        o.svc.count(o.rest.name, frames=1, symbol=self.gap.symbol or "")
         if r.ok:
             return r
         if r.error == "stopped":

@@ -10,13 +10,18 @@
   capture, client, the venue's poller over `cqt.poll`, exit code.
 * `config_or_exit`, `capture_target_or_exit` — what every program checks before its
   service starts (exit 78 / exit 2, one line on stderr).
+* `markets_or_exit` — a WebSocket collector's symbols against the venue's market list
+  before the service starts: a symbol the venue does not trade is one line on stderr and
+  exit 78; a list that cannot be fetched (the venue briefly unreachable) is not a reason
+  to stay down: the collector starts, and its first log line after start says the check
+  was skipped (`run_stream_collector(..., unchecked=)`).
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .backfill import Backfiller, GapBook
 from .capture import CaptureWriter
@@ -54,9 +59,65 @@ def capture_target_or_exit(service: str, settings, capture_path: str | None) -> 
         sys.exit(exc.code)
 
 
+MARKET_LIST_MAX_NAMED = 10       # problems named on the one line; the rest counted
+
+
+def markets_or_exit(service: str, rest_base: str, path: str, problems_of: Callable[[Any], list[str]], *,
+                    venue: str, fix: str, timeout_s: float) -> str | None:
+    """Check the collector's symbols against the venue's market list (one GET of `path`).
+
+    `problems_of(decoded answer)` is the venue's pure reader: one short phrase per symbol the
+    venue does not trade, ValueError for an answer it cannot read. Problems: one line on
+    stderr, `<service>: <problems> on <venue>; <fix>`, and exit 78. Returns None when every
+    symbol is listed, or — no answer, an error status, an unreadable body — the warning the
+    service logs once when it starts (it runs without the check)."""
+    client = RestClient(rest_base, name="market_list", timeout_s=timeout_s)
+    quiet = logging.getLogger("cqt.rest")
+    was_disabled, quiet.disabled = quiet.disabled, True     # logging is not set up yet: the warning says it
+    try:
+        r = client.get(path, wait=False)
+    finally:
+        quiet.disabled = was_disabled
+        client.close()
+    if not r.ok:
+        why = r.error or f"http {r.status}"
+        return f"market list not checked: GET {path} failed ({why}); starting with the configured symbols"
+    try:
+        problems = problems_of(r.json())
+    except ValueError as exc:
+        return f"market list not checked: GET {path} answered something unreadable ({exc}); " \
+               "starting with the configured symbols"
+    if problems:
+        print(f"{service}: {join_problems(problems)} on {venue}; {fix}", file=sys.stderr)
+        sys.exit(CONFIG)
+    return None
+
+
+def join_problems(problems: Iterable[str], most: int = MARKET_LIST_MAX_NAMED) -> str:
+    """'a; b; c' — past `most`, the rest as 'and N more'."""
+    items = list(problems)
+    text = "; ".join(items[:most])
+    return text + (f"; and {len(items) - most} more" if len(items) > most else "")
+
+
+def symbol_fix(settings, override: str, legacy: str | None = None, option: str = "--symbols") -> str:
+    """What to change for a symbol the venue does not trade: the command-line option, the
+    override variable or the base assets, whichever the symbol list came from."""
+    source = settings.source
+    if source.get(override) == "command line":
+        return f"change {option}"
+    for name in (override, legacy):
+        if name and source.get(name, "default") != "default":
+            return f"change {name} (or unset it to derive every symbol from CQT_SYMBOLS)"
+    return f"change CQT_SYMBOLS, or name the venue's market for that asset in {override}"
+
+
 # ---------------------------------------------------------------------- WebSocket collectors
-def run_stream_collector(svc, venue, capture_path: str | None) -> int:
-    """The whole run of a WebSocket collector (see the module docstring)."""
+def run_stream_collector(svc, venue, capture_path: str | None, unchecked: str | None = None) -> int:
+    """The whole run of a WebSocket collector (see the module docstring). `unchecked`: why
+    the market list check was skipped (`markets_or_exit`), logged once as a warning."""
+    if unchecked:
+        log.warning("%s", unchecked)
     settings = svc.settings
     capture = CaptureWriter(capture_path, secrets=settings.secrets, db_path=settings.db) if capture_path else None
     rest = RestClient(venue.rest_base, name=venue.rest_name, timeout_s=venue.rest_timeout_s, capture=capture,

@@ -5,7 +5,9 @@
 - signals: SIGTERM/SIGINT stop the main loop, the writer is flushed, STOPPING=1, exit 0;
 - sd_notify: READY=1 when start-up is done, WATCHDOG=1 while the main loop is alive,
   STATUS= with a short human line;
-- heartbeats: a row every CQT_HEARTBEAT_S seconds with state and counters;
+- heartbeats: a row every CQT_HEARTBEAT_S seconds with state and counters, and the
+  counters since the previous one in `ingest_stats`, one row per (source, symbol) —
+  symbol '' for what is not counted per symbol;
 - failure: if the writer or a thread the service depends on fails, the service stops
   (ERROR line with the cause, exit 74 for storage, 1 otherwise) and the watchdog stops
   pinging while the writer makes no progress;
@@ -95,8 +97,10 @@ class Service:
         self.exit_code: int | None = None
         self.stop_reason = ""
         self._alive_at = clock()
-        self._counters: dict[str, list[int]] = {}    # source -> [frames, rows, rejects] since last heartbeat
-        self._totals: dict[str, list[int]] = {}
+        # (source, symbol) -> [frames, rows, rejects] since the last heartbeat; symbol '' = not per symbol
+        self._counters: dict[tuple[str, str], list[int]] = {}
+        self._totals: dict[str, list[int]] = {}                    # source -> since start
+        self._symbol_totals: dict[tuple[str, str], list[int]] = {}  # (source, symbol) -> since start
         self._count_lock = threading.Lock()
         self._fail_lock = threading.Lock()
         self._failed = False
@@ -135,11 +139,14 @@ class Service:
         """Extra heartbeat detail, for objects the main loop creates after start-up."""
         self.detail_fn = fn
 
-    def count(self, source: str, frames: int = 0, rows: int = 0, rejects: int = 0) -> None:
+    def count(self, source: str, frames: int = 0, rows: int = 0, rejects: int = 0, *, symbol: str = "") -> None:
+        """Add to the counters of `source` and, when given, its venue `symbol` (ingest_stats)."""
+        key = (source, symbol or "")
         with self._count_lock:
-            c = self._counters.setdefault(source, [0, 0, 0])
-            t = self._totals.setdefault(source, [0, 0, 0])
-            for acc in (c, t):
+            accs = [self._counters.setdefault(key, [0, 0, 0]), self._totals.setdefault(source, [0, 0, 0])]
+            if symbol:
+                accs.append(self._symbol_totals.setdefault(key, [0, 0, 0]))
+            for acc in accs:
                 acc[0] += frames
                 acc[1] += rows
                 acc[2] += rejects
@@ -147,6 +154,14 @@ class Service:
     def totals(self) -> dict[str, dict[str, int]]:
         with self._count_lock:
             return {s: {"frames": v[0], "rows": v[1], "rejects": v[2]} for s, v in self._totals.items()}
+
+    def symbol_totals(self) -> dict[str, dict[str, dict[str, int]]]:
+        """source -> venue symbol -> counters since start, for what was counted per symbol."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        with self._count_lock:
+            for (source, sym), v in self._symbol_totals.items():
+                out.setdefault(source, {})[sym] = {"frames": v[0], "rows": v[1], "rejects": v[2]}
+        return out
 
     def sleep(self, seconds: float) -> bool:
         """Sleep unless stopping; True if asked to stop. Keeps the loop 'alive' meanwhile."""
@@ -214,6 +229,9 @@ class Service:
                                   "uptime_s": (ts - self.started_ms) // 1000}
         detail["writer"] = self.writer.stats()
         detail["totals"] = self.totals()
+        by_symbol = self.symbol_totals()
+        if by_symbol:
+            detail["symbol_totals"] = by_symbol
         if self.detail_fn:
             try:
                 detail.update(self.detail_fn())
@@ -224,9 +242,9 @@ class Service:
                             (self.name, ts, state or self.state, json.dumps(detail, default=str)))
             if deltas:
                 self.writer.put_many(
-                    "INSERT OR REPLACE INTO ingest_stats (service, source, ts_ms, frames, rows, rejects) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(self.name, src, ts, v[0], v[1], v[2]) for src, v in deltas.items()])
+                    "INSERT OR REPLACE INTO ingest_stats (service, source, symbol, ts_ms, frames, rows, rejects) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(self.name, src, sym, ts, v[0], v[1], v[2]) for (src, sym), v in deltas.items()])
         except RuntimeError:
             pass  # writer is in a fatal state; the service is exiting
 

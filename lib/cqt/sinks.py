@@ -14,9 +14,10 @@ def hour_floor(ms: int) -> int:
 
 class RejectLog:
     """Record bad input: every reject counted in `reject_counts`; the first
-    `keep_per_hour` raw payloads per (source, reason, hour) kept in `rejects`."""
+    `keep_per_hour` raw payloads per (source, reason, hour) kept in `rejects`, with the
+    venue symbol the payload names when the caller could tell (else NULL)."""
 
-    SQL_RAW = "INSERT INTO rejects (ts_ms, source, reason, raw) VALUES (?, ?, ?, ?)"
+    SQL_RAW = "INSERT INTO rejects (ts_ms, source, reason, raw, symbol) VALUES (?, ?, ?, ?, ?)"
     SQL_COUNT = ("INSERT INTO reject_counts (source, reason, hour_ms, count, last_ts_ms) VALUES (?, ?, ?, ?, ?) "
                  "ON CONFLICT(source, reason, hour_ms) DO UPDATE SET count = count + excluded.count, "
                  "last_ts_ms = MAX(last_ts_ms, excluded.last_ts_ms)")
@@ -31,7 +32,8 @@ class RejectLog:
         self._kept: dict[tuple[str, str, int], int] = {}
         self.total = 0
 
-    def record(self, source: str, reason: str, raw: str | bytes | None, ts_ms: int | None = None) -> None:
+    def record(self, source: str, reason: str, raw: str | bytes | None, ts_ms: int | None = None,
+               symbol: str | None = None) -> None:
         ts = self.clock() if ts_ms is None else ts_ms
         hour = hour_floor(ts)
         self.total += 1
@@ -44,7 +46,7 @@ class RejectLog:
             if isinstance(raw, bytes):
                 raw = raw.decode("utf-8", "replace")
             text = None if raw is None else redact(raw, self.secrets, limit=self.max_raw_bytes)
-            self.writer.put(self.SQL_RAW, (ts, source, reason, text))
+            self.writer.put(self.SQL_RAW, (ts, source, reason, text, symbol))
         self.writer.put(self.SQL_COUNT, (source, reason, hour, 1, ts))
 
 

@@ -13,7 +13,10 @@ receive thread per endpoint:
 
 Around that:
 
-* stall watchdog per stream, keyed on the exchange's event time: no newer event for
+* connection pacing: at most one new connection per `connect_interval_s` across every
+  endpoint of the loop (CQT_WS_CONNECT_INTERVAL_S), so a drop that takes several
+  connections down does not turn into a burst of connects; a rollover waits for a free slot;
+* stall watchdog per stream (one per symbol and kind), keyed on the exchange's event time: no newer event for
   `StreamRule.stall_s` seconds -> reconnect (streams without a rule, like forceOrder,
   are never watched);
 * reconnect on every close (even code 1000), error or stall, with exponential backoff
@@ -29,31 +32,36 @@ Around that:
   after a (re)connect, the window between the last event before and the first after
   (`StreamRule.gap_min_ms`) become `Gap`s passed to `handler.on_gap`, so the collector
   records and backfills them;
-* thinning (`StreamRule.thin_ms`): at most one row per slot of event time, the last one.
+* thinning (`StreamRule.thin_ms`): at most one row per slot of event time, the last one;
+* bookkeeping per venue symbol (the stream name's part before '@'): resume rows carry it,
+  `svc.count(..., symbol=)` splits ingest_stats by it, a rejected frame carries the symbol
+  the endpoint's `reject_symbol` finds in it, and the heartbeat groups streams by it.
 
 All timers use the monotonic clock; `recv_ts_ms` is `cqt.timeutil.now_ms()`.
 
 The modules, each importing only those above it:
 
     settings    LoopSettings (the CQT_* knobs)
-    backoff     Backoff (full-jitter reconnect delays), RepeatedLog (a failure logged once per change)
+    backoff     Backoff (full-jitter reconnect delays), ConnectPacer (one new connection per interval),
+                RepeatedLog (a failure logged once per change)
     endpoints   what a collector describes: Endpoint, StreamRule, Gap, the Handler it reports gaps to
-    state       StreamState: one canonical stream's ids, positions and thinning slot
+    state       StreamState: one canonical stream's ids, positions and thinning slot; the
+                per-symbol heartbeat view
     buffer      RowBuffer, multi-row packing (pack_rows), the resume-position statement
     connection  Connection: one endpoint's socket, counters, buffer and backoff
     loop        StreamLoop: the receive threads, watchdog, rollover, gap and thinning logic
 
 The loop logs as `cqt.stream`.
 """
-from .backoff import Backoff, RepeatedLog
+from .backoff import Backoff, ConnectPacer, RepeatedLog
 from .buffer import PACK_ROWS, RESUME_SQL, RowBuffer, pack_rows, rows_per_statement
-from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule, default_position
+from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule, default_position, venue_symbol
 from .loop import StreamLoop
 from .settings import LoopSettings
-from .state import StreamState
+from .state import StreamState, symbols_snapshot
 
 __all__ = [
-    "LoopSettings", "Backoff", "RepeatedLog", "NO_RULE", "Endpoint", "Gap", "Handler", "StreamRule",
-    "default_position", "StreamState", "PACK_ROWS", "RESUME_SQL", "RowBuffer", "pack_rows",
-    "rows_per_statement", "StreamLoop",
+    "LoopSettings", "Backoff", "ConnectPacer", "RepeatedLog", "NO_RULE", "Endpoint", "Gap", "Handler",
+    "StreamRule", "default_position", "venue_symbol", "StreamState", "symbols_snapshot", "PACK_ROWS",
+    "RESUME_SQL", "RowBuffer", "pack_rows", "rows_per_statement", "StreamLoop",
 ]

@@ -1,7 +1,9 @@
-"""Pacing of reconnects: exponential backoff with full jitter, and a failure logged once per change."""
+"""Pacing of reconnects: exponential backoff with full jitter, one new connection per interval
+across all endpoints (ConnectPacer), and a failure logged once per change."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -37,6 +39,39 @@ class _Attempt:
 
     def __init__(self, n: int):
         self.attempt_number = n
+
+
+class ConnectPacer:
+    """At most one new connection per `interval_s`, shared by every endpoint of a loop.
+
+    Binance budgets new connections per IP (about one a second during a reconnect storm is
+    the safe pace); when a drop takes several connections down at once their attempts are
+    spread out instead of arriving together. `reserve()` hands out slots in order (the
+    caller waits the returned delay); `try_take()` takes the slot only if it is free now
+    (a planned rollover, which can simply come back later). Thread-safe."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = max(0.0, interval_s)
+        self.clock = clock
+        self._next = float("-inf")
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take the next free slot; returns how long to wait before connecting (0 = now)."""
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval_s
+            return slot - now
+
+    def try_take(self) -> float:
+        """0 and the slot taken when one is free now; else the seconds until one is (nothing taken)."""
+        with self._lock:
+            now = self.clock()
+            if now >= self._next:
+                self._next = now + self.interval_s
+                return 0.0
+            return self._next - now
 
 
 class RepeatedLog:

@@ -6,8 +6,9 @@ import itertools
 import time
 from typing import Any
 
-RESUME_SQL = ("INSERT OR REPLACE INTO resume_state (service, stream, last_id, last_ts_ms, updated_ts_ms) "
-              "VALUES (?, ?, ?, ?, ?)")
+#: one row per (service, stream); symbol = the venue symbol of the stream (the part before '@')
+RESUME_SQL = ("INSERT OR REPLACE INTO resume_state (service, stream, symbol, last_id, last_ts_ms, updated_ts_ms) "
+              "VALUES (?, ?, ?, ?, ?, ?)")
 
 
 PACK_ROWS = 256          # rows per multi-row INSERT: fewer statements, fewer GIL hand-overs in the writer

@@ -26,6 +26,13 @@ class StreamRule:
 NO_RULE = StreamRule()
 
 
+def venue_symbol(stream: str) -> str | None:
+    """The venue symbol a stream name is about: the part before '@' ('BTCUSDT@aggTrade' ->
+    'BTCUSDT', 'KRW-BTC@trade' -> 'KRW-BTC'); None for a name without one."""
+    sym, at, _ = stream.partition("@")
+    return sym if at and sym else None
+
+
 def default_position(p: Parsed) -> tuple[int | None, int | None]:
     """Resume position of a parsed frame: (last id, event time)."""
     return (p.ids[1] if p.ids else None), p.event_ts_ms
@@ -44,6 +51,8 @@ class Endpoint:
     idle_ping_s: float | None = None             # send `ping_text` after this long without frames
     ping_text: str = "PING"
     position: Callable[[Parsed], tuple[int | None, int | None]] = default_position
+    # raw frame the parser rejected -> the venue symbol it names, or None (rejects.symbol)
+    reject_symbol: Callable[[Any], str | None] | None = None
 
 
 @dataclass
@@ -59,6 +68,11 @@ class Gap:
     to_ts_ms: int | None = None
     row_id: int | None = None       # gaps.id once inserted (set in the writer thread)
     filled_rows: int = 0
+
+    @property
+    def symbol(self) -> str | None:
+        """The venue symbol of the gap's stream (gaps.symbol)."""
+        return venue_symbol(self.stream)
 
     @property
     def n_ids(self) -> int | None:

@@ -12,12 +12,12 @@ import websocket
 from ..redact import redact
 from ..timeutil import now_ms
 from ..venues.common import Parsed, Reject
-from .backoff import Backoff
+from .backoff import Backoff, ConnectPacer
 from .buffer import RowBuffer
 from .connection import Connection
 from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule
 from .settings import LoopSettings
-from .state import StreamState
+from .state import StreamState, symbols_snapshot
 
 log = logging.getLogger("cqt.stream")
 
@@ -47,6 +47,7 @@ class StreamLoop:
         self.capture = capture
         self.states: dict[str, StreamState] = {}
         self._states_lock = threading.Lock()
+        self.pacer = ConnectPacer(self.cfg.connect_interval_s, clock)
         self.conns: list[Connection] = []
         for ep in endpoints:
             c = Connection(ep, Backoff(self.cfg.backoff_base_s, self.cfg.backoff_cap_s, self.cfg.backoff_reset_s),
@@ -119,8 +120,7 @@ class StreamLoop:
                 "last_reason": c.last_reason or None, "last_error": c.last_error or None,
                 "frames": c.total_frames, "buffer_rows": c.buffer.n,
             }
-        streams = {name: st.snapshot(now) for name, st in list(self.states.items())}
-        return {"endpoints": eps, "streams": streams}
+        return {"endpoints": eps, "symbols": symbols_snapshot(list(self.states.values()), now)}
 
     # -- receive thread -----------------------------------------------------------------------
     def _run(self, c: Connection) -> None:
@@ -168,6 +168,10 @@ class StreamLoop:
         c.delays.append(delay)
         del c.delays[:-100]
         log.info("reconnect endpoint=%s attempt=%d delay_s=%.3f ceiling_s=%.3f", c.ep.name, attempt, delay, ceiling)
+        return self._sleep(c, delay)
+
+    def _sleep(self, c: Connection, delay: float) -> bool:
+        """Wait `delay` s in short steps (the thread keeps counting as cycling); False when stopping."""
         end = self.clock() + delay
         while True:
             c.tick = self.clock()
@@ -177,9 +181,17 @@ class StreamLoop:
             if self.wait(min(left, 0.25)) or self.svc.stopping.is_set():
                 return False
 
-    def _open(self, c: Connection) -> websocket.WebSocket | None:
+    def _open(self, c: Connection, paced: bool = True) -> websocket.WebSocket | None:
+        """Connect and subscribe. `paced`: first wait for this endpoint's slot of the
+        connection pacer (a rollover takes a free slot itself, see `_periodic`)."""
         ep = c.ep
         c.state = "connecting"
+        if paced:
+            wait = self.pacer.reserve()
+            if wait > 0:
+                log.debug("connect endpoint=%s paced: waiting %.3f s for a connection slot", ep.name, wait)
+                if not self._sleep(c, wait):
+                    return None
         try:
             ws = self.connect(
                 ep.url, timeout=self.cfg.connect_timeout_s, suppress_origin=ep.suppress_origin,
@@ -246,12 +258,10 @@ class StreamLoop:
                     ws = c.ws
 
     def _mark_connected(self, c: Connection, reason: str) -> None:
+        # every stream seen on this endpoint is in c.streams (with a rule or not); streams of
+        # the other endpoints of the same source are not touched: their connections are up
         for st in c.streams.values():
             st.after_connect = reason
-        # streams seen on this endpoint without a rule (other symbols) too
-        for st in list(self.states.values()):
-            if st.source == c.ep.source and st.name not in c.streams and st.frames:
-                st.after_connect = reason
 
     def _periodic(self, c: Connection, now: float) -> str | None:
         """Every ~50 ms: flush, thinning slots, stall watchdog, idle ping, rollover."""
@@ -272,7 +282,11 @@ class StreamLoop:
             except (OSError, websocket.WebSocketException) as exc:
                 return f"error: ping failed: {_short(exc, self.secrets)}"
         if now - c.connected_at >= self.cfg.max_age_s and now >= c.rollover_retry_at:
-            self._rollover(c)
+            wait = self.pacer.try_take()
+            if wait > 0:                    # another endpoint is connecting: come back for a free slot
+                c.rollover_retry_at = now + wait
+            else:
+                self._rollover(c)
         return None
 
     def _rollover(self, c: Connection) -> None:
@@ -280,7 +294,7 @@ class StreamLoop:
         old = c.ws
         log.info("rollover endpoint=%s age_s=%.0f: opening the replacement connection",
                  c.ep.name, self.clock() - c.connected_at)
-        new = self._open(c)
+        new = self._open(c, paced=False)
         if new is None:
             c.state = "connected"
             c.rollover_retry_at = self.clock() + min(60.0, self.cfg.max_age_s / 10 + 1)
@@ -336,7 +350,10 @@ class StreamLoop:
             p = ep.parse(data, recv_ts)
         except Reject as r:
             c.rejects += 1
-            self.svc.rejects.record(r.source or ep.source, r.reason, data, recv_ts)
+            sym = ep.reject_symbol(data) if ep.reject_symbol is not None else None
+            if sym is not None:
+                c.rejects_by_symbol[sym] = c.rejects_by_symbol.get(sym, 0) + 1
+            self.svc.rejects.record(r.source or ep.source, r.reason, data, recv_ts, symbol=sym)
             return
         if not p.table:
             self._control(c, p)
@@ -450,15 +467,19 @@ class StreamLoop:
         for st in c.streams.values():
             if st.dirty:
                 st.dirty = False
-                resume.append((self.service, st.name, st.pos_id, st.pos_ts, ts))
+                resume.append((self.service, st.name, st.symbol, st.pos_id, st.pos_ts, ts))
         try:
             c.buffer.flush(resume)
         except RuntimeError as exc:            # writer is in a fatal state: the service is exiting
             log.error("cannot hand rows to the writer endpoint=%s: %s", c.ep.name, exc)
             c.buffer.by_sql, c.buffer.n = {}, 0
         if c.frames or c.rows or c.rejects:
-            self.svc.count(c.ep.source, frames=c.frames, rows=c.rows, rejects=c.rejects)
-            c.frames = c.rows = c.rejects = 0
+            self._report_counts(c)
+
+    def _report_counts(self, c: Connection) -> None:
+        source = c.ep.source
+        for sym, (frames, rows, rejects) in c.take_counts().items():
+            self.svc.count(source, frames=frames, rows=rows, rejects=rejects, symbol=sym)
 
     def _close(self, c: Connection) -> None:
         ws, c.ws = c.ws, None

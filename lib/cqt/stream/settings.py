@@ -17,6 +17,7 @@ class LoopSettings:
     rollover_overlap_s: float = 5.0
     flush_rows: int = 1000
     flush_s: float = 0.05
+    connect_interval_s: float = 1.0      # at most one new connection per this long, all endpoints together
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LoopSettings":
@@ -28,4 +29,5 @@ class LoopSettings:
             max_age_s=g("CQT_WS_MAX_AGE_S", 23 * 3600.0, 1.0),
             connect_timeout_s=g("CQT_WS_CONNECT_TIMEOUT_S", 10.0, 0.1),
             recv_timeout_s=min(1.0, g("CQT_WS_RECV_TIMEOUT_S", 0.5, 0.01)),
+            connect_interval_s=g("CQT_WS_CONNECT_INTERVAL_S"),
         )

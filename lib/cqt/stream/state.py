@@ -4,22 +4,26 @@ from __future__ import annotations
 import threading
 import time
 
-from .endpoints import StreamRule
+from .endpoints import StreamRule, venue_symbol
 
 
 class StreamState:
     """What the loop knows about one canonical stream (shared by rollover connections)."""
 
-    __slots__ = ("name", "source", "rule", "frames", "rows", "last_event_ts", "advanced_at",
+    __slots__ = ("name", "symbol", "source", "rule", "frames", "rows", "reported_frames", "reported_rows",
+                 "last_event_ts", "advanced_at",
                  "lag_ms", "last_id", "first_live_id", "first_live_ts", "pos_id", "pos_ts", "dirty", "after_connect",
                  "lock", "pending", "pending_sql", "pending_slot", "pending_at", "emitted_slot", "thinned")
 
     def __init__(self, name: str, source: str, rule: StreamRule):
         self.name = name
+        self.symbol = venue_symbol(name)         # resume_state.symbol, the ingest_stats split
         self.source = source
         self.rule = rule
         self.frames = 0
         self.rows = 0
+        self.reported_frames = 0                 # frames/rows already handed to svc.count
+        self.reported_rows = 0
         self.last_event_ts: int | None = None
         self.advanced_at = time.monotonic()
         self.lag_ms: int | None = None
@@ -62,3 +66,17 @@ class StreamState:
         if self.thinned:
             d["thinned"] = self.thinned
         return d
+
+
+def symbols_snapshot(states: list[StreamState], now_mono: float) -> dict:
+    """Per venue symbol (heartbeat detail): frames and rows so far and each stream's
+    position and lag, `{"BTCUSDT": {"frames": …, "rows": …, "streams": {"aggTrade": {…}}}}`."""
+    out: dict[str, dict] = {}
+    for st in states:
+        d = out.get(st.symbol or "")
+        if d is None:
+            d = out[st.symbol or ""] = {"frames": 0, "rows": 0, "streams": {}}
+        d["frames"] += st.frames
+        d["rows"] += st.rows
+        d["streams"][st.name.partition("@")[2] or st.name] = st.snapshot(now_mono)
+    return out

@@ -14,6 +14,12 @@ TABLE: tuple[Var, ...] = (
     _V("CQT_WS_MAX_AGE_S", "82800", "float", "planned rollover age", 1.0, note="23 h"),
     _V("CQT_WS_CONNECT_TIMEOUT_S", "10", "float", "WebSocket connect + handshake timeout", 0.1),
     _V("CQT_WS_RECV_TIMEOUT_S", "0.5", "float", "receive timeout (≤ 1 s; how fast stop/watchdog are seen)", 0.01),
+    _V("CQT_WS_CONNECT_INTERVAL_S", "1", "float",
+       "at most one new WebSocket connection per this many seconds, all of a collector's connections together "
+       "(start, reconnects, rollovers)", 0.0, 60.0),
+    _V("CQT_BINANCE_STREAMS_PER_CONN", "200", "int",
+       "most Binance streams on one connection (Binance allows 1024); more streams open more connections "
+       "to the same entry point", 1, 1024),
     _V("CQT_STALL_AGGTRADE_S", "60", "float", "Binance aggTrade stall threshold (0 = not watched)", 0.0),
     _V("CQT_STALL_MARKPRICE_S", "5", "float", "Binance markPrice@1s stall threshold", 0.0),
     _V("CQT_STALL_BOOKTICKER_S", "30", "float", "Binance bookTicker stall threshold", 0.0),

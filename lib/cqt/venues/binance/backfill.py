@@ -108,7 +108,7 @@ class AggTradeFill(FillBase):
             if rows:
                 self.gaps.insert_counted(self.sql, rows, gap)
                 self.rows_new += len(rows)
-                self.svc.count(REST, rows=len(rows))
+                self.svc.count(REST, rows=len(rows), symbol=self.symbol)
                 got += len(rows)
                 next_id = rows[-1][1] + 1
             if not p.rows or (gap.to_id is None and len(p.rows) < limit):
@@ -146,6 +146,6 @@ class AggTradeFill(FillBase):
         try:
             return parse_agg_trades_rest(r.text, self.symbol, r.recv_ts_ms)
         except Reject as rej:
-            self.svc.rejects.record(rej.source, rej.reason, r.text, r.recv_ts_ms)
+            self.svc.rejects.record(rej.source, rej.reason, r.text, r.recv_ts_ms, symbol=self.symbol)
             self.last_error = rej.reason
             return None

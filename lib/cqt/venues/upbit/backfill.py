@@ -61,7 +61,7 @@ class UpbitTradeFill(FillBase):
             # replay of the captured answer stores
             self.gaps.insert_counted(self.sql, page, gap)
             self.rows_new += len(page)
-            self.svc.count(REST, rows=len(page))
+            self.svc.count(REST, rows=len(page), symbol=code)
         if self.walk(code, since, pager, store) == "too_old":
             return "partial" if gap.filled_rows else "unfillable"
         return "filled"
@@ -88,7 +88,7 @@ class UpbitTradeFill(FillBase):
             try:
                 p = parse_upbit_ticks(r.text, r.recv_ts_ms)
             except Reject as rej:
-                self.svc.rejects.record(rej.source, rej.reason, r.text, r.recv_ts_ms)
+                self.svc.rejects.record(rej.source, rej.reason, r.text, r.recv_ts_ms, symbol=code)
                 self.last_error = rej.reason
                 pager.failures += 1
                 if pager.failures >= MAX_FAILURES:
@@ -232,7 +232,7 @@ class UpbitReconcile:
             status = "filled" if filled == len(missing) else "partial"
             conn.execute(GAP_INSERT, (gap.source, gap.stream, gap.detected_ts_ms, None, None,
                                       min(r[2] for r in missing), max(r[2] for r in missing), now, filled,
-                                      status, f"reconcile: missing={len(missing)} filled={filled}"))
+                                      status, f"reconcile: missing={len(missing)} filled={filled}", code))
             log.warning("reconcile stream=%s: %d trades the stream did not deliver, %d inserted (checked %d "
                         "trades from_ts_ms=%s to_ts_ms=%s)", gap.stream, len(missing), filled, len(rows),
                         gap.from_ts_ms, gap.to_ts_ms)
@@ -245,7 +245,7 @@ class UpbitReconcile:
             detail = (f"more than {self.max_pages} pages of trades since the previous run" if why == "page_limit"
                       else "older than the 7 days Upbit keeps")
             conn.execute(GAP_INSERT, (gap.source, gap.stream, gap.detected_ts_ms, None, None, frm, to, now, 0,
-                                      "unfillable", f"reconcile: not checked, {detail}"))
+                                      "unfillable", f"reconcile: not checked, {detail}", code))
             log.error("reconcile stream=%s: trades from_ts_ms=%s to_ts_ms=%s not checked: %s", gap.stream,
                       frm, to, detail)
 

@@ -2,7 +2,11 @@
 
 One connection to CQT_UPBIT_WS_URL without an `Origin` header (websocket-client sends
 one unless told not to, and Upbit then allows one request per 10 s), subscribing to
-trade, orderbook and ticker for CQT_UPBIT_CODES in the DEFAULT format. A text `PING`
+trade, orderbook and ticker for every code of `settings.upbit_codes` (the KRW market of
+each asset of CQT_SYMBOLS, KRW-USDT always) in one request message in the DEFAULT format.
+Upbit limits requests (5 a second and 100 a minute per connection) and connections (5 a
+second), not the codes one request names: one message per connection (and per rollover)
+carries them all, so there is no reason to split. A text `PING`
 goes out when nothing arrived for CQT_UPBIT_PING_S (Upbit closes idle connections
 after ~120 s).
 
@@ -11,8 +15,11 @@ every (re)connect or restart, the window between the last stored trade and the f
 new one is backfilled from `/v1/trades/ticks` (newest first, `cursor`, `days_ago`)
 and deduplicated by `(code, sequential_id)`. While connected, every
 CQT_UPBIT_RECONCILE_S the newest REST pages are compared with the stored trades, so
-trades the stream skipped are inserted and recorded (`UpbitReconcile`). Order book
-windows longer than CQT_GAP_MIN_MS are recorded as `unfillable` gaps.
+trades the stream skipped are inserted and recorded (`UpbitReconcile`). Both work per
+code. Order book windows longer than CQT_GAP_MIN_MS are recorded as `unfillable` gaps.
+
+At start the codes are checked against `/v1/market/all` (`markets.py`): a code Upbit does
+not list is one line and exit 78.
 
 The run itself is the shared one (`cqt.collector.run_stream_collector`); this module is
 what is Upbit's: the endpoint and its subscription message, the stream rules, which gaps
@@ -21,6 +28,7 @@ REST can fill (trades, by time) and the reconciliation (`backfill.py`).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -28,11 +36,13 @@ from dataclasses import dataclass
 import click
 import orjson
 
-from ...collector import capture_target_or_exit, config_or_exit, run_stream_collector
+from ...collector import capture_target_or_exit, config_or_exit, markets_or_exit, run_stream_collector, symbol_fix
 from ...db import connect
 from ...options import capture_option, db_option
 from ...runtime import load_settings_or_exit, run_service
 from ...stream import Endpoint, Gap, LoopSettings, StreamLoop, StreamRule
+from ...symbols import base_asset_of_upbit
+from . import markets
 from .backfill import UpbitReconcile, UpbitTradeFill
 from .parse import REST, WS, parse_upbit_frame
 
@@ -95,6 +105,23 @@ def trade_position(p):
     return None, p.event_ts_ms
 
 
+_CODE_NAMED = re.compile(rb'"(?:code|cd)"\s*:\s*"([A-Za-z0-9]{2,5}-[A-Za-z0-9]{1,20})"')
+
+
+def reject_code_of(codes: tuple[str, ...]):
+    """A rejected frame -> the collected code it names (`code` / `cd`), or None (rejects.symbol)."""
+    known = frozenset(codes)
+
+    def find(raw) -> str | None:
+        data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+        if not isinstance(data, (bytes, bytearray)):
+            return None
+        m = _CODE_NAMED.search(data)
+        code = m.group(1).decode("ascii").upper() if m else None
+        return code if code in known else None
+    return find
+
+
 def endpoint(cfg: UpbitConfig) -> Endpoint:
     rules = {}
     for code in cfg.codes:
@@ -103,7 +130,7 @@ def endpoint(cfg: UpbitConfig) -> Endpoint:
         rules[f"{code}@orderbook"] = StreamRule(stall_s=cfg.stall_orderbook_s or None, gap_min_ms=cfg.gap_min_ms)
     return Endpoint(name="upbit", url=cfg.ws_url, source=SOURCE, parse=parse_upbit_frame, rules=rules,
                     subscribe=(subscription(cfg.codes),), suppress_origin=True, idle_ping_s=cfg.ping_s,
-                    ping_text="PING", position=trade_position)
+                    ping_text="PING", position=trade_position, reject_symbol=reject_code_of(cfg.codes))
 
 
 class UpbitGapHandler:
@@ -217,14 +244,30 @@ class UpbitStream:
 @click.command(SERVICE, context_settings={"help_option_names": ["-h", "--help"]})
 @db_option(help="SQLite database (default: CQT_DB).")
 @capture_option
-@click.option("--codes", help="Comma-separated market codes (default: CQT_UPBIT_CODES).")
+@click.option("--codes", metavar="LIST", help="Comma-separated market codes (default: CQT_UPBIT_CODES, else "
+              "KRW-<ASSET> for each asset of CQT_SYMBOLS); KRW-USDT is always added.")
 def main(db: str | None, capture_path: str | None, codes: str | None) -> None:
     """Collect Upbit trades, order book (top of book + level sums) and ticker.
 
     Runs until SIGTERM; reconnects on every close, error or stall; backfills missed
-    trades over REST. See docs/collectors.md.
+    trades over REST. Checks the codes against /v1/market/all first (exit 78 for one
+    Upbit does not list). See docs/collectors.md.
     """
-    settings = load_settings_or_exit(db=db, upbit_codes=codes)
+    settings = load_settings_or_exit(db=db, **codes_overrides(codes))
     cfg = config_or_exit(lambda: UpbitConfig.from_settings(settings))
     capture_path = capture_target_or_exit(SERVICE, settings, capture_path)
-    sys.exit(run_service(SERVICE, lambda svc: run_stream_collector(svc, UpbitStream(cfg), capture_path), settings))
+    unchecked = markets_or_exit(
+        SERVICE, cfg.rest_base, markets.PATH, lambda listed: markets.code_problems(listed, cfg.codes),
+        venue="Upbit", fix=symbol_fix(settings, "CQT_UPBIT_CODES", option="--codes"), timeout_s=cfg.rest_timeout_s)
+    sys.exit(run_service(SERVICE, lambda svc: run_stream_collector(svc, UpbitStream(cfg), capture_path, unchecked),
+                         settings))
+
+
+def codes_overrides(codes: str | None) -> dict[str, str]:
+    """Settings overrides for `--codes LIST`: collect exactly these (and KRW-USDT), whatever
+    CQT_SYMBOLS says (the assets follow from the codes)."""
+    if not codes:
+        return {}
+    assets = [base_asset_of_upbit(c) for c in codes.split(",") if c.strip()]
+    assets = [a for a in dict.fromkeys(assets) if a != "USDT"]
+    return {"upbit_codes": codes, **({"symbols": ",".join(assets)} if assets else {})}
