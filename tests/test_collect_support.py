@@ -113,8 +113,9 @@ def quiesce(sim, key: str, settle: float = 0.6, timeout: float = 10) -> list[lis
     return last or []
 
 
-def agg_ids(db: Path) -> list[int]:
-    return [r[0] for r in query(db, "SELECT agg_id FROM binance_agg_trades WHERE symbol='BTCUSDT' ORDER BY agg_id")]
+def agg_ids(db: Path, symbol: str = "BTCUSDT") -> list[int]:
+    return [r[0] for r in query(db, "SELECT agg_id FROM binance_agg_trades WHERE symbol = ? ORDER BY agg_id",
+                                (symbol,))]
 
 
 def upbit_rest_trades(sim, code: str) -> dict[int, int]:
