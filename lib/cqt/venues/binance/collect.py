@@ -71,7 +71,7 @@ class BinanceConfig:
     bookticker_min_ms: int
     backfill_s: int
     rest_timeout_s: float
-    streams_per_conn: int = 200
+    streams_per_conn: int         # CQT_BINANCE_STREAMS_PER_CONN
 
     @classmethod
     def from_settings(cls, settings) -> "BinanceConfig":
