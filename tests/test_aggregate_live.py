@@ -116,6 +116,7 @@ def test_live_service_equals_rebuild(tmp_path):
     assert all(hb["symbols"][s]["rows_written"] >= spans[s][2] - 5 for s in ASSETS), hb["symbols"]
     per_symbol_rows = dict(query(db, "SELECT symbol, SUM(rows) FROM ingest_stats WHERE service = 'cqt-aggregate' "
                                      "AND source = 'market_1s' GROUP BY symbol"))
+    assert set(per_symbol_rows) == set(ASSETS) and all(v >= HISTORY_S for v in per_symbol_rows.values())
     print(f"ingest_stats market_1s rows by symbol: {per_symbol_rows}; step_ms p50 {hb['step_ms_p50']} "
           f"max {hb['step_ms_max']}")
     assert query(db, "SELECT exit_code FROM service_runs WHERE service = 'cqt-aggregate'") == [(0,)]

@@ -16,7 +16,6 @@ held. Rows that land late are the late ledger's (cqt.aggregate.late), one per as
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import sqlite3
 import time
@@ -245,17 +244,9 @@ class LiveAggregator:
         return min(limit, max(0.02, (nxt - now) / 1000.0))
 
 
-def counter(svc: Any) -> Callable[[str, str, int], None]:
-    """svc.count per asset: with the asset as ingest_stats.symbol where the service records it."""
-    if "symbol" in inspect.signature(svc.count).parameters:
-        return lambda source, symbol, rows: svc.count(source, rows=rows, symbol=symbol)
-    return lambda source, _symbol, rows: svc.count(source, rows=rows)
-
-
 def serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
     agg = LiveAggregator(svc.settings.db, cfg, svc.writer.call, started_ms=svc.started_ms, sync=svc.writer.flush)
     holder["agg"] = agg
-    count = counter(svc)
     try:
         svc.ready(f"aggregating {','.join(cfg.symbols)} grace={cfg.grace_ms}ms")
         agg.begin()
@@ -264,9 +255,9 @@ def serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
             svc.alive()
             try:
                 if agg.step():
-                    for symbol, n in agg.last_step.items():
-                        count("market_1s", symbol, n)
-                        count("predictions", symbol, n)
+                    for symbol, n in agg.last_step.items():   # ingest_stats.symbol: the asset of the rows
+                        svc.count("market_1s", rows=n, symbol=symbol)
+                        svc.count("predictions", rows=n, symbol=symbol)
                 if agg.scan_due():
                     agg.scan_late()
                 errors = 0
