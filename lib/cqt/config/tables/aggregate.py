@@ -1,4 +1,4 @@
-"""Aggregation: the cqt-aggregate service and the feature parameters it passes on."""
+"""Aggregation: the cqt-aggregate service (every asset of CQT_SYMBOLS) and the feature parameters it passes on."""
 from __future__ import annotations
 
 from functools import partial
@@ -20,7 +20,7 @@ TABLE: tuple[Var, ...] = (
     _V("CQT_AGGREGATE_HORIZON_S", "120", "int",
        "`predictions.horizon_sec` (the horizon the score is meant for; the export's label horizon)", 1, DAY_S),
     _V("CQT_AGGREGATE_CARRY_S", "600", "int",
-       "a KRW-BTC close, Upbit book, Binance last price or mark price is carried forward at most this long; then NULL",
+       "an Upbit close, Upbit book, Binance last price or mark price is carried forward at most this long; then NULL",
        1, DAY_S),
     _V("CQT_AGGREGATE_USDT_CARRY_S", "3600", "int", "the same for the KRW-USDT last trade (a sparse market)", 1, DAY_S),
     _V("CQT_AGGREGATE_OI_CARRY_S", "300", "int", "the same for Binance open interest (polled every ~10 s)", 1, DAY_S),
@@ -31,8 +31,8 @@ TABLE: tuple[Var, ...] = (
     _V("CQT_AGGREGATE_CG_EXCHANGE", "Binance", "str",
        "`coinglass_funding.exchange` (its symbol is the asset's Binance symbol, `BTCUSDT`)"),
     _V("CQT_AGGREGATE_START_WAIT_S", "120", "float",
-       "first start only (empty `market_1s`): wait at most this long for the collectors' start-up backfill and first "
-       "Upbit/Binance trades; `0` = no wait", 0.0, DAY_S),
+       "first start of an asset only (no `market_1s` row of it): wait at most this long for the collectors' start-up "
+       "backfill and first Upbit/Binance trades of it (the other assets write meanwhile); `0` = no wait", 0.0, DAY_S),
     _V("CQT_AGGREGATE_LATE_WINDOW_S", "3600", "int", "how far back (written seconds) the service counts late data",
        1, 7 * DAY_S),
     _V("CQT_AGGREGATE_LATE_SCAN_S", "30", "float",
