@@ -34,6 +34,9 @@ log = logging.getLogger("cqt.aggregate")
 
 #: how often a waiting asset's collectors' data is looked for again
 WAIT_CHECK_MS = 500
+#: at most this many assets listed in the heartbeat detail (the ones that need attention first):
+#: a heartbeat row every CQT_HEARTBEAT_S must stay small however many assets are configured
+DETAIL_ASSETS_MAX = 20
 
 
 class LiveAggregator:
@@ -215,8 +218,23 @@ class LiveAggregator:
             "null_features": dict(sorted(nulls.items(), key=lambda kv: -kv[1])[:8]),
             "step_ms_p50": round(steps[len(steps) // 2], 2) if steps else None,
             "step_ms_max": round(steps[-1], 2) if steps else None,
-            "symbols": {s: a.detail(now) for s, a in self.assets.items()},
+            **self._asset_details(now),
         }
+
+    def _asset_details(self, now: int) -> dict[str, Any]:
+        """`symbols`: every asset's detail, or with more than DETAIL_ASSETS_MAX assets the ones
+        that need attention (waiting, catching up, furthest behind, late rows pending) first,
+        cut to that many, and `symbols_not_listed`: how many were left out."""
+        details = {s: a.detail(now) for s, a in self.assets.items()}
+        if len(details) <= DETAIL_ASSETS_MAX:
+            return {"symbols": details}
+
+        def attention(item: tuple[str, dict[str, Any]]) -> tuple:
+            d = item[1]
+            return (d["state"] != "waiting", not d["catching_up"], -(d["lag_ms"] or 0), -d["late_pending"])
+
+        listed = dict(sorted(details.items(), key=attention)[:DETAIL_ASSETS_MAX])
+        return {"symbols": listed, "symbols_not_listed": len(details) - len(listed)}
 
     def status(self) -> tuple[str, str]:
         """(state, status text) for the service manager."""
