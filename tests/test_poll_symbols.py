@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
 from cqt.config import load_settings
 from cqt.db import connect
+from cqt.poll import PollError
 from cqt.rest import RateLimitState, RestResponse
 from cqt.sinks import RejectLog
 from cqt.venues.binance.poll import BinanceRestConfig, BinanceRestPoller
@@ -116,6 +119,14 @@ def test_binance_stores_and_resumes_each_symbol_on_its_own(tmp_path):
     assert per_symbol == {"BTCUSDT": 3, "ETHUSDT": 12}
     assert p.newest["ETHUSDT@global_ls"] == T0 - P and p.newest["ETHUSDT@funding"] == T0 - 8 * H
 
+    # a bad answer is a reject row carrying its symbol
+    good = client.respond
+    client.respond = lambda path, q: (200, "{}") if q["symbol"] == "ETHUSDT" else good(path, q)
+    with pytest.raises(PollError):
+        p.poll_open_interest("ETHUSDT")
+    client.respond = good
+    assert rows(svc, "SELECT source, symbol FROM rejects") == [("binance_rest", "ETHUSDT")]
+
     # a restart an hour later: each symbol catches up from its own newest period
     now[0] = T0 + H + 7_000
     client.asked.clear()
@@ -170,6 +181,15 @@ def test_coinglass_polls_every_coin_and_names_it_in_each_call_row(tmp_path):
            ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     assert [r[0] for r in rows(svc, "SELECT DISTINCT symbol FROM coinglass_open_interest ORDER BY 1")] == \
            ["BTC", "ETH", "SOL"]
+
+    # a bad body is a reject row carrying the coin
+    good = client.respond
+    bad = json.dumps({"code": "0", "data": [{"time": 1}]})
+    client.respond = lambda path, q: (200, bad) if q["symbol"] == "SOL" else good(path, q)
+    with pytest.raises(PollError):
+        p.poll("SOL", "open_interest")
+    client.respond = good
+    assert rows(svc, "SELECT source, symbol FROM rejects") == [("coinglass", "SOL")]
 
     # restart three hours on: every coin resumes from its own newest bar (SOL's funding lost)
     svc.writer.put("DELETE FROM coinglass_funding WHERE symbol = ?", ("SOLUSDT",))

@@ -252,7 +252,7 @@ class BinanceRestPoller:
         res = rest_answer_outcome(SOURCE, path, params, r.text, r.recv_ts_ms, None, self.svc.settings, r.status)
         if isinstance(res, Reject) or res is None:
             reason = res.reason if isinstance(res, Reject) else "unparsable answer"
-            self.svc.rejects.record(SOURCE, reason, r.text)
+            self.svc.rejects.record(SOURCE, reason, r.text, symbol=symbol)
             self._count(symbol, frames=1, rejects=1)
             raise PollError(f"bad answer: {reason}", res.detail if isinstance(res, Reject) else path)
         if res.rows:

@@ -150,8 +150,8 @@ class CoinglassConfig:
         if one.over():
             n = len(COINGLASS_ENDPOINTS)
             raise ConfigError("CQT_POLL_COINGLASS_S", f"{cfg.poll_s:g} s with {n} endpoints is "
-                              f"{one.demand[RATE]:.0f} requests per minute, over {BUDGET_FRACTION * 100:g} % of the plan "
-                              f"limit of {cfg.per_minute} (CQT_COINGLASS_RATE_PER_MIN); poll every >= "
+                              f"{one.demand[RATE]:.0f} requests per minute, over {BUDGET_FRACTION * 100:g} % of the "
+                              f"plan limit of {cfg.per_minute} (CQT_COINGLASS_RATE_PER_MIN); poll every >= "
                               f"{math.ceil(n * 60.0 / one.allowed[RATE])} s")
         return cfg
 
@@ -353,7 +353,7 @@ class CoinglassPoller:
             self.newest.advance(name, parsed.event_ts_ms)
             self.backfilled.add(name)
         elif isinstance(parsed, Reject) and not parsed.reason.startswith("api_error"):
-            self.svc.rejects.record(SOURCE, parsed.reason, r.text)
+            self.svc.rejects.record(SOURCE, parsed.reason, r.text, symbol=coin)
         self.record_call(r, call_endpoint(ep.path, coin), ok, rows, error)
         self._count(coin, frames=1 if r.status is not None else 0, rows=rows,
                     rejects=1 if isinstance(parsed, Reject) else 0)
