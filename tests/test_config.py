@@ -15,8 +15,9 @@ def test_defaults(tmp_path):
     assert s.binance_ws_url == "wss://fstream.binance.com"
     assert s.binance_rest_url == "https://fapi.binance.com"
     assert s.coinglass_url == "https://open-api-v4.coinglass.com"
+    assert s.assets == ("BTC",)
     assert s.upbit_codes == ("KRW-BTC", "KRW-USDT")
-    assert s.binance_symbol == "BTCUSDT"
+    assert s.binance_symbols == ("BTCUSDT",)
     assert s.coinglass_enabled is False and s.coinglass_api_key == ""
     assert s.report == ROOT / "reports" / "step-alt-5.md"
     assert s.dataset_dir == ROOT / "data" / "datasets"
@@ -28,7 +29,7 @@ def test_environment_beats_env_file(tmp_path):
     f.write_text("CQT_LOG_LEVEL=DEBUG\nCQT_BINANCE_SYMBOL=ETHUSDT\n# comment\n\nCQT_DB=x/y.db\n")
     s = load_settings({"CQT_ENV_FILE": str(f), "CQT_LOG_LEVEL": "WARNING"})
     assert s.log_level == "WARNING"            # environment wins
-    assert s.binance_symbol == "ETHUSDT"       # .env used when the environment is silent
+    assert s.binance_symbols == ("ETHUSDT",)   # .env used when the environment is silent
     assert s.db == ROOT / "x" / "y.db"         # relative to the toolkit root, not the cwd
     assert s.source["CQT_LOG_LEVEL"] == "environment" and s.source["CQT_BINANCE_SYMBOL"] == ".env"
 

@@ -41,7 +41,8 @@ DOCUMENTED = {
     'CQT_DB': 'data/cqt.db', 'CQT_UPBIT_WS_URL': 'wss://api.upbit.com/websocket/v1',
     'CQT_UPBIT_REST_URL': 'https://api.upbit.com', 'CQT_BINANCE_WS_URL': 'wss://fstream.binance.com',
     'CQT_BINANCE_REST_URL': 'https://fapi.binance.com', 'CQT_COINGLASS_URL': 'https://open-api-v4.coinglass.com',
-    'CQT_UPBIT_CODES': 'KRW-BTC,KRW-USDT', 'CQT_BINANCE_SYMBOL': 'BTCUSDT', 'COINGLASS_ENABLED': 'false',
+    # CQT_UPBIT_CODES and CQT_BINANCE_SYMBOL are derived from CQT_SYMBOLS now (the same values for BTC)
+    'CQT_UPBIT_CODES': None, 'CQT_BINANCE_SYMBOL': None, 'COINGLASS_ENABLED': 'false',
     'COINGLASS_API_KEY': None, 'CQT_COINGLASS_INTERVAL': '1h', 'CQT_COINGLASS_DELAY_S': '60',
     'CQT_REPORT': 'reports/step-alt-5.md', 'CQT_DATASET_DIR': 'data/datasets', 'CQT_LOG_LEVEL': 'INFO',
     'CQT_BACKFILL_S': '900', 'CQT_BOOKTICKER_MIN_MS': '100', 'CQT_LABEL_MAX_DELAY_S': '5', 'CQT_KEEP_DAYS': '14',
@@ -188,7 +189,8 @@ def test_component_settings_are_typed(tmp_path):
     pollers = s.component("pollers")
     assert pollers["CQT_POLL_OI_S"] == 20.0 and pollers["CQT_POLL_RATIO_REFETCH"] == 3
     assert "CQT_COINGLASS_RATE_PER_MIN" not in pollers          # computed where it is used
-    assert s.component("core")["CQT_UPBIT_CODES"] == ("KRW-BTC", "KRW-USDT")
+    assert s.component("core")["CQT_SYMBOLS"] == ("BTC",)
+    assert s.upbit_codes == ("KRW-BTC", "KRW-USDT")      # computed from it
 
 
 # ------------------------------------------------------------------------------ generated files
@@ -417,12 +419,12 @@ def test_every_declared_number_is_bounded(tmp_path, name):
 
 
 def test_config_imports_nothing_else_of_cqt():
-    """The foundation: cqt.config knows no commands, venues or checks."""
+    """The foundation: cqt.config knows no commands, venues or checks (only the pure symbol spelling)."""
     for path in (ROOT / "lib" / "cqt" / "config").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 depth = len(path.relative_to(ROOT / "lib" / "cqt" / "config").parts) - 1
-                assert node.level == 0 or node.level <= depth + 1, (path, node.module)
+                assert node.level == 0 or node.level <= depth + 1 or node.module == "symbols", (path, node.module)
                 assert node.level > 0 or not (node.module or "").startswith("cqt"), (path, node.module)
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("cqt") for a in node.names), path

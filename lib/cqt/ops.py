@@ -86,6 +86,8 @@ def env_check(strict: bool) -> None:
         origin = settings.source.get(name, "not set")
         click.echo(f"{name:<20} {state:<12} ({origin})")
         ok &= state == "present"
+    click.echo(f"{'CQT_SYMBOLS':<20} {', '.join(settings.assets)}  (binance {', '.join(settings.binance_symbols)}; "
+               f"upbit {', '.join(settings.upbit_codes)})")
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -137,7 +139,28 @@ def _fmt_age(ms: int | None) -> str:
     return f"{s / 3600:.1f}h"
 
 
-def gather_status(db_path: Path, now: int | None = None) -> dict:
+#: per asset: (column label, table, key column, which venue symbol, time column)
+SYMBOL_STREAMS = (
+    ("upbit trade", "upbit_trades", "code", "upbit", "trade_ts_ms"),
+    ("binance aggTrade", "binance_agg_trades", "symbol", "binance", "trade_ts_ms"),
+    ("market_1s", "market_1s", "symbol", "asset", "ts_ms"),
+)
+
+
+def _symbol_rows(conn, settings, now: int) -> list[dict]:
+    """Newest row per asset and stream: one indexed MAX per (table, symbol), so it stays fast."""
+    out = []
+    for asset in settings.assets:
+        keys = {"upbit": settings.upbit_code_of(asset), "binance": settings.binance_symbol_of(asset), "asset": asset}
+        row: dict = {"symbol": asset}
+        for label, table, key_col, which, col in SYMBOL_STREAMS:
+            newest = conn.execute(f"SELECT MAX({col}) FROM {table} WHERE {key_col} = ?", (keys[which],)).fetchone()[0]
+            row[label] = None if newest is None else now - newest
+        out.append(row)
+    return out
+
+
+def gather_status(db_path: Path, now: int | None = None, settings=None) -> dict:
     """Everything `cqt status` shows, as data (also for --json and tests)."""
     now = now_ms() if now is None else now
     out: dict = {"db": str(db_path), "now_ms": now}
@@ -166,6 +189,8 @@ def gather_status(db_path: Path, now: int | None = None) -> dict:
             rows.append({"table": table, "rows_10m": n, "newest_ms": newest,
                          "age_ms": None if newest is None else now - newest})
         out["tables"] = rows
+        if settings is not None:
+            out["symbols"] = _symbol_rows(conn, settings, now)
         out["checks"] = [{"check": c, "ts_ms": ts, "exit_code": code} for c, ts, code in latest_checks(conn)]
         out["errors"] = [
             {"last_ts_ms": ts, "service": s, "level": lvl, "message": msg, "count": n}
@@ -197,6 +222,13 @@ def render_status(st: dict) -> str:
     for t in st["tables"]:
         lines.append(f"{t['table']:<25} {t['rows_10m']:>8}   {_fmt_age(t['age_ms']):>6} ago" if t["age_ms"] is not None
                      else f"{t['table']:<25} {t['rows_10m']:>8}   never")
+    if st.get("symbols"):
+        lines.append("")
+        lines.append("SYMBOL     " + "".join(f"{label:>18}" for label, *_ in SYMBOL_STREAMS) + "   (newest row, age)")
+        for r in st["symbols"]:
+            lines.append(f"{r['symbol']:<11}" + "".join(
+                f"{(_fmt_age(r[label]) + ' ago') if r[label] is not None else 'never':>18}"
+                for label, *_ in SYMBOL_STREAMS))
     lines.append("")
     if st["checks"]:
         lines.append("LAST CHECKS")
@@ -225,7 +257,7 @@ def status(db: str | None, as_json: bool) -> None:
     except ConfigError as exc:
         _fail_config(exc)
     try:
-        st = gather_status(settings.db)
+        st = gather_status(settings.db, settings=settings)
     except DatabaseMissing:
         click.echo(f"no database at {settings.db}: nothing has been collected yet "
                    "(start the services: systemctl start cqt.target, or try: bin/cqt demo)")

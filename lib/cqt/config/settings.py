@@ -199,23 +199,30 @@ def _venue_symbol(asset: str, listed: tuple[str, ...], base_of, derive) -> str:
     return next((s for s in listed if base_of(s) == asset), derive(asset))
 
 
-def resolve_symbols(values: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+def resolve_symbols(values: Mapping[str, Any], symbols_set: bool) -> dict[str, tuple[str, ...]]:
     """The assets and each venue's symbols from CQT_SYMBOLS and the per-venue overrides.
 
     An override must cover every asset (else nothing would be aggregated for it): a
     ConfigError names the variable and the missing symbol. The legacy CQT_BINANCE_SYMBOL
-    (one symbol) counts only when CQT_BINANCE_SYMBOLS is unset.
+    (one symbol, in every older `.env`) counts only while neither CQT_SYMBOLS
+    (`symbols_set`) nor CQT_BINANCE_SYMBOLS is set, so adding CQT_SYMBOLS to an old
+    file is enough.
     """
-    assets = _unique("CQT_SYMBOLS", values["CQT_SYMBOLS"], _ASSET_RE, "a base asset like BTC")
-    if len(assets) > MAX_ASSETS:
-        raise ConfigError("CQT_SYMBOLS", f"{len(assets)} assets; at most {MAX_ASSETS}")
     binance_name = "CQT_BINANCE_SYMBOLS"
     binance = values.get("CQT_BINANCE_SYMBOLS")
-    if binance is None and values.get("CQT_BINANCE_SYMBOL") is not None:
+    if binance is None and values.get("CQT_BINANCE_SYMBOL") is not None and not symbols_set:
         binance_name, binance = "CQT_BINANCE_SYMBOL", (values["CQT_BINANCE_SYMBOL"],)
+    if binance is not None:
+        binance = _unique(binance_name, binance, _BINANCE_RE, "a Binance symbol like BTCUSDT")
+    if symbols_set or binance is None:
+        assets = _unique("CQT_SYMBOLS", values["CQT_SYMBOLS"], _ASSET_RE, "a base asset like BTC")
+    else:       # only a Binance list is set (an older `.env`): its assets are the ones collected
+        assets = _unique(binance_name, tuple(base_asset_of_binance(b) for b in binance), _ASSET_RE,
+                         "a Binance symbol like BTCUSDT")
+    if len(assets) > MAX_ASSETS:
+        raise ConfigError("CQT_SYMBOLS", f"{len(assets)} assets; at most {MAX_ASSETS}")
     if binance is None:
         binance = tuple(binance_symbol(a) for a in assets)
-    binance = _unique(binance_name, binance, _BINANCE_RE, "a Binance symbol like BTCUSDT")
     upbit = values.get("CQT_UPBIT_CODES")
     if upbit is None:
         upbit = tuple(upbit_code(a) for a in assets)
@@ -265,7 +272,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: str) ->
         binance_ws_url=values["CQT_BINANCE_WS_URL"],
         binance_rest_url=values["CQT_BINANCE_REST_URL"],
         coinglass_url=values["CQT_COINGLASS_URL"],
-        **resolve_symbols(values),
+        **resolve_symbols(values, source.get("CQT_SYMBOLS", "default") != "default"),
         coinglass_enabled=values["COINGLASS_ENABLED"],
         coinglass_api_key=values["COINGLASS_API_KEY"].strip(),
         coinglass_interval=values["CQT_COINGLASS_INTERVAL"],

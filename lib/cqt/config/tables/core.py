@@ -25,12 +25,12 @@ VARIABLES: tuple[Var, ...] = (
     _V("CQT_COINGLASS_URL", "https://open-api-v4.coinglass.com", "url_http", "Coinglass API v4",
        example="https://open-api-v4.coinglass.com"),
     _V("CQT_SYMBOLS", "BTC", "list",
-       "base assets to collect, aggregate, check and export (at most 200); every venue symbol is derived from them",
-       example="BTC"),
+       "base assets to collect, aggregate, check and export (at most 200); every venue symbol is derived from them. "
+       "Unset but a Binance list set (an older `.env`): that list's assets", example="BTC"),
     _V("CQT_BINANCE_SYMBOLS", None, "list", "Binance USDⓈ-M perpetuals, overriding the derived list; must cover "
        "every asset of `CQT_SYMBOLS`", default_doc="`<ASSET>USDT` for each asset"),
     _V("CQT_BINANCE_SYMBOL", None, "str", "legacy single-symbol form of `CQT_BINANCE_SYMBOLS` (older `.env` files); "
-       "ignored when that is set", default_doc="unset"),
+       "ignored once `CQT_SYMBOLS` or `CQT_BINANCE_SYMBOLS` is set", default_doc="unset"),
     _V("CQT_UPBIT_CODES", None, "list", "Upbit markets, overriding the derived list; `KRW-USDT` is always added",
        default_doc="`KRW-<ASSET>` for each asset, plus `KRW-USDT`"),
     _V("COINGLASS_ENABLED", "false", "bool", "must be exactly `true` for the run plan", example="true"),
