@@ -42,7 +42,9 @@ class BatchWriter:
                  max_delay_s: float = 0.2, queue_max: int = 200_000,
                  on_fatal: Callable[[BaseException], None] | None = None,
                  migrate_schema: bool = True, checkpoint_every_s: float = 30.0,
-                 secrets: Iterable[str] = (), clock: Callable[[], float] = time.monotonic):
+                 secrets: Iterable[str] = (), clock: Callable[[], float] = time.monotonic,
+                 wal_autocheckpoint: int | None = None,
+                 opener: Callable[[Path], sqlite3.Connection] | None = None):
         self.path = Path(path)
         self.secrets = tuple(secrets)
         self.clock = clock
@@ -52,7 +54,15 @@ class BatchWriter:
         self.on_fatal = on_fatal
         self.checkpoint_every_s = checkpoint_every_s
         self._q: queue.Queue = queue.Queue(maxsize=queue_max)
-        self._conn = open_db(self.path) if migrate_schema else connect(self.path)
+        if opener is not None:       # a connection the caller configures (the replay's bulk load)
+            self._conn = opener(self.path)
+        else:
+            self._conn = open_db(self.path) if migrate_schema else connect(self.path)
+        if wal_autocheckpoint is not None:
+            # WAL pages between this connection's automatic checkpoints (SQLite: 1000). A bulk
+            # load sets more: each checkpoint syncs the WAL and the database file, and at a
+            # few thousand rows per commit the syncs, not the inserts, set the pace.
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
         self._lock = threading.Lock()
         self._queued_rows = 0
         self._committed_rows = 0

@@ -7,6 +7,7 @@ import time
 import click
 
 from ..options import db_option, json_option
+from . import bulk
 from .blocks import replay_file
 from .processor import CHUNK_ROWS
 
@@ -25,6 +26,8 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
     counted in the summary and stored in `rejects`), 74 when the database cannot be written.
     """
     import json
+    import sqlite3
+    from pathlib import Path
 
     from .. import exitcodes
     from ..db import SchemaTooNew
@@ -34,31 +37,51 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
 
     settings = load_settings_or_exit(db=db)
     setup_logging("cqt-replay", settings.log_level, settings.secrets)
+    target = Path(settings.db)
+    new_file = bulk.is_new(target)         # built aside and put in place at the end (replay.bulk)
+    path = target
     try:
-        writer = BatchWriter(settings.db, service="cqt-replay", max_rows=CHUNK_ROWS * 2, max_delay_s=0.5,
-                             queue_max=64)
+        if new_file:
+            bulk.remove_stale(target)
+            path = bulk.build_path(target)
+            bulk.create(path)
+        writer = BatchWriter(path, service="cqt-replay", max_rows=CHUNK_ROWS * 2, max_delay_s=0.5, queue_max=64,
+                             migrate_schema=not new_file, opener=bulk.connect if new_file else None)
     except SchemaTooNew as exc:
         print(f"cqt replay: {exc}", file=sys.stderr)
         sys.exit(exitcodes.CONFIG)
     except Exception as exc:  # noqa: BLE001 - unwritable path, not a database …
+        if new_file:
+            bulk.remove(path)
         print(f"cqt replay: cannot open database {settings.db}: {exc}", file=sys.stderr)
         sys.exit(exitcodes.IOERR)
     rejects = RejectLog(writer, secrets=settings.secrets)
     t0 = time.monotonic()
+
+    def give_up(code: int, message: str) -> None:
+        if new_file:
+            bulk.remove(path)
+        print(f"cqt replay: {message}", file=sys.stderr)
+        sys.exit(code)
+
     try:
-        stats = replay_file(file, writer, rejects, processes=processes)
+        stats = replay_file(file, writer, rejects, processes=processes, opener=bulk.connect if new_file else None)
     except (OSError, RuntimeError) as exc:
         writer.close()
-        print(f"cqt replay: cannot replay {file}: {exc}", file=sys.stderr)
-        sys.exit(exitcodes.IOERR)
+        give_up(exitcodes.IOERR, f"cannot replay {file}: {exc}")
     ok = writer.close(timeout=600)
-    stats.seconds = time.monotonic() - t0
     if writer.fatal is not None or not ok:
-        print(f"cqt replay: database write failed: {writer.fatal or 'flush timed out'}", file=sys.stderr)
-        sys.exit(exitcodes.IOERR)
-    if writer.failure is not None:
+        give_up(exitcodes.IOERR, f"database write failed: {writer.fatal or 'flush timed out'}")
+    if new_file:
+        try:
+            bulk.finish(path, target)
+        except (OSError, sqlite3.Error, bulk.TargetAppeared) as exc:
+            give_up(exitcodes.IOERR, f"cannot put the new database in place: {exc}")
+    stats.seconds = time.monotonic() - t0
+    failure = writer.failure or stats.write_failure
+    if failure is not None:
         # A row the database refused (not a storage fault): the rest is stored, but not all.
-        print(f"cqt replay: some rows could not be stored: {writer.failure}", file=sys.stderr)
+        print(f"cqt replay: some rows could not be stored: {failure}", file=sys.stderr)
         sys.exit(exitcodes.FAIL)
     d = stats.as_dict()
     if as_json:

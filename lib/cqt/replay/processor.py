@@ -9,6 +9,7 @@ from typing import Any, Callable
 from ..redact import redact
 from ..timeutil import MAX_TIME_MS, MIN_TIME_MS
 from ..venues.binance.parse import agg_trade_capture_row
+from ..venues.binance.parse_typed import typed_capture_rows
 from ..venues.common import UPSERT_TABLES, Reject, insert_sql
 from ..venues.registry import REST_SOURCES, WS_SOURCES, parse_rest_body, venue_of
 from .records import BadRecord, read_record
@@ -21,14 +22,15 @@ CALL_STATUS_SQL = ("INSERT INTO coinglass_call_status (ts_ms, endpoint, http_sta
                    "VALUES (?, ?, ?, ?, NULL, ?, ?)")
 
 
-def _pack(sql: str, rows: list) -> list[tuple[str, list]]:
+def _pack(sql: str, rows: list) -> list[tuple[str, list, int]]:
     """Rows of one `INSERT OR IGNORE … VALUES (?,…)` -> multi-row statements: PACK_ROWS
     rows each, the rest in packs of 1024, 512 … rows (few statement shapes, so they stay
-    in the statement cache). Same rows, same order; upserts pass through unchanged.
+    in the statement cache). Same rows, same order; upserts pass through unchanged. Each
+    item: (statement, parameter tuples, the table rows they stand for).
     (Not `cqt.stream.pack_rows`: its statement cache is keyed by the SQL alone, so it
     only serves one pack size per process.)"""
     if len(rows) < 2 or not sql.startswith("INSERT OR IGNORE") or " ON CONFLICT" in sql:
-        return [(sql, rows)]
+        return [(sql, rows, len(rows))]
     out = []
     chain = itertools.chain.from_iterable
     i, n, k = 0, len(rows), PACK_ROWS
@@ -36,11 +38,11 @@ def _pack(sql: str, rows: list) -> list[tuple[str, list]]:
         full = (n - i) // k * k
         if full:
             stmt = _multi(sql, k)
-            out.append((stmt, [tuple(chain(rows[j:j + k])) for j in range(i, i + full, k)]))
+            out.append((stmt, [tuple(chain(rows[j:j + k])) for j in range(i, i + full, k)], full))
             i += full
         k = 1024 if k > 1024 else k // 2
     if i < n:
-        out.append((sql, rows[i:]))
+        out.append((sql, rows[i:], n - i))
     return out
 
 
@@ -56,14 +58,17 @@ def _multi(sql: str, k: int) -> str:
 
 
 class ReplayStats:
-    __slots__ = ("records", "frames", "rest", "rows", "rejects", "skipped", "bad_lines", "seconds")
+    COUNTS = ("records", "frames", "rest", "rows", "rejects", "skipped", "bad_lines")
+    __slots__ = COUNTS + ("seconds", "dropped_rows", "write_failure")
 
     def __init__(self):
         self.records = self.frames = self.rest = self.rows = self.rejects = self.skipped = self.bad_lines = 0
         self.seconds = 0.0
+        self.dropped_rows = 0                  # rows a parser's writer could not store
+        self.write_failure: str | None = None  # the first such error
 
     def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__slots__}
+        d = {k: getattr(self, k) for k in self.COUNTS}
         d["seconds"] = round(self.seconds, 3)
         d["records_per_s"] = int(self.records / self.seconds) if self.seconds > 0 else None
         return d
@@ -74,7 +79,7 @@ UPSERT_ORDERED = UPSERT_TABLES     # upserts: later answers must win, so file or
 
 class RecordProcessor:
     """Parse capture lines; `emit(kind, payload)` gets, in file order:
-    ("rows", [(sql, params), …]) packed inserts, ("put", (sql, params)) one row,
+    ("rows", [(sql, params, nrows), …]) packed inserts, ("put", (sql, params)) one row,
     ("reject", (source, reason, raw, ts_ms)). Pure apart from `emit`; raises nothing for
     any line (a bad one is a reject). `secrets` are masked in reject text before the cut."""
 
@@ -94,22 +99,41 @@ class RecordProcessor:
 
     def lines(self, lines: list[bytes], lineno: int = 0) -> None:
         """Lines in file order (`lineno`: the first one's number - 1). Binance aggTrade
-        frames, most of a busy capture, take the fast path (`agg_trade_capture_row`: the
-        row the full path would store, without its per-frame objects); everything else,
-        and every aggTrade line that path declines (malformed, a reject …), the full one."""
-        fast = agg_trade_capture_row
+        frames, most of a busy capture, are decoded typed (`typed_capture_rows`: the row the
+        full path would store, without its per-frame objects); a line that declines takes the
+        untyped fast path (`agg_trade_capture_row`), and a line that declines too (another
+        source or event, malformed, a reject …) the full one."""
         stats = self.stats
         agg = self.buf.get(AGG_SQL)
         if agg is None:
             agg = self.buf[AGG_SQL] = []
+        rows, declined = typed_capture_rows(lines, MIN_TIME_MS, MAX_TIME_MS)
+        if not declined:
+            agg.extend(rows)
+            n = len(rows)
+            stats.records += n
+            stats.frames += n
+            self.nbuf += n
+        else:
+            self._mixed(lines, rows, agg, lineno)
+        if self.nbuf >= CHUNK_ROWS:
+            self.flush()
+
+    def _mixed(self, lines: list[bytes], rows: list, agg: list, lineno: int) -> None:
+        """A block where some lines declined the typed path: line by line, in file order."""
+        fast = agg_trade_capture_row
+        stats = self.stats
         n0 = len(agg)
         lo, hi = MIN_TIME_MS, MAX_TIME_MS
-        for i, line in enumerate(lines, lineno + 1):
-            try:
-                row = fast(line)
-            except Exception:  # noqa: BLE001 - the full path names whatever is wrong with the line
-                row = None
-            if row is not None and lo <= row[-1] < hi:       # row[-1]: recv_ts_ms, as read_record checks
+        for i, (line, row) in enumerate(zip(lines, rows), lineno + 1):
+            if row is None:
+                try:
+                    row = fast(line)
+                except Exception:  # noqa: BLE001 - the full path names whatever is wrong with the line
+                    row = None
+                if row is not None and not lo <= row[-1] < hi:   # row[-1]: recv_ts_ms, as read_record checks
+                    row = None
+            if row is not None:
                 agg.append(row)
                 continue
             k = len(agg) - n0
@@ -126,8 +150,6 @@ class RecordProcessor:
         stats.records += k
         stats.frames += k
         self.nbuf += k
-        if self.nbuf >= CHUNK_ROWS:
-            self.flush()
 
     def line(self, line: bytes, lineno: int) -> None:
         if not line.strip():
@@ -186,7 +208,7 @@ class RecordProcessor:
         sql = p.sql
         if p.table in UPSERT_ORDERED:
             self.flush()               # upserts: later answers must win, so keep file order
-            self.emit("rows", [(sql, rows)])
+            self.emit("rows", [(sql, rows, len(rows))])
             stats.rows += len(rows)
             return
         lst = self.buf.get(sql)

@@ -21,8 +21,11 @@ combined wrapper (``{"stream":…,"data":{…}}``), as text, bytes or an already
 Prices and quantities must be JSON strings (as Binance sends them), finite and > 0;
 ids and times JSON integers, ids within SQLite's INTEGER range, first id <= last id.
 forceOrder: ``ap`` "0" (nothing filled yet) -> avg_price NULL; ``z`` >= 0.
-Speed: the aggTrade path is inlined and keeps a bounded memo of validated price/qty
-strings -> float (only values that passed the checks enter it), ~2.4 µs a frame here.
+Speed: a combined-stream aggTrade frame is first decoded typed (msgspec Structs,
+:mod:`.parse_typed`), and any frame that path declines goes through the generic parser
+(:func:`parse_binance_frame_untyped`), so the results are the generic parser's. Both share
+the inlined aggTrade checks with a bounded memo of validated price/qty strings -> float
+(only values that passed the checks enter it).
 Unknown keys (``nq``, ``st``, ``ps``, ``ap`` …) are ignored.
 ``Parsed.stream`` is canonical: ``<SYMBOL>@aggTrade|markPrice|bookTicker|forceOrder``.
 
@@ -52,7 +55,6 @@ from ..common import (
     nonneg,
     opt_float,
     pos,
-    range_reject,
     to_float,
     to_id,
     to_int,
@@ -60,9 +62,10 @@ from ..common import (
     to_time,
     token,
 )
+from .parse_typed import agg_row, agg_stream, typed_frame_row
 
 __all__ = [
-    "parse_binance_frame", "parse_agg_trades_rest", "parse_open_interest", "parse_ratio",
+    "parse_binance_frame", "parse_binance_frame_untyped", "parse_agg_trades_rest", "parse_open_interest", "parse_ratio",
     "parse_premium_index", "parse_funding_rate", "RATIO_KINDS", "agg_trade_capture_row",
 ]
 
@@ -70,14 +73,32 @@ WS = "binance_ws"
 REST = "binance_rest"
 
 _AGG = "binance_agg_trades"
-_INF = float("inf")
 
 
 # ====================================================================== WebSocket
 def parse_binance_frame(raw, recv_ts_ms: int, now_ms: int | None = None, *,
                         max_past_ms: int = MAX_PAST_MS,
                         max_future_ms: int = MAX_FUTURE_MS) -> Parsed:
-    """One Binance WebSocket frame -> Parsed, or raise Reject (source 'binance_ws')."""
+    """One Binance WebSocket frame -> Parsed, or raise Reject (source 'binance_ws').
+
+    A combined-stream aggTrade frame (text or bytes) is decoded typed first
+    (:mod:`.parse_typed`); whatever that declines, :func:`parse_binance_frame_untyped`
+    parses — so the result is always the untyped parser's."""
+    t = type(raw)
+    if t is bytes or t is str:
+        now = recv_ts_ms if now_ms is None else now_ms
+        row = typed_frame_row(raw, recv_ts_ms, now - max_past_ms, now + max_future_ms)
+        if row is not None:
+            return _agg_parsed(row)
+    return parse_binance_frame_untyped(raw, recv_ts_ms, now_ms, max_past_ms=max_past_ms,
+                                       max_future_ms=max_future_ms)
+
+
+def parse_binance_frame_untyped(raw, recv_ts_ms: int, now_ms: int | None = None, *,
+                                max_past_ms: int = MAX_PAST_MS,
+                                max_future_ms: int = MAX_FUTURE_MS) -> Parsed:
+    """The generic parser (orjson into dicts, then the checks): every frame type, every
+    reject reason. The reference the typed aggTrade path is compared against."""
     if type(raw) is dict:
         obj = raw
     else:
@@ -107,14 +128,14 @@ def parse_binance_frame(raw, recv_ts_ms: int, now_ms: int | None = None, *,
         if type(e) is not str:
             raise bad_type("e", e, WS)
         raise Reject(f"unknown_event:{token(e)}", WS)
+    return _agg_parsed(_agg_row(d, recv_ts_ms, lo, hi))
 
+
+def _agg_parsed(row: tuple) -> Parsed:
+    """The Parsed of one aggTrade row (built without __init__: this is the hot path)."""
     r = _new(Parsed)
-    r.rows = [row := _agg_row(d, recv_ts_ms, lo, hi)]
-    s = row[0]
-    try:
-        r.stream = _AGG_STREAMS[s]
-    except KeyError:
-        r.stream = _agg_stream(s)
+    r.rows = [row]
+    r.stream = agg_stream(row[0])
     r.table = _AGG
     r.event_ts_ms = row[8]
     r.ids = (row[1], row[1])
@@ -126,42 +147,13 @@ def parse_binance_frame(raw, recv_ts_ms: int, now_ms: int | None = None, *,
 
 
 def _agg_row(d: dict, recv_ts_ms: int, lo: int, hi: int) -> tuple:
-    """The aggTrade hot path: event dict -> binance_agg_trades row, or raise Reject.
-    Checks inlined, helpers only to name what is wrong. Shared by
-    :func:`parse_binance_frame` and the replay fast path :func:`agg_trade_capture_row`,
-    so both validate alike by construction."""
+    """aggTrade event dict -> binance_agg_trades row, or raise Reject: the keys, then the
+    shared value checks (:func:`.parse_typed.agg_row`)."""
     try:
-        s = d["s"]; a = d["a"]; p = d["p"]; q = d["q"]  # noqa: E702
-        f = d["f"]; l = d["l"]; T = d["T"]; E = d["E"]; m = d["m"]  # noqa: E702,E741
+        return agg_row(d["s"], d["a"], d["p"], d["q"], d["f"], d["l"], d["T"], d["E"], d["m"],
+                       recv_ts_ms, lo, hi)
     except KeyError as exc:
         raise missing(exc, WS) from None
-    try:  # memo hits are valid symbols; a miss is checked (type included) on the side
-        if s not in _AGG_STREAMS:
-            _agg_stream(s)
-    except TypeError:          # unhashable (array/object)
-        raise bad_type("s", s, WS) from None
-    try:  # memo hits are valid values; a miss is checked (type included) on the side
-        price = _PQ.get(p)
-        qty = _PQ.get(q)
-    except TypeError:  # unhashable value (array/object): let the checks name it
-        price = qty = None
-    if price is None:
-        price = _pq(p, "p")
-    if qty is None:
-        qty = _pq(q, "q")
-    if not (type(a) is type(f) is type(l) is int
-            and 0 <= a < INT64_LIMIT and 0 <= f <= l < INT64_LIMIT):
-        _ids(a, f, l, WS)
-    if m is True:
-        side = "sell"
-    elif m is False:
-        side = "buy"
-    else:
-        raise bad_type("m", m, WS)
-    if not (type(T) is type(E) is int and lo <= T <= hi and lo <= E <= hi):
-        to_time(T, "T", WS, lo, hi)
-        to_time(E, "E", WS, lo, hi)
-    return (s, a, T, price, qty, side, f, l, E, recv_ts_ms)
 
 
 # A capture line of a Binance aggTrade frame holds this (the frame is a JSON string in it).
@@ -169,15 +161,16 @@ _AGG_MARK = b'\\"e\\":\\"aggTrade\\"'
 
 
 def agg_trade_capture_row(line: bytes) -> tuple | None:
-    """Replay fast path: one capture line (bytes) that records a Binance aggTrade frame
-    (source ``binance_ws``) -> the binance_agg_trades row :func:`parse_binance_frame`
+    """Replay fast path (untyped): one capture line (bytes) that records a Binance aggTrade
+    frame (source ``binance_ws``) -> the binance_agg_trades row :func:`parse_binance_frame`
     returns for it, with "now" = the record's ``recv_ts_ms``.
 
     None for anything else — another source or event, a malformed line or frame, a frame
     that is a reject: the caller then takes the full path (``cqt.capture.parse_line`` +
     :func:`parse_binance_frame`), which names the reject. Same decoder (orjson) and the
     same row checks (:func:`_agg_row`) as that path, so a row returned here is exactly
-    the row the full path stores; it only skips the ``Parsed`` object and the dispatch."""
+    the row the full path stores; it only skips the ``Parsed`` object and the dispatch.
+    (The replay tries the typed :func:`.parse_typed.typed_capture_rows` before this.)"""
     if _AGG_MARK not in line:
         return None
     try:
@@ -196,48 +189,6 @@ def agg_trade_capture_row(line: bytes) -> tuple | None:
 
 
 _new = object.__new__
-
-# Memo of validated aggTrade price/qty strings -> float (always finite and > 0): prices
-# and sizes repeat a lot, and float(str) is the dearest step after JSON decoding.
-# Bounded: cleared when full. Same for the symbol -> stream name.
-_PQ: dict[str, float] = {}
-_PQ_MAX = 16384
-_AGG_STREAMS: dict[str, str] = {}
-
-
-def _pq(v: str, key: str) -> float:
-    if type(v) is not str:
-        raise bad_type(key, v, WS)
-    try:
-        x = float(v)
-    except ValueError:
-        x = None
-    if x is None or "_" in v:
-        raise Reject(f"bad_number:{key}", WS, repr(v)[:60])
-    if not 0.0 < x < _INF:
-        raise range_reject(key, x, WS)
-    if len(_PQ) >= _PQ_MAX:
-        _PQ.clear()
-    _PQ[v] = x
-    return x
-
-
-def _agg_stream(s) -> str:
-    to_text(s, "s", WS)
-    if len(_AGG_STREAMS) >= 1024:
-        _AGG_STREAMS.clear()
-    stream = _AGG_STREAMS[s] = s + "@aggTrade"
-    return stream
-
-
-def _ids(a, f, l, source):  # noqa: E741
-    """Slow path of the aggTrade id checks: raise the precise reason."""
-    to_id(a, "a", source)
-    to_id(f, "f", source)
-    to_id(l, "l", source)
-    if f > l:
-        raise Reject("inconsistent:l", source, f"f={f} > l={l}")
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _mark_price(d: dict, recv: int, lo: int, hi: int) -> Parsed:
