@@ -42,24 +42,37 @@ def _connects(log, endpoint=r"[\w-]+") -> int:
                                                 (4, ["market-1", "market-2", "market-3", "public"])])
 def test_binance_every_symbols_ids_complete_across_a_forced_disconnect(tmp_path, collectors,  # noqa: F811
                                                                        per_conn, endpoints):
+    _binance_ids_across_a_drop(tmp_path, collectors, ASSETS, per_conn, endpoints,
+                               sim_args=("--symbols", ",".join(ASSETS)))
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_binance_one_stream_per_connection_loses_no_id(tmp_path, collectors):  # noqa: F811
+    """The smallest limit: each of BTCUSDT's four streams on its own connection."""
+    _binance_ids_across_a_drop(tmp_path, collectors, ("BTC",), 1, ["market-1", "market-2", "market-3", "public"])
+
+
+def _binance_ids_across_a_drop(tmp_path, collectors, assets, per_conn, endpoints, sim_args=()):  # noqa: F811
+    symbols = tuple(f"{a}USDT" for a in assets)
     db = tmp_path / "cqt.db"
-    with start_sim(tmp_path, "--seed", "41", "--history", "300", "--symbols", ",".join(ASSETS)) as sim:
-        env = collector_env(tmp_path, sim, CQT_SYMBOLS=",".join(ASSETS), CQT_BINANCE_STREAMS_PER_CONN=per_conn)
+    with start_sim(tmp_path, "--seed", "41", "--history", "300", *sim_args) as sim:
+        env = collector_env(tmp_path, sim, CQT_symbols=",".join(assets), CQT_BINANCE_STREAMS_PER_CONN=per_conn)
         p, log = collectors("cqt-collect-binance", env)
-        for sym in SYMBOLS:
+        for sym in symbols:
             wait_rows(db, "binance_agg_trades", 5, where=f"WHERE symbol='{sym}'", timeout=30)
             wait_rows(db, "binance_mark_price", 2, where=f"WHERE symbol='{sym}'", timeout=30)
         assert sorted(set(re.findall(r"stream: connected endpoint=([\w-]+) ", read_log(log)))) == sorted(endpoints)
         n = _connects(log)
         sim.fault("drop", source="binance")                      # every connection at once
         wait_for(lambda: _connects(log) >= n + len(endpoints), 20, what="every connection back")
-        for sym in SYMBOLS:
+        for sym in symbols:
             top = count(db, f"SELECT MAX(agg_id) FROM binance_agg_trades WHERE symbol='{sym}'")
             wait_rows(db, "binance_agg_trades", 3, where=f"WHERE symbol='{sym}' AND agg_id > {top}", timeout=20)
         wait_for(lambda: count(db, "SELECT COUNT(*) FROM gaps WHERE status='open'") == 0, 20, what="no open gaps")
         # stop the flow, let the collector catch up, then stop it
         sim.fault("stall", seconds=4, source="binance")
-        keys = {sym: f"binance:{sym.lower()}@aggTrade" for sym in SYMBOLS}
+        keys = {sym: f"binance:{sym.lower()}@aggTrade" for sym in symbols}
         wait_for(lambda: all(count(db, f"SELECT MAX(agg_id) FROM binance_agg_trades WHERE symbol='{s}'")
                              >= max(range_ids(sent_ranges(sim, k))) for s, k in keys.items()), 15,
                  what="collector caught up with every symbol")
@@ -71,7 +84,7 @@ def test_binance_every_symbols_ids_complete_across_a_forced_disconnect(tmp_path,
 
     text = read_log(log)
     no_traceback(text)
-    for sym in SYMBOLS:
+    for sym in symbols:
         stored = agg_ids(db, sym)
         assert sent[sym], sym
         lo, hi = min(sent[sym]), max(sent[sym])
@@ -85,29 +98,29 @@ def test_binance_every_symbols_ids_complete_across_a_forced_disconnect(tmp_path,
     first = opened[:len(endpoints)]
     assert sorted(r for r, _ in first) == sorted(e.split("-")[0] for e in endpoints), opened[:6]
     assert sorted(x for _, st in first for x in st.split(",")) == sorted(
-        f"{sym.lower()}@{k}" for sym in SYMBOLS for k in ("aggTrade", "markPrice@1s", "forceOrder", "bookTicker"))
+        f"{sym.lower()}@{k}" for sym in symbols for k in ("aggTrade", "markPrice@1s", "forceOrder", "bookTicker"))
     for route, streams in opened:
         names = streams.split(",")
         assert len(names) <= per_conn and all(("@bookTicker" in x) == (route == "public") for x in names), names
     # bookkeeping carries the symbol
     resume = dict(query(db, "SELECT stream, symbol FROM resume_state WHERE service='cqt-collect-binance'"))
-    for sym in SYMBOLS:
+    for sym in symbols:
         assert resume[f"{sym}@aggTrade"] == sym and resume[f"{sym}@markPrice"] == sym
     assert query(db, "SELECT COUNT(*) FROM gaps WHERE symbol IS NULL OR symbol != substr(stream, 1, "
                      "instr(stream, '@') - 1)")[0][0] == 0
     gap_syms = {s for (s,) in query(db, "SELECT DISTINCT symbol FROM gaps WHERE stream LIKE '%@aggTrade' "
                                         "AND reason = 'reconnect'")}
-    assert gap_syms <= set(SYMBOLS)
+    assert gap_syms <= set(symbols)
     rows = dict(((src, sym), n) for src, sym, n in query(
         db, "SELECT source, symbol, SUM(rows) FROM ingest_stats WHERE service='cqt-collect-binance' "
             "GROUP BY source, symbol"))
-    for sym in SYMBOLS:
+    for sym in symbols:
         assert rows.get(("binance_ws", sym), 0) > 0, rows
     total = count(db, "SELECT COUNT(*) FROM binance_agg_trades") + count(db, "SELECT COUNT(*) FROM binance_mark_price")
     assert sum(n for (src, _), n in rows.items() if src in ("binance_ws", "binance_rest")) >= total
     hb = json.loads(query(db, "SELECT detail FROM heartbeats WHERE service='cqt-collect-binance' "
                               "ORDER BY ts_ms DESC LIMIT 1")[0][0])
-    assert hb["symbols"] and set(SYMBOLS) <= set(hb["symbols"])
+    assert hb["symbols"] and set(symbols) <= set(hb["symbols"])
     assert sorted(hb["endpoints"]) == sorted(endpoints)
 
 
