@@ -289,3 +289,78 @@ def test_replay_of_revisable_rows_matches_the_live_upsert(tmp_path):
         live.executemany(store_sql(p.table), p.rows)
     live.commit()
     assert live.execute("SELECT * FROM binance_ratios").fetchall() == query(db, "SELECT * FROM binance_ratios")
+
+
+# ---------------------------------------------------------------- a new database file
+def _side_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name or p.name.endswith(("-journal", "-wal")))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("processes", ["2", "0"])
+def test_a_new_database_is_built_aside_and_ends_as_a_wal_database_like_a_replay_in_place(tmp_path, processes):
+    recs = _fast_path_records() + _capture_records()
+    cap = tmp_path / "cap.jsonl"
+    _write(cap, recs, extra_lines=["this line is not json"])
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".new.db.tmp-{2 ** 22 + 17}"          # a killed replay's leftovers (no such process)
+    stale.write_bytes(b"half a database")
+    Path(str(stale) + "-journal").write_bytes(b"x")
+    new, old = out / "new.db", out / "old.db"
+    from cqt.db import open_db
+    open_db(old).close()                                   # exists: replayed in place
+    env = cqt_env(tmp_path)
+    for db in (new, old):
+        r = run_bin("cqt", "replay", str(cap), "--db", str(db), "--json", "--processes", processes, env=env,
+                    timeout=120)
+        assert r.returncode == 0, r.stderr
+    assert _side_files(out) == []                          # no temp file, no journal, WAL checkpointed away
+    conn = sqlite3.connect(new)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    tables = ["binance_agg_trades", "binance_book_ticker", "binance_mark_price", "binance_liquidations",
+              "upbit_trades"]
+    assert _tables(new, tables) == _tables(old, tables)
+    # rejects alike, in file order (a bad line has no receive time: it is stamped when replayed)
+    for sql in ("SELECT source, reason, count, CASE source WHEN 'capture' THEN 0 ELSE hour_ms END, "
+                "CASE source WHEN 'capture' THEN 0 ELSE last_ts_ms END FROM reject_counts ORDER BY 1, 2",
+                "SELECT CASE source WHEN 'capture' THEN 0 ELSE ts_ms END, source, reason, raw FROM rejects "
+                "ORDER BY rowid"):
+        assert query(new, sql) == query(old, sql)
+    assert query(new, "SELECT COUNT(*) FROM binance_agg_trades")[0][0] >= 3000
+
+
+def test_a_database_that_appears_during_the_build_is_left_alone(tmp_path):
+    from cqt.replay import bulk
+    target = tmp_path / "x.db"
+    assert bulk.is_new(target)
+    tmp = bulk.build_path(target)
+    bulk.create(tmp)
+    conn = bulk.connect(tmp)
+    conn.execute("INSERT INTO rejects (ts_ms, source, reason, raw) VALUES (1, 'capture', 'r', 'x')")
+    conn.close()
+    target.write_bytes(b"someone else's")
+    assert not bulk.is_new(target)
+    with pytest.raises(bulk.TargetAppeared):
+        bulk.finish(tmp, target)
+    assert target.read_bytes() == b"someone else's"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.db"]
+    Path(str(tmp_path / "y.db") + "-wal").write_bytes(b"")  # a side file alone: not new either
+    assert not bulk.is_new(tmp_path / "y.db")
+
+
+@pytest.mark.timeout(120)
+def test_a_new_database_on_a_full_disk_fails_with_74_and_leaves_nothing(tmp_path):
+    from helpers import tmpfs
+    t0 = 1_700_000_000_000
+    recs = [{"recv_ts_ms": t0 + i // 10 + 30, "source": "binance_ws", "raw": _agg_raw(i, t0 + i // 10)}
+            for i in range(60_000)]                        # about 5 MB of rows
+    cap = tmp_path / "cap.jsonl"
+    _write(cap, recs)
+    with tmpfs(tmp_path / "full", "1m") as mnt:
+        r = run_bin("cqt", "replay", str(cap), "--db", str(mnt / "new.db"), env=cqt_env(tmp_path), timeout=120)
+        assert r.returncode == 74 and "Traceback" not in r.stderr, r.stderr
+        assert "full" in r.stderr.lower() or "space" in r.stderr.lower(), r.stderr
+        assert list(mnt.iterdir()) == []

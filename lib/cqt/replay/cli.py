@@ -45,8 +45,11 @@ def replay(file: str, db: str | None, as_json: bool, processes: int) -> None:
             bulk.remove_stale(target)
             path = bulk.build_path(target)
             bulk.create(path)
-        writer = BatchWriter(path, service="cqt-replay", max_rows=CHUNK_ROWS * 2, max_delay_s=0.5, queue_max=64,
-                             migrate_schema=not new_file, opener=bulk.connect if new_file else None)
+        # In-process, this writer gets the row packs (a short queue bounds memory); with parser
+        # processes only rejects and single rows, small and, in a damaged capture, many.
+        writer = BatchWriter(path, service="cqt-replay", max_rows=CHUNK_ROWS * 2, max_delay_s=0.5,
+                             queue_max=64 if processes == 0 else 8192, migrate_schema=not new_file,
+                             opener=bulk.connect if new_file else None)
     except SchemaTooNew as exc:
         print(f"cqt replay: {exc}", file=sys.stderr)
         sys.exit(exitcodes.CONFIG)

@@ -98,7 +98,9 @@ _frame_decoder = msgspec.json.Decoder(CombinedAggTrade)
 _record_decoder = msgspec.json.Decoder(CaptureRecord)
 _decode_frame = _frame_decoder.decode
 _decode_record = _record_decoder.decode
-_Declined = (msgspec.DecodeError, Reject)     # ValidationError is a DecodeError
+# what declining looks like: malformed or mistyped JSON (ValidationError is a DecodeError), text
+# that is not UTF-8 (a str with a lone surrogate: UnicodeEncodeError), a value a check refuses
+_Declined = (msgspec.DecodeError, UnicodeError, Reject)
 
 # Memo of validated aggTrade price/qty strings -> float (always finite and > 0): prices
 # and sizes repeat a lot, and float(str) is the dearest step after JSON decoding.
@@ -205,7 +207,7 @@ def typed_capture_rows(lines: list[bytes], ts_min: int, ts_max: int) -> tuple[li
         try:
             rec = decode_record(line)
             d = decode_frame(rec.raw).data
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeError):
             append(None)
             declined += 1
             continue
