@@ -5,6 +5,7 @@ one log line, and the jobs of different symbols spread in time. Pure schedule ma
 injected clocks; nothing sleeps."""
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -13,11 +14,12 @@ from collections import Counter
 import pytest
 
 from cqt.config import ConfigError, load_settings
-from cqt.poll import PollJob, PollLoop
+from cqt.poll import PollError, PollJob, PollLoop
 from cqt.poll.budget import Budget, JobKind, max_symbols, plan_intervals, spread_phase
 from cqt.venues.binance.poll import RATIO_JOBS, BinanceRestConfig, BinanceRestPoller
 from cqt.venues.coinglass import call_endpoint, markets, split_call_endpoint
 from cqt.venues.coinglass.poll import CoinglassConfig, CoinglassPoller
+from pollclock import VirtualTime, make_loop, run_for
 
 KEY = "cgkey-REAL-1234567890abcdef"
 WALL_MS = 1_763_942_412_345          # any wall-clock instant; the schedule only needs one
@@ -230,13 +232,63 @@ def test_first_runs_are_staggered_not_a_burst():
     assert min(b - a for a, b in zip(starts, starts[1:])) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("n", [45, 120])
+def test_the_loop_keeps_the_futures_data_calls_within_the_plan(n):
+    """The real loop on a virtual clock, the ratio jobs of n symbols for 25 minutes: no 5-minute
+    window ever reaches the limit (nothing is held back), and once the start is five minutes
+    behind, none holds more than 80 % of it — up to the few calls each run's random start
+    delay (<= 1 s) can move into a window. 45 symbols: the first runs right at start fit in
+    the room the steady state leaves; 120: they would not, so the jobs begin at their slots."""
+    vt = VirtualTime()
+    cfg = BinanceRestConfig.from_settings(settings(CQT_SYMBOLS=assets(n)))
+    poller = BinanceRestPoller(None, cfg, client=None, clock=vt.wall_ms, mono=vt.monotonic)
+    assert all(poller.plan.start_runs[k] == (n == 45) for k in RATIO_JOBS)
+    calls, held = [], []
+
+    def call(spec):
+        def fn():                      # what BinanceRestPoller._get does with the window limit
+            for lim in spec.limits:
+                if lim.wait_s() > 0:
+                    held.append(vt.monotonic())
+                    raise PollError("rate limited", retry_after_s=lim.wait_s(), calls=0, deferred=True)
+                lim.note()
+            calls.append(vt.monotonic())
+            return 1
+        return fn
+
+    specs = [j.spec for j in poller.loop.jobs if j.spec.name.split("@")[1] in RATIO_JOBS]
+    loop = make_loop(vt, [PollJob(s.name, s.interval_s, call(s), phase_s=s.phase_s, limits=s.limits,
+                                  run_at_start=s.run_at_start) for s in specs],
+                     workers=poller.loop.workers, start_stagger_s=poller.loop.start_stagger_s)
+    start = vt.monotonic()
+    run_for(loop, 1500.0)
+    assert held == []
+    calls.sort()
+
+    def in_window(t):
+        return bisect.bisect_left(calls, t + 300.0) - bisect.bisect_left(calls, t)
+
+    iv = poller.plan.intervals["taker"]
+    assert len(calls) >= len(specs) * int(1200 / iv)
+    assert max(in_window(t) for t in calls) < cfg.data_limit_5m
+    jitter_calls = math.ceil(min(1.0, 0.05 * iv) / (iv / len(specs))) + 1
+    steady = max(in_window(t) for t in calls if start + 300 <= t <= start + 1200)
+    assert steady <= 0.8 * cfg.data_limit_5m + jitter_calls, (steady, jitter_calls)
+
+
+def test_coinglass_first_runs_at_start_only_where_they_fit():
+    one = CoinglassConfig.from_settings(coinglass_settings(1)).rate_plan()
+    six = CoinglassConfig.from_settings(coinglass_settings(6)).rate_plan()
+    assert all(one.start_runs.values()) and not any(six.start_runs.values())     # 24 more on 24 of 30: no
+
+
 def test_one_symbol_keeps_the_schedule_it_always_had():
     poller = _binance_poller(1)
     assert {j.spec.name: (j.spec.interval_s, j.spec.phase_s) for j in poller.loop.jobs} == {
         "C000USDT@open_interest": (10.0, 0.0), "C000USDT@oi_hist": (60.0, 5.0), "C000USDT@global_ls": (60.0, 7.0),
         "C000USDT@top_ls": (60.0, 9.0), "C000USDT@taker": (60.0, 11.0), "C000USDT@premium": (60.0, 1.0),
         "C000USDT@funding": (600.0, 15.0)}
-    assert poller.loop.workers == 2
+    assert poller.loop.workers == 2 and all(j.spec.run_at_start for j in poller.loop.jobs)
 
 
 def test_heartbeat_detail_stays_small_for_many_jobs():

@@ -18,6 +18,11 @@ The remaining 20 % is room for catch-up pages after a restart and retries after 
 the limits' own sliding windows (WindowLimit) and the RestClient's weight header still hold
 every request back when anything runs over.
 
+The first run of each job right at start (the loop's `run_at_start`: fresh data, the
+first-start backfill) is a burst on top of that: `Plan.start_runs` keeps it only for kinds
+whose every budget has room for it under the limit itself (capacity minus the planned use);
+the others begin at their first slot, within one interval.
+
 `spread_phase(base_s, index, count, interval_s)` places the jobs of one kind for `count`
 symbols evenly over the interval, so N symbols are never N requests at the same instant.
 Pure: no clock, no I/O.
@@ -69,6 +74,8 @@ class Plan:
     usage: dict[str, float]                     # budget -> use per window at the planned intervals
     allowed: dict[str, float]                   # budget -> units per window the plan may use
     capacity: dict[str, float]                  # budget -> the limit itself
+
+    start_runs: dict[str, bool] = field(default_factory=dict)   # kind -> first run right at start
 
     @property
     def stretched(self) -> dict[str, tuple[float, float]]:
@@ -131,9 +138,16 @@ def plan_intervals(kinds: Iterable[JobKind], budgets: Iterable[Budget], symbols:
             iv = math.ceil(k.interval_s * f / ROUND_S) * ROUND_S
             iv = round(max(iv, k.interval_s), 6)
         intervals[k.name] = iv
+    usage = usage_per_window(kinds, budgets, n, intervals)
+    # A first run of every job right at start is a burst on top of the steady state: only
+    # where it fits in the room the steady state leaves under the limit itself (else those
+    # jobs start at their first slot, already spread over the interval).
+    burst = {b.name: n * sum(k.costs.get(b.name, 0.0) for k in kinds) for b in budgets}
+    fits = {b.name: burst[b.name] <= b.capacity - usage[b.name] for b in budgets}
+    start_runs = {k.name: all(fits[b] for b, c in k.costs.items() if c) for k in kinds}
     return Plan(symbols=n, intervals=intervals, configured={k.name: k.interval_s for k in kinds}, demand=demand,
-                usage=usage_per_window(kinds, budgets, n, intervals),
-                allowed={b.name: b.allowed for b in budgets}, capacity={b.name: b.capacity for b in budgets})
+                usage=usage, allowed={b.name: b.allowed for b in budgets},
+                capacity={b.name: b.capacity for b in budgets}, start_runs=start_runs)
 
 
 def max_symbols(kinds: Iterable[JobKind], budgets: Iterable[Budget], limit: int = 100_000) -> int:

@@ -204,7 +204,8 @@ class BinanceRestPoller:
             for kind, (fn, timeout_s, limits) in spec.items():
                 phase = spread_phase(min(KIND_PHASE_S[kind], iv[kind] / 2), i, n, iv[kind])
                 out.append(PollJob(job_name(sym, kind), iv[kind], self._call(fn, sym), phase_s=phase,
-                                   timeout_s=timeout_s, client=self.client, limits=limits))
+                                   timeout_s=timeout_s, client=self.client, limits=limits,
+                                   run_at_start=self.plan.start_runs[kind]))
         return out
 
     def _ratio_fn(self, kind: str) -> Callable[[str], RunResult]:

@@ -274,7 +274,8 @@ class CoinglassPoller:
                 out.append(PollJob(job_name(coin, key), iv, self._job(coin, key),
                                    phase_s=spread_phase(base, j, len(self.cfg.coins), iv),
                                    timeout_s=self.cfg.timeout_s * 3 + 5, client=self.client,
-                                   limits=(self.limit,), max_backoff_s=600.0))
+                                   limits=(self.limit,), max_backoff_s=600.0,
+                                   run_at_start=self.plan.start_runs[key]))
         return out
 
     def _job(self, coin: str, key: str) -> Callable[[], RunResult]:
