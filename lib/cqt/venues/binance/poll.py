@@ -127,8 +127,9 @@ class BinanceRestConfig:
             funding_limit_5m=s.get_int("CQT_BINANCE_FUNDING_LIMIT"),
         )
         one = plan_intervals(cfg.kinds(), cfg.budgets(), 1)
-        for budget in one.over():
-            raise cfg.refusal(budget, one)
+        over = one.over()
+        if over:
+            raise cfg.refusal(over[0], one)
         if cfg.refetch > HIST_MAX_LIMIT:
             raise ConfigError("CQT_POLL_RATIO_REFETCH", f"at most {HIST_MAX_LIMIT}")
         return cfg
