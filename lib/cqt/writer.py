@@ -18,6 +18,10 @@ from .redact import redact
 
 log = logging.getLogger("cqt.db")    # the database layer's log name, as operators filter on it
 
+#: rows queued and not committed yet before a producer waits: at a busy collector's rate
+#: a few tenths of a second of rows, some tens of MB of tuples.
+MAX_QUEUED_ROWS = 10_000
+
 
 class BatchWriter:
     """Queue rows from any thread; one thread commits them in short transactions.
@@ -44,12 +48,15 @@ class BatchWriter:
                  migrate_schema: bool = True, checkpoint_every_s: float = 30.0,
                  secrets: Iterable[str] = (), clock: Callable[[], float] = time.monotonic,
                  wal_autocheckpoint: int | None = None,
-                 opener: Callable[[Path], sqlite3.Connection] | None = None):
+                 opener: Callable[[Path], sqlite3.Connection] | None = None,
+                 max_queued_rows: int | None = MAX_QUEUED_ROWS):
         self.path = Path(path)
         self.secrets = tuple(secrets)
         self.clock = clock
         self.service = service
         self.max_rows = max_rows
+        # a transaction never waits for more rows than a blocked producer can add
+        self._batch_rows = max_rows if max_queued_rows is None else max(1, min(max_rows, max_queued_rows // 2))
         self.max_delay_s = max_delay_s
         self.on_fatal = on_fatal
         self.checkpoint_every_s = checkpoint_every_s
@@ -64,6 +71,8 @@ class BatchWriter:
             # few thousand rows per commit the syncs, not the inserts, set the pace.
             self._conn.execute(f"PRAGMA wal_autocheckpoint={int(wal_autocheckpoint)}")
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)     # notified as committed rows leave the queue
+        self.max_queued_rows = max_queued_rows
         self._queued_rows = 0
         self._committed_rows = 0
         self._commits = 0
@@ -85,20 +94,40 @@ class BatchWriter:
     def _enqueue(self, item: tuple, nrows: int, block: bool = True) -> None:
         if self.fatal is not None:
             raise RuntimeError(f"writer stopped: {self.fatal}")
+        limit = self.max_queued_rows
+        if block and limit is not None and self._queued_rows + nrows > limit:
+            self._wait_for_room(limit, nrows)
+            if self.fatal is not None:
+                raise RuntimeError(f"writer stopped: {self.fatal}")
         try:
             self._q.put(item, block=False)
         except queue.Full:
-            t = time.monotonic()
-            if t - self._full_warned > 10:
-                self._full_warned = t
-                log.error("WRITE QUEUE FULL: database writes are falling behind; receiving will block "
-                          "queue_max=%d service=%s", self._q.maxsize, self.service)
+            self._warn_full(f"queue_max={self._q.maxsize}")
             self._q.put(item, block=block)
         with self._lock:
             if self._seq_done >= self._seq_put:
                 self._progress_at = self.clock()   # idle until now: a stall counts from here
             self._seq_put += 1
             self._queued_rows += nrows
+
+    def _wait_for_room(self, limit: int, nrows: int) -> None:
+        """Block the producer until the queue holds at most `limit` rows with these (or is
+        empty): a receiver faster than the database waits here, so memory stays bounded
+        and the socket, not the heap, holds what is not stored yet."""
+        while True:
+            with self._room:
+                if not (self._queued_rows and self._queued_rows + nrows > limit and self.fatal is None):
+                    return
+                if self._room.wait(timeout=1.0):
+                    continue
+            self._warn_full(f"max_queued_rows={limit}")     # outside the lock: logging may queue a row
+
+    def _warn_full(self, bound: str) -> None:
+        t = time.monotonic()
+        if t - self._full_warned > 10:
+            self._full_warned = t
+            log.error("WRITE QUEUE FULL: database writes are falling behind; receiving will block "
+                      "%s service=%s", bound, self.service)
 
     def put(self, sql: str, params: Sequence[Any], block: bool = True) -> bool:
         """Queue one row. With block=False a full queue drops it (returns False): for
@@ -217,7 +246,7 @@ class BatchWriter:
                     nrows += first[4] if first[0] == "rows" else 0
                     self._oldest_enqueued = first[3]
                     deadline = time.monotonic() + self.max_delay_s
-                    while nrows < self.max_rows:
+                    while nrows < self._batch_rows:
                         remaining = deadline - time.monotonic()
                         try:
                             item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
@@ -321,6 +350,7 @@ class BatchWriter:
             self._finish_batch(batch, nrows - lost)
             with self._lock:
                 self._queued_rows -= lost
+                self._room.notify_all()
             return
         self._finish_batch(batch, nrows)
 
@@ -383,6 +413,7 @@ class BatchWriter:
 
     def _release_all(self) -> None:
         with self._lock:
+            self._room.notify_all()
             waiters, self._flush_waiters = self._flush_waiters, []
         for _target, ev in waiters:
             ev.set()
@@ -394,6 +425,7 @@ class BatchWriter:
                 self._committed_rows += nrows
                 self._commits += 1
             self._queued_rows -= nrows
+            self._room.notify_all()
             waiters, self._flush_waiters = self._flush_waiters, []
             for target, ev in waiters:
                 if self._seq_done >= target or self.fatal is not None:

@@ -110,7 +110,8 @@ class _Parser:
         # The parent opened (and migrated) the database; this writer only inserts.
         self.writer = BatchWriter(db_path, service="cqt-replay", migrate_schema=False, max_rows=1 << 30,
                                   max_delay_s=60.0, queue_max=1024, secrets=secrets,
-                                  wal_autocheckpoint=None if opener else 0, opener=opener)
+                                  wal_autocheckpoint=None if opener else 0, opener=opener,
+                                  max_queued_rows=None)     # a block at a time, then a flush
 
     def _emit(self, kind: str, payload) -> None:
         if kind == "rows":
