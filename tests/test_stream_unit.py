@@ -10,7 +10,7 @@ import pytest
 
 from cqt.capture import CaptureWriter, iter_capture, rotated_name
 from cqt.rest import RateLimitState
-from cqt.stream import Backoff, pack_rows
+from cqt.stream import Backoff, pack_rows, rows_per_statement
 from cqt.venues.common import insert_sql
 
 
@@ -52,10 +52,99 @@ def test_pack_rows_stores_the_same_rows_as_executemany(tmp_path):
         b.executemany(stmt, params)
     q = "SELECT * FROM binance_agg_trades ORDER BY agg_id"
     assert a.execute(q).fetchall() == b.execute(q).fetchall()
-    assert len(pack_rows(sql, rows, k=64)) == 2
+    # 309 rows, k=64: 4 x 64, then 32, 16, 4 and one single row
+    packs = pack_rows(sql, rows, k=64)
+    assert [len(params) * rows_per_statement(stmt) for stmt, params in packs] == [256, 32, 16, 4, 1]
     upsert = insert_sql("binance_ratios", True)
     assert pack_rows(upsert, rows) == [(upsert, rows)]          # upserts pass through unchanged
-    assert pack_rows(sql, rows[:5]) == [(sql, rows[:5])]
+    assert pack_rows(sql, rows[:1]) == [(sql, rows[:1])]
+    assert pack_rows(sql, []) == [(sql, [])]
+
+
+@pytest.mark.parametrize("n", [2, 3, 999, 1000, 1001, 1999, 2000, 2500])
+def test_pack_rows_covers_every_row_in_order_within_the_parameter_limit(n):
+    from cqt.stream.buffer import MAX_PARAMS
+    sql = insert_sql("binance_agg_trades")
+    width = sql.partition(" VALUES ")[2].count("?")
+    rows = [tuple(range(i * width, (i + 1) * width)) for i in range(n)]
+    packs = pack_rows(sql, rows)
+    flat = []
+    for stmt, params in packs:
+        k = rows_per_statement(stmt)
+        for p in params:
+            assert len(p) == k * width <= MAX_PARAMS
+            flat.extend(tuple(p[j:j + width]) for j in range(0, len(p), width))
+    assert flat == rows
+    assert len(packs) <= 12                                     # a few statement shapes, not one per row
+    assert packs[-1][0] != sql or len(packs[-1][1]) == 1        # at most one row left single
+    wide = "INSERT OR IGNORE INTO t (a) VALUES (" + ",".join(["?"] * 100) + ")"
+    assert all(rows_per_statement(st) * 100 <= MAX_PARAMS for st, _ in pack_rows(wide, [(0,) * 100] * n))
+
+
+class _ChunkedSocket:
+    """A socket whose recv returns the next 1 … bufsize bytes (a seeded random split) and,
+    once everything is read, times out."""
+
+    def __init__(self, data: bytes, seed: int):
+        self.data = data
+        self.pos = 0
+        self.rng = random.Random(seed)
+        self.calls = 0
+
+    def gettimeout(self):
+        return 0.01
+
+    def recv(self, bufsize):
+        import socket
+        self.calls += 1
+        if self.pos >= len(self.data):
+            raise socket.timeout("timed out")
+        n = min(bufsize, self.rng.choice([1, 2, 3, 7, 100, 4096, len(self.data)]))
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def _frames_bytes(payloads) -> bytes:
+    import websocket
+    return b"".join(websocket.ABNF.create_frame(p, websocket.ABNF.OPCODE_TEXT).format() for p in payloads)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_buffered_reads_give_the_same_frames_and_the_same_timeout(seed):
+    import websocket
+
+    from cqt.stream.connection import BufferedRecv, buffer_reads
+    payloads = ["x" * n for n in (0, 1, 125, 126, 300, 65535, 65536, 70000)] + [
+        '{"stream":"btcusdt@aggTrade","data":{"a":%d}}' % i for i in range(50)]
+    data = _frames_bytes(payloads)
+    got = {}
+    for buffered in (False, True):
+        ws = websocket.WebSocket(skip_utf8_validation=True)
+        ws.sock = sock = _ChunkedSocket(data, seed)
+        ws.connected = True
+        if buffered:
+            buffer_reads(ws)
+            buffer_reads(ws)                                    # twice: wrapped once
+            assert isinstance(ws.frame_buffer.recv, BufferedRecv)
+            assert not isinstance(ws.frame_buffer.recv.raw, BufferedRecv)
+        frames = [ws.recv_data() for _ in payloads]
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            ws.recv_data()                                      # empty buffer: the socket's timeout shows
+        got[buffered] = (frames, sock.calls)
+        ws.sock = None
+    assert got[True][0] == got[False][0] == [(websocket.ABNF.OPCODE_TEXT, p.encode()) for p in payloads]
+    assert got[True][1] <= got[False][1]                        # never more system calls
+
+
+def test_buffer_reads_leaves_a_test_double_alone():
+    from cqt.stream.connection import buffer_reads
+
+    class _Double:
+        pass
+    d = _Double()
+    buffer_reads(d)
+    assert not hasattr(d, "frame_buffer")
 
 
 def test_rate_limit_state_429_418_5xx_and_budgets():

@@ -11,26 +11,38 @@ RESUME_SQL = ("INSERT OR REPLACE INTO resume_state (service, stream, symbol, las
               "VALUES (?, ?, ?, ?, ?, ?)")
 
 
-PACK_ROWS = 256          # rows per multi-row INSERT: fewer statements, fewer GIL hand-overs in the writer
+#: rows per multi-row INSERT: one RowBuffer flush (flush_rows = 1 000) is one statement, so the
+#: writer re-takes the GIL once per 1 000 rows instead of once per row of a remainder
+PACK_ROWS = 1000
+MAX_PARAMS = 32_766      # SQLite's limit on parameters in one statement (SQLITE_MAX_VARIABLE_NUMBER)
 
 
 def pack_rows(sql: str, rows: list[tuple], k: int = PACK_ROWS) -> list[tuple[str, list]]:
     """Turn `INSERT OR IGNORE … VALUES (?,…)` + rows into multi-row statements
-    (`VALUES (…),(…)…`, k rows each) plus the single-row statement for the rest.
-    Same rows, same order, same conflict handling; other statements pass through."""
+    (`VALUES (…),(…)…`): as many packs of k rows as fit, the rest in packs of k/2, k/4, …
+    down to 2, a last single row with the plain statement (about ten statement shapes per
+    table, well inside the sqlite3 statement cache). k is capped so a pack stays under
+    SQLite's parameter limit. Same rows, same order, same conflict handling; other
+    statements pass through."""
     n = len(rows)
-    if n < k or not sql.startswith("INSERT OR IGNORE") or " ON CONFLICT" in sql:
+    if n < 2 or not sql.startswith("INSERT OR IGNORE") or " ON CONFLICT" in sql:
         return [(sql, rows)]
-    multi = _MULTI.get((sql, k))
-    if multi is None:
-        head, _, values = sql.partition(" VALUES ")
-        multi = _MULTI[(sql, k)] = f"{head} VALUES {','.join([values] * k)}"
-    full = n - n % k
+    head, _, values = sql.partition(" VALUES ")
+    k = min(k, MAX_PARAMS // max(1, values.count("?")))
+    out: list[tuple[str, list]] = []
     chain = itertools.chain.from_iterable
-    params = [tuple(chain(rows[i:i + k])) for i in range(0, full, k)]
-    out = [(multi, params)]
-    if full < n:
-        out.append((sql, rows[full:]))
+    i = 0
+    while k >= 2 and i < n:
+        full = (n - i) // k * k
+        if full:
+            multi = _MULTI.get((sql, k))
+            if multi is None:
+                multi = _MULTI[(sql, k)] = f"{head} VALUES {','.join([values] * k)}"
+            out.append((multi, [tuple(chain(rows[j:j + k])) for j in range(i, i + full, k)]))
+            i += full
+        k = 2 if k == 3 else k // 2             # halve, never skipping 2: at most one row is left
+    if i < n:
+        out.append((sql, rows[i:]))
     return out
 
 

@@ -14,7 +14,7 @@ from ..timeutil import now_ms
 from ..venues.common import Parsed, Reject
 from .backoff import Backoff, ConnectPacer
 from .buffer import RowBuffer
-from .connection import Connection
+from .connection import Connection, buffer_reads
 from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule
 from .settings import LoopSettings
 from .state import StreamState, symbols_snapshot
@@ -196,6 +196,7 @@ class StreamLoop:
             ws = self.connect(
                 ep.url, timeout=self.cfg.connect_timeout_s, suppress_origin=ep.suppress_origin,
                 skip_utf8_validation=True, enable_multithread=False)
+            buffer_reads(ws)
             for msg in ep.subscribe:
                 ws.send(msg)
             ws.settimeout(self.cfg.recv_timeout_s)
