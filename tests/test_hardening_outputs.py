@@ -37,16 +37,16 @@ def make_db(path: Path, seconds: int = 300) -> Path:
     """A migrated database with `seconds` of market_1s bars (a gentle walk) and predictions."""
     conn = open_db(path)
     feats = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")
-             if r[1] not in ("ts_ms", "horizon_sec", "model", "score")]
+             if r[1] not in ("symbol", "ts_ms", "horizon_sec", "model", "score")]
     conn.execute("BEGIN")
     for i in range(seconds):
-        conn.execute("INSERT INTO market_1s (ts_ms, close, volume, trade_count, buy_volume, sell_volume, has_trade, "
+        conn.execute("INSERT INTO market_1s (symbol, ts_ms, close, volume, trade_count, buy_volume, sell_volume, has_trade, "
                      "close_age_ms, book_age_ms, binance_age_ms, mark_age_ms, usdt_krw_age_ms) "
-                     "VALUES (?, ?, 1, 1, 0.5, 0.5, 1, 0, 100, 100, 100, 1000)",
+                     "VALUES ('BTC', ?, ?, 1, 1, 0.5, 0.5, 1, 0, 100, 100, 100, 1000)",
                      (T + i * S, 1000.0 + (i * 7919 % 13) - 6))
     for i in range(20, seconds - 60):
-        conn.execute(f"INSERT INTO predictions (ts_ms, horizon_sec, model, score, {', '.join(feats)}) "
-                     f"VALUES (?, 10, 'test', 0.0, {', '.join('0.1' for _ in feats)})", (T + i * S,))
+        conn.execute(f"INSERT INTO predictions (symbol, ts_ms, horizon_sec, model, score, {', '.join(feats)}) "
+                     f"VALUES ('BTC', ?, 10, 'test', 0.0, {', '.join('0.1' for _ in feats)})", (T + i * S,))
     conn.execute("COMMIT")
     conn.close()
     return path
