@@ -364,3 +364,38 @@ def test_a_new_database_on_a_full_disk_fails_with_74_and_leaves_nothing(tmp_path
         assert r.returncode == 74 and "Traceback" not in r.stderr, r.stderr
         assert "full" in r.stderr.lower() or "space" in r.stderr.lower(), r.stderr
         assert list(mnt.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_coinglass_call_status_names_the_coin_as_the_live_poller_does(tmp_path):
+    """The coin comes from the request: `symbol` is the coin on aggregated endpoints and
+    the pair on per-exchange ones; a request without a symbol keeps the bare path."""
+    resp = json.loads((SAMPLES / "coinglass_v4_examples.json").read_text())["responses"]
+    # the open-interest sample's times are out of range (a quirk of the sample): its shape, real times
+    oi = {"code": "0", "msg": "success",
+          "data": [{"time": 1658880000000, "open": "2644845344", "high": "2692643311", "low": "2576975597",
+                    "close": "2608846475"}]}
+    fr = resp["GET /api/futures/funding-rate/history?exchange=Binance&symbol=BTCUSDT&interval=1d"]
+    t = 1_750_000_000_000
+    recs = [
+        {"recv_ts_ms": t, "source": "coinglass", "path": "/api/futures/open-interest/aggregated-history",
+         "params": {"symbol": "ETH", "interval": "1d"}, "status": 200, "raw": json.dumps(oi)},
+        {"recv_ts_ms": t + 1, "source": "coinglass", "path": "/api/futures/funding-rate/history",
+         "params": {"exchange": "Binance", "symbol": "SOLUSDT", "interval": "1d"}, "status": 200,
+         "raw": json.dumps(fr)},
+        {"recv_ts_ms": t + 2, "source": "coinglass", "path": "/api/futures/funding-rate/history",
+         "params": {"exchange": "Binance", "symbol": "ETHUSDT", "interval": "1d"}, "status": 429,
+         "raw": '{"code":"429","msg":"Too Many Requests"}'},
+        {"recv_ts_ms": t + 3, "source": "coinglass", "path": "/api/futures/funding-rate/history",
+         "params": {"interval": "1d"}, "status": 500, "raw": "oops"},
+    ]
+    cap = tmp_path / "cg.jsonl"
+    _write(cap, recs)
+    db = tmp_path / "out.db"
+    r = run_bin("cqt", "replay", str(cap), "--db", str(db), env=cqt_env(tmp_path), timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = query(db, "SELECT endpoint, http_status, ok FROM coinglass_call_status ORDER BY ts_ms")
+    assert rows == [("/api/futures/open-interest/aggregated-history?coin=ETH", 200, 1),
+                    ("/api/futures/funding-rate/history?coin=SOL", 200, 1),
+                    ("/api/futures/funding-rate/history?coin=ETH", 429, 0),
+                    ("/api/futures/funding-rate/history", 500, 0)]

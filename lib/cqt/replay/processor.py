@@ -10,6 +10,7 @@ from ..redact import redact
 from ..timeutil import MAX_TIME_MS, MIN_TIME_MS
 from ..venues.binance.parse import agg_trade_capture_row
 from ..venues.binance.parse_typed import typed_capture_rows
+from ..venues.coinglass import call_endpoint, coin_of_params
 from ..venues.common import UPSERT_TABLES, Reject, insert_sql
 from ..venues.registry import REST_SOURCES, WS_SOURCES, parse_rest_body, venue_of
 from .records import BadRecord, read_record
@@ -222,19 +223,20 @@ class RecordProcessor:
     def _rest(self, rec: dict, src: str, raw, ts: int):
         status = rec.get("status")
         path = str(rec.get("path") or "")
-        cg = src == "coinglass"
+        # a Coinglass call-status row names the coin, as the live poller writes it
+        call = call_endpoint(path, coin_of_params(rec.get("params"))) if src == "coinglass" else None
         if status != 200:
-            if cg:
-                self._call_status(ts, path, status, 0, 0, f"http {status}")
+            if call:
+                self._call_status(ts, call, status, 0, 0, f"http {status}")
             return None
         try:
             p = parse_rest_body(src, path, rec.get("params"), raw, ts)
         except Reject as r:
-            if cg:
-                self._call_status(ts, path, status, 0, 0, r.reason)
+            if call:
+                self._call_status(ts, call, status, 0, 0, r.reason)
             raise
-        if cg:
-            self._call_status(ts, path, status, 1, len(p.rows) if p else 0, None)
+        if call:
+            self._call_status(ts, call, status, 1, len(p.rows) if p else 0, None)
         return p
 
     def _call_status(self, *row) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ...config import ConfigError
-from ...symbols import coinglass_coin
+from ...symbols import coinglass_coin, coinglass_coin_of_binance
 from ..base import Venue
 from ..common import Parsed, request_param
 from .parse import COINGLASS_ENDPOINTS, SRC, parse_coinglass
@@ -54,6 +54,14 @@ def call_endpoint(path: str, coin: str | None) -> str:
     """coinglass_call_status.endpoint of one call: the path and the coin it was for,
     `/api/futures/funding-rate/history?coin=BTC` (the bare path when the coin is unknown)."""
     return f"{path}{COIN_MARK}{coin}" if coin else path
+
+
+def coin_of_params(params) -> str | None:
+    """The coin a request was for, from its query parameters: `symbol` is the coin on the
+    aggregated endpoints (BTC) and the pair on the per-exchange ones (BTCUSDT -> BTC).
+    None when the request names no symbol."""
+    sym = str((params or {}).get("symbol") or "").strip()
+    return coinglass_coin_of_binance(sym) if sym else None
 
 
 def split_call_endpoint(endpoint: str) -> tuple[str, str | None]:
