@@ -29,16 +29,17 @@ S = 1000
 # ------------------------------------------------------------------------------ fixtures
 def _feature_names(conn: sqlite3.Connection) -> list[str]:
     return [r[1] for r in conn.execute("PRAGMA table_info(predictions)")
-            if r[1] not in ("ts_ms", "horizon_sec", "model", "score")]
+            if r[1] not in ("symbol", "ts_ms", "horizon_sec", "model", "score")]
 
 
-def make_db(path: Path, market: dict[int, dict], preds: dict[int, dict]) -> Path:
-    """market: ts_ms -> {close, has_trade, *_age_ms}; preds: ts_ms -> {feature: value} (others 0.1)."""
+def make_db(path: Path, market: dict[int, dict], preds: dict[int, dict], symbol: str = "BTC") -> Path:
+    """market: ts_ms -> {close, has_trade, *_age_ms}; preds: ts_ms -> {feature: value} (others 0.1);
+    the rows of one asset (`symbol`), added to the database at `path`."""
     conn = open_db(path)
     feats = _feature_names(conn)
     conn.execute("BEGIN")
     for ts, m in sorted(market.items()):
-        row = {"ts_ms": ts, "close": 1024.0, "volume": 1.0, "trade_count": 1, "buy_volume": 0.5, "sell_volume": 0.5,
+        row = {"symbol": symbol, "ts_ms": ts, "close": 1024.0, "volume": 1.0, "trade_count": 1, "buy_volume": 0.5, "sell_volume": 0.5,
                "has_trade": 1, "close_age_ms": 0, "book_age_ms": 100, "binance_age_ms": 100, "mark_age_ms": 100,
                "usdt_krw_age_ms": 1000}
         row.update(m)
@@ -47,7 +48,7 @@ def make_db(path: Path, market: dict[int, dict], preds: dict[int, dict]) -> Path
         conn.execute(f"INSERT INTO market_1s ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                      list(row.values()))
     for ts, p in sorted(preds.items()):
-        row = {"ts_ms": ts, "horizon_sec": 120, "model": "test", "score": 0.0, **{f: 0.1 for f in feats}}
+        row = {"symbol": symbol, "ts_ms": ts, "horizon_sec": 120, "model": "test", "score": 0.0, **{f: 0.1 for f in feats}}
         row.update(p)
         conn.execute(f"INSERT INTO predictions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                      list(row.values()))
@@ -213,17 +214,22 @@ def test_metadata_round_trip_and_types(tmp_path):
     assert "purg" in meta["note"] and "embargo" in meta["note"] and "30 seconds" in meta["note"]
     schema = pq.read_schema(out)
     feats = _feature_names(sqlite3.connect(db))
-    assert schema.names == ["t0", *feats, "score", "price_t0", "label_ts", "price_label", "ret", "r_t", "label"]
+    assert schema.names == ["t0", "symbol", *feats, "score", "price_t0", "label_ts", "price_label", "ret", "r_t",
+                            "label"]
     assert set(meta["columns"]) == set(schema.names)
     assert str(schema.field("t0").type) == "timestamp[ms, tz=UTC]" == str(schema.field("label_ts").type)
     for c in ("ret", "r_t", "price_t0", "price_label", *feats):
         assert str(schema.field(c).type) == "double"
     assert str(schema.field("label").type) == "dictionary<values=string, indices=int8, ordered=0>"
+    assert str(schema.field("symbol").type) == "dictionary<values=string, indices=int32, ordered=0>"
+    assert meta["format"] == "cqt-dataset/2" and meta["symbols"] == ["BTC"]
+    assert meta["per_symbol"]["BTC"]["labels"] == res.labels and meta["per_symbol"]["BTC"]["rows"] == res.rows
     md = pq.ParquetFile(out).metadata
     assert md.row_group(0).column(0).compression == "ZSTD"
     import pandas as pd
     df = pd.read_parquet(out)
     assert str(df["t0"].dtype) == "datetime64[ms, UTC]" and str(df["label"].dtype) == "category"
+    assert str(df["symbol"].dtype) == "category" and set(df["symbol"]) == {"BTC"}
     assert len(df) == res.rows == md.num_rows
 
 
@@ -354,10 +360,10 @@ def test_end_to_end_one_hour_synthetic(tmp_path):
     assert drops["label_ts_violation"] == 0 and drops["label_pending"] == 120
     assert meta["time_range"]["to"] == "2026-02-22T12:00:00.000Z"
     (rec,) = query(db, "SELECT output, size_bytes, rows, horizon_sec, threshold, drops_json, labels_json, volatility, "
-                       "to_ts_ms - from_ts_ms FROM export_runs")
+                       "to_ts_ms - from_ts_ms, symbols FROM export_runs")
     assert rec[:5] == (str(out), out.stat().st_size, meta["rows"], 120, "fixed:0.001")
     assert json.loads(rec[5]) == drops and json.loads(rec[6]) == labels
-    assert 0.05 < rec[7] < 5.0 and rec[8] == 3_599_000
+    assert 0.05 < rec[7] < 5.0 and rec[8] == 3_599_000 and rec[9] == "BTC"
     # --json: the same numbers as one object
     r = run_bin("cqt-export", "--output", out, "--last", "1h", "--json", "--no-record", env=env)
     s = json.loads(r.stdout)

@@ -13,14 +13,15 @@ from ..outputs import PARQUET_METADATA_KEY, write_atomic
 from .labelling import LABELS, Labelled
 
 METADATA_KEY = PARQUET_METADATA_KEY
-FORMAT = "cqt-dataset/1"
+FORMAT = "cqt-dataset/2"                 # /2: the `symbol` column (many assets)
 ROW_GROUP_ROWS = 21_600                  # 6 h of 1 s rows: time-range pruning without tiny groups
 
 FEATURE_DESCRIPTIONS = descriptions()           # the feature catalogue's one line per feature
 FIXED_DESCRIPTIONS = {
     "t0": "the row's time: the second the features describe (UTC); every feature was known at t0",
+    "symbol": "the asset (base asset, e.g. BTC) of the row: its features, prices and label are that asset's alone",
     "score": "baseline model score from predictions (computed from the features at t0; not a feature)",
-    "price_t0": "Upbit KRW-BTC market_1s close at t0 (KRW)",
+    "price_t0": "Upbit KRW-<symbol> market_1s close at t0 (KRW)",
     "label_ts": "time of the first market_1s bar with a real trade at or after t0 + horizon_sec (UTC)",
     "price_label": "market_1s close of the label bar (KRW)",
     "ret": "price_label / price_t0 - 1",
@@ -55,6 +56,20 @@ def build_table(t0, pred, feature_names: Sequence[str], lab: Labelled):
     cols.append(("label", labels, FIXED_DESCRIPTIONS["label"]))
     fields = [pa.field(name, arr.type, nullable=True, metadata={"description": desc}) for name, arr, desc in cols]
     return pa.Table.from_arrays([c[1] for c in cols], schema=pa.schema(fields)), {c[0]: c[2] for c in cols}
+
+
+def with_symbol_column(tables: Sequence[Any], symbols: Sequence[str]):
+    """One table of the assets' tables (in order), with `symbol` as the second column (after t0):
+    a dictionary column whose values are exactly the assets whose rows are in the file."""
+    import numpy as np
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+    counts = [t.num_rows for t in tables]
+    indices = pa.array(np.repeat(np.arange(len(symbols), dtype=np.int32), counts), type=pa.int32())
+    column = pa.DictionaryArray.from_arrays(indices, pa.array(list(symbols), type=pa.string()))
+    field = pa.field("symbol", column.type, nullable=False, metadata={"description": FIXED_DESCRIPTIONS["symbol"]})
+    return table.add_column(1, field, column)
 
 
 def write_parquet_atomic(table, output: Path, metadata: dict[str, Any], stall_s: float = 0.0) -> int:

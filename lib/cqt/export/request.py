@@ -14,6 +14,11 @@ from .threshold import Threshold
 DEFAULT_HORIZON_S = int(BY_NAME["CQT_EXPORT_HORIZON_S"].default)
 
 
+def nightly_export_name(asset: str, span: str) -> str:
+    """The nightly file of one asset: `btc_24h.parquet`, `eth_1h.parquet`, `btc_20260222.parquet`."""
+    return f"{asset.lower()}_{span}.parquet"
+
+
 class ExportError(Exception):
     """An export that did not produce a file; `code` is the exit code."""
 
@@ -34,6 +39,32 @@ class ExportRequest:
     allow_missing: tuple[str, ...] = ()      # feature columns that may be NULL; ("all",) for every one
     stale_limits_s: dict[str, float] = field(default_factory=lambda: {s[0]: s[3] for s in STALE_SOURCES})
     record: bool = True
+    symbols: tuple[str, ...] = ("BTC",)      # the assets to export, in file order (base assets)
+    configured: tuple[str, ...] = ("BTC",)   # CQT_SYMBOLS: an asset outside it must be in the database
+
+
+@dataclass
+class AssetResult:
+    """One asset's share of an export: its candidates, rows, drops, labels and volatility."""
+    symbol: str
+    rows: int
+    candidates: int
+    drops: dict[str, int]
+    drop_details: dict[str, dict[str, int]]
+    labels: dict[str, int]
+    volatility: dict[str, float | None]
+    models: list[str]
+
+    def summary(self, from_ms: int, to_ms: int) -> dict[str, Any]:
+        return {"rows": self.rows, "candidates": self.candidates, "drops": dict(self.drops),
+                "drops_total": sum(self.drops.values()), "label_ts_violation": self.drops["label_ts_violation"],
+                "labels": dict(self.labels), "label_pct": label_pct(self.labels, self.rows),
+                "volatility": dict(self.volatility), "from_ts_ms": from_ms, "to_ts_ms": to_ms}
+
+
+def label_pct(labels: dict[str, int], rows: int) -> dict[str, float]:
+    total = max(rows, 1)
+    return {k: round(100.0 * v / total, 2) for k, v in labels.items()}
 
 
 @dataclass
@@ -53,9 +84,10 @@ class ExportResult:
     elapsed_s: float
     code_version: str
     recorded: bool = False
+    symbols: tuple[str, ...] = ("BTC",)                              # the assets whose rows the file holds
+    per_symbol: dict[str, AssetResult] = field(default_factory=dict)  # every asset asked for
 
     def summary(self) -> dict[str, Any]:
-        total = max(self.rows, 1)
         return {
             "output": str(self.output),
             "size_bytes": self.size_bytes,
@@ -66,7 +98,7 @@ class ExportResult:
             "label_ts_violation": self.drops["label_ts_violation"],
             "drop_details": self.drop_details,
             "labels": dict(self.labels),
-            "label_pct": {k: round(100.0 * v / total, 2) for k, v in self.labels.items()},
+            "label_pct": label_pct(self.labels, self.rows),
             "volatility": dict(self.volatility),
             "from_ts_ms": self.from_ms,
             "to_ts_ms": self.to_ms,
@@ -77,6 +109,8 @@ class ExportResult:
             "elapsed_s": round(self.elapsed_s, 3),
             "code_version": self.code_version,
             "recorded": self.recorded,
+            "symbols": list(self.symbols),
+            "per_symbol": {a: r.summary(self.from_ms, self.to_ms) for a, r in self.per_symbol.items()},
         }
 
 
@@ -88,7 +122,10 @@ def settings_request(settings: Settings, output: Path, **kw: Any) -> ExportReque
         kw["allow_missing"] = split_columns(settings.get_str("CQT_EXPORT_ALLOW_MISSING"))
     if kw.get("horizon_sec") is None:
         kw["horizon_sec"] = settings.get_int("CQT_EXPORT_HORIZON_S")
-    return ExportRequest(output=output, max_delay_s=settings.label_max_delay_s, stale_limits_s=limits, **kw)
+    if kw.get("symbols") is None:
+        kw["symbols"] = tuple(settings.assets)
+    return ExportRequest(output=output, max_delay_s=settings.label_max_delay_s, stale_limits_s=limits,
+                         configured=tuple(settings.assets), **kw)
 
 
 def split_columns(text: str) -> tuple[str, ...]:
