@@ -7,8 +7,8 @@
 `make_raw_db(path, start_ms, seconds, seed, *, rates=None, coinglass_interval="1h",
 history=True, assets=("BTC",))` creates (migrates) the database at `path` and fills
 [start_ms, start_ms + seconds*1000) with what the four collectors would have stored, for
-each asset (KRW-<asset>, <asset>USDT, Coinglass coin <asset>; KRW-USDT and the Coinglass
-call status once, with the first asset):
+each asset (KRW-<asset>, <asset>USDT, Coinglass coin <asset> and its calls in
+coinglass_call_status as `<path>?coin=<asset>`; KRW-USDT once, with the first asset):
 
 | table                    | rate / shape (defaults, `rates=` overrides by key)                          |
 |--------------------------|------------------------------------------------------------------------------|
@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from cqt.db import open_db
+from cqt.venues.coinglass import call_endpoint
 
 DEFAULT_RATES = {
     "upbit_trades": 3.0, "usdt_trades": 0.2, "upbit_orderbook": 5.0, "upbit_ticker": 1.0,
@@ -324,9 +325,8 @@ class RawGenerator:
             out["coinglass_long_short"].append(("Binance", self.symbol, self.cg_interval, o, close_t, round(lp, 2),
                                                 round(100 - lp, 2),
                                                 round(lp / (100 - lp), 4), recv))
-            if self.usdt:                # one asset's generator stands for the poller's call log
-                for ep in CG_ENDPOINTS.values():
-                    out["coinglass_call_status"].append((recv, ep, 200, 1, 120, 2, None))
+            for ep in CG_ENDPOINTS.values():   # the poller's call log: `<path>?coin=<COIN>`
+                out["coinglass_call_status"].append((recv, call_endpoint(ep, self.coin), 200, 1, 120, 2, None))
         return out
 
 

@@ -26,13 +26,13 @@ def test_healthy_passes_every_metric(db):
     res = run("altdata_check", db)
     assert res.exit_code == 0, res.text()
     names = [m.name for m in res.metrics]
-    for stream in ("binance.aggTrade", "binance.markPrice", "binance.bookTicker", "upbit.KRW-BTC.trade",
+    for stream in ("binance.BTCUSDT.aggTrade", "binance.BTCUSDT.markPrice", "binance.BTCUSDT.bookTicker", "upbit.KRW-BTC.trade",
                    "upbit.KRW-BTC.orderbook"):
         assert {f"{stream}.lag_s", f"{stream}.fill", f"{stream}.skew_s"} <= set(names)
-    for sparse in ("binance.forceOrder", "upbit.KRW-USDT.trade"):
+    for sparse in ("binance.BTCUSDT.forceOrder", "upbit.KRW-USDT.trade"):
         assert f"{sparse}.lag_s" in names and f"{sparse}.fill" not in names
-    for rest in ("binance.openInterest", "binance.premiumIndex", "binance.fundingRate",
-                 *(f"binance.ratios.{k}" for k in altdata.RATIO_KINDS)):
+    for rest in ("binance.BTCUSDT.openInterest", "binance.BTCUSDT.premiumIndex", "binance.BTCUSDT.fundingRate",
+                 *(f"binance.BTCUSDT.ratios.{k}" for k in altdata.RATIO_KINDS)):
         assert {f"{rest}.lag_s", f"{rest}.fill"} <= set(names)
     assert "gaps.open" in names and "rejects.binance_ws.ratio" in names
 
@@ -42,7 +42,7 @@ def test_program_exit_codes(db, tmp_path):
     p = run_bin("altdata_check", "--window", "600", "--as-of", "2026-01-10T12:00:00Z", env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.strip().splitlines()
-    assert lines[0] == "binance.aggTrade.lag_s 0.363 <=10 PASS"
+    assert lines[0] == "binance.BTCUSDT.aggTrade.lag_s 0.363 <=10 PASS"
     assert lines[-1].startswith("altdata_check: PASS (")
     p = run_bin("altdata_check", "--as-of", str(AS_OF), "--json", env=env)
     d = json.loads(p.stdout)
@@ -65,56 +65,56 @@ def test_default_as_of_is_now_under_freezegun(db, tmp_path):
     assert "as_of=2026-01-10T12:00:00.000Z" in r.output
     with freeze_time(fmt_ms(AS_OF + 3_600_000)):   # an hour later nothing is fresh any more
         r = CliRunner().invoke(altdata.main, ["--db", str(db)], env={"CQT_ENV_FILE": "/dev/null"})
-    assert r.exit_code == 1 and "binance.aggTrade.lag_s 3600" in r.output
+    assert r.exit_code == 1 and "binance.BTCUSDT.aggTrade.lag_s 3600" in r.output
 
 
 def test_stale_aggtrade_names_the_stream(db):
     execute(db, "DELETE FROM binance_agg_trades WHERE trade_ts_ms > ?", (AS_OF - 60_000,))
     res = run("altdata_check", db)
     assert res.exit_code == 1
-    assert "binance.aggTrade.lag_s" in failed_names(res)
-    m = metric(res, "binance.aggTrade.lag_s")
-    assert 59 < m.value < 61 and "binance.aggTrade.lag_s" in res.summary()
+    assert "binance.BTCUSDT.aggTrade.lag_s" in failed_names(res)
+    m = metric(res, "binance.BTCUSDT.aggTrade.lag_s")
+    assert 59 < m.value < 61 and "binance.BTCUSDT.aggTrade.lag_s" in res.summary()
 
 
 def test_markprice_hole_fails_fill(db):
     execute(db, "DELETE FROM binance_mark_price WHERE event_ts_ms > ? AND event_ts_ms <= ?",
             (AS_OF - 300_000, AS_OF - 270_000))
     res = run("altdata_check", db)
-    assert failed_names(res) == ["binance.markPrice.fill"]
-    assert 0.94 < metric(res, "binance.markPrice.fill").value < 0.96
+    assert failed_names(res) == ["binance.BTCUSDT.markPrice.fill"]
+    assert 0.94 < metric(res, "binance.BTCUSDT.markPrice.fill").value < 0.96
 
 
 def test_dead_bookticker_and_upbit_orderbook_hole(db):
     execute(db, "DELETE FROM binance_book_ticker WHERE event_ts_ms > ?", (AS_OF - 700_000,))
     execute(db, "DELETE FROM upbit_orderbook WHERE ts_ms > ? AND ts_ms <= ?", (AS_OF - 400_000, AS_OF - 200_000))
     res = run("altdata_check", db)
-    assert set(failed_names(res)) == {"binance.bookTicker.lag_s", "binance.bookTicker.fill",
-                                      "binance.bookTicker.skew_s", "upbit.KRW-BTC.orderbook.fill"}
-    assert metric(res, "binance.bookTicker.fill").value == 0
-    assert "no rows in the window" in metric(res, "binance.bookTicker.skew_s").reason
+    assert set(failed_names(res)) == {"binance.BTCUSDT.bookTicker.lag_s", "binance.BTCUSDT.bookTicker.fill",
+                                      "binance.BTCUSDT.bookTicker.skew_s", "upbit.KRW-BTC.orderbook.fill"}
+    assert metric(res, "binance.BTCUSDT.bookTicker.fill").value == 0
+    assert "no rows in the window" in metric(res, "binance.BTCUSDT.bookTicker.skew_s").reason
 
 
 def test_sparse_streams_lag_only_counted_from_collector_start(db):
     execute(db, "DELETE FROM binance_liquidations")
     res = run("altdata_check", db)
-    m = metric(res, "binance.forceOrder.lag_s")
+    m = metric(res, "binance.BTCUSDT.forceOrder.lag_s")
     assert m.status == "PASS" and m.value == 1200 and "since cqt-collect-binance started" in m.reason
     execute(db, "UPDATE service_runs SET start_ts_ms = ? WHERE service = 'cqt-collect-binance'", (AS_OF - 7_200_000,))
     execute(db, "DELETE FROM upbit_trades WHERE code = 'KRW-USDT' AND trade_ts_ms > ?", (AS_OF - 1_000_000,))
     res = run("altdata_check", db)
-    assert set(failed_names(res)) == {"binance.forceOrder.lag_s", "upbit.KRW-USDT.trade.lag_s"}
-    assert metric(res, "binance.forceOrder.lag_s").value == 7200
+    assert set(failed_names(res)) == {"binance.BTCUSDT.forceOrder.lag_s", "upbit.KRW-USDT.trade.lag_s"}
+    assert metric(res, "binance.BTCUSDT.forceOrder.lag_s").value == 7200
 
 
 def test_rest_series_use_the_pollers_intervals(db):
     # The fixture polls open interest every 10 s: fine for CQT_POLL_OI_S=10, a hole for 2.
     res = run("altdata_check", db, CQT_POLL_OI_S="2")
-    assert {"binance.openInterest.lag_s", "binance.openInterest.fill"} <= set(failed_names(res))
-    assert metric(res, "binance.openInterest.lag_s").threshold == 4
+    assert {"binance.BTCUSDT.openInterest.lag_s", "binance.BTCUSDT.openInterest.fill"} <= set(failed_names(res))
+    assert metric(res, "binance.BTCUSDT.openInterest.lag_s").threshold == 4
     execute(db, "DELETE FROM binance_open_interest WHERE ts_ms > ? AND ts_ms <= ?", (AS_OF - 400_000, AS_OF - 300_000))
     res = run("altdata_check", db)
-    assert failed_names(res) == ["binance.openInterest.fill"]
+    assert failed_names(res) == ["binance.BTCUSDT.openInterest.fill"]
 
 
 def test_missing_ratio_period_and_funding(db):
@@ -122,23 +122,23 @@ def test_missing_ratio_period_and_funding(db):
             (AS_OF - 1_000_000, AS_OF - 500_000))
     execute(db, "DELETE FROM binance_funding_rate")
     res = run("altdata_check", db)
-    assert set(failed_names(res)) == {"binance.ratios.global_long_short.fill", "binance.fundingRate.lag_s",
-                                      "binance.fundingRate.fill"}
-    fill = metric(res, "binance.ratios.global_long_short.fill")
+    assert set(failed_names(res)) == {"binance.BTCUSDT.ratios.global_long_short.fill", "binance.BTCUSDT.fundingRate.lag_s",
+                                      "binance.BTCUSDT.fundingRate.fill"}
+    fill = metric(res, "binance.BTCUSDT.ratios.global_long_short.fill")
     assert fill.value == 0 and "0 of 2 periods present; missing 2026-01-10T11:4" in fill.reason
-    assert metric(res, "binance.fundingRate.lag_s").value is None
+    assert metric(res, "binance.BTCUSDT.fundingRate.lag_s").value is None
 
 
 def test_clock_skew(db):
     execute(db, "UPDATE binance_mark_price SET recv_ts_ms = event_ts_ms - 5000")
     res = run("altdata_check", db)
-    assert failed_names(res) == ["binance.markPrice.skew_s"]
-    assert "-5.000 s" in metric(res, "binance.markPrice.skew_s").reason and "clock behind" in res.text()
+    assert failed_names(res) == ["binance.BTCUSDT.markPrice.skew_s"]
+    assert "-5.000 s" in metric(res, "binance.BTCUSDT.markPrice.skew_s").reason and "clock behind" in res.text()
 
 
 def test_open_gaps(db):
     gap = ("INSERT INTO gaps (source, stream, detected_ts_ms, from_id, to_id, from_ts_ms, to_ts_ms, filled_ts_ms, "
-           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+           "status, symbol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, substr(?2, 1, instr(?2, '@') - 1))")
     execute(db, gap, ("binance_ws", "BTCUSDT@aggTrade", AS_OF - 30_000, 5, 9, None, None, None, "open"))  # young
     execute(db, gap, ("upbit", "KRW-BTC@trade", AS_OF - 900_000, None, None, AS_OF - 901_000, None, AS_OF - 800_000,
                       "filled"))
@@ -147,13 +147,13 @@ def test_open_gaps(db):
     execute(db, gap, ("upbit", "KRW-BTC@trade", AS_OF - 200_000, None, None, AS_OF - 201_000, None, AS_OF + 5_000,
                       "filled"))                             # filled only after as-of: open then
     res = run("altdata_check", db)
-    assert set(failed_names(res)) == {"gaps.binance_ws.BTCUSDT@aggTrade.open", "gaps.upbit.KRW-BTC@trade.open"}
-    assert "ids 100-150" in metric(res, "gaps.binance_ws.BTCUSDT@aggTrade.open").reason
+    assert set(failed_names(res)) == {"gaps.binance.BTCUSDT.aggTrade.open", "gaps.upbit.KRW-BTC.trade.open"}
+    assert "ids 100-150" in metric(res, "gaps.binance.BTCUSDT.aggTrade.open").reason
     # ten seconds later the second gap is filled; the first is still open
     assert failed_names(run("altdata_check", db, as_of_ms=AS_OF + 10_000, CQT_CHECK_BINANCE_AGGTRADE_LAG_MAX_S="60",
                             CQT_CHECK_BINANCE_MARKPRICE_LAG_MAX_S="60", CQT_CHECK_BINANCE_BOOKTICKER_LAG_MAX_S="60",
                             CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_LAG_MAX_S="60")) == \
-        ["gaps.binance_ws.BTCUSDT@aggTrade.open"]
+        ["gaps.binance.BTCUSDT.aggTrade.open"]
 
 
 def test_reject_ratio_names_source_and_reasons(db):
@@ -181,7 +181,7 @@ def test_empty_window_is_a_clear_fail_not_a_crash(tmp_path):
     open_db(tmp_path / "empty.db").close()
     res = run("altdata_check", tmp_path / "empty.db")
     assert res.exit_code == 1 and res.error is None
-    assert metric(res, "binance.aggTrade.lag_s").reason == \
+    assert metric(res, "binance.BTCUSDT.aggTrade.lag_s").reason == \
         "no aggTrade event at or before as-of (is cqt-collect-binance running?)"
     assert "are the collectors running?" in metric(res, "rejects.ratio").reason
 

@@ -1,6 +1,8 @@
 """altdata_check: is every raw stream arriving, complete, on time and parseable?
 
-Per stream (metric names carry source and stream, e.g. `binance.aggTrade.lag_s`):
+For every judged asset (CQT_SYMBOLS, or the one --symbol names), per stream of its venue
+symbols — metric names carry venue, symbol and stream, e.g. `binance.BTCUSDT.aggTrade.lag_s`,
+`upbit.KRW-ETH.trade.fill`; KRW-USDT (every asset's FX rate) is judged once:
 
 - lag_s  = as-of minus the newest event time at or before as-of;
 - fill   = how much of the window has data. Three models, by the nature of the series:
@@ -16,10 +18,11 @@ Per stream (metric names carry source and stream, e.g. `binance.aggTrade.lag_s`)
   sparse streams (liquidations, KRW-USDT trades) are judged on lag only, counted from
   the collector's current start when there has been no event since;
 - skew_s = median(recv_ts_ms - event time) per WebSocket stream (clock problems);
-- frozen_s (the Upbit KRW-BTC book the features read): the longest time its best bid/ask
+- frozen_s (the Upbit KRW-<asset> book the features read, and the Binance bookTicker): the longest time its best bid/ask
   stood unchanged while trades printed more than CQT_CHECK_BOOK_MOVE_BPS outside it — a
   stuck book whose rows keep arriving passes lag and fill, not this;
-plus open `gaps` rows and the reject ratio (rejects / frames) per source.
+plus open `gaps` rows per venue symbol and the reject ratio (rejects / frames) per source and,
+where the collectors count per symbol, per venue symbol (cqt.checks.ingest).
 
 The fill window ends CQT_CHECK_FILL_LATENCY_S before as-of (rows still in flight).
 All queries are bounded index range scans; rows are read in chunks or aggregated in
@@ -34,78 +37,83 @@ from typing import Iterable, Iterator
 from .. import db
 from ..timeutil import fmt_ms
 from .base import CheckContext, check_command
+from .ingest import gap_metrics, reject_metrics
 from .result import Metric
 
 POLLER = "cqt-poll-binance"
-UPBIT_BTC = "KRW-BTC"
-UPBIT_USDT = "KRW-USDT"
 SKEW_SAMPLE = 20_000   # newest rows per stream used for the skew median
 
 
 @dataclass(frozen=True)
 class Stream:
-    metric: str          # metric name prefix
+    """One WebSocket stream kind; `metric(symbol)` names it for one venue symbol."""
+
+    venue: str           # binance | upbit: the metric's first part
+    name: str            # aggTrade, trade, orderbook, ...: the metric's part after the symbol
     key: str             # threshold stem: CQT_CHECK_<key>_LAG_MAX_S / _FILL_MIN
     table: str
     time_col: str
-    filter_col: str      # symbol / code column
-    filter_val: str      # "binance" -> settings.binance_symbol, else the literal value
+    filter_col: str      # symbol / code column (leads the table's time index)
     fill: str | None     # seconds | coverage | None (sparse: lag only)
     period_s: float = 1.0
     skew_col: str | None = None   # event time column recv_ts_ms is compared with
     service: str = ""             # the collector writing it (sparse-stream fallback)
 
+    def metric(self, symbol: str) -> str:
+        return f"{self.venue}.{symbol}.{self.name}"
 
-WS_STREAMS: tuple[Stream, ...] = (
-    Stream("binance.aggTrade", "BINANCE_AGGTRADE", "binance_agg_trades", "trade_ts_ms", "symbol", "binance",
-           "seconds", skew_col="event_ts_ms", service="cqt-collect-binance"),
-    Stream("binance.markPrice", "BINANCE_MARKPRICE", "binance_mark_price", "event_ts_ms", "symbol", "binance",
-           "coverage", 1.0, skew_col="event_ts_ms", service="cqt-collect-binance"),
-    Stream("binance.bookTicker", "BINANCE_BOOKTICKER", "binance_book_ticker", "event_ts_ms", "symbol", "binance",
-           "seconds", skew_col="event_ts_ms", service="cqt-collect-binance"),
-    Stream("binance.forceOrder", "BINANCE_FORCEORDER", "binance_liquidations", "event_ts_ms", "symbol", "binance",
-           None, service="cqt-collect-binance"),
-    Stream(f"upbit.{UPBIT_BTC}.trade", "UPBIT_KRWBTC_TRADE", "upbit_trades", "trade_ts_ms", "code", UPBIT_BTC,
-           "seconds", skew_col="trade_ts_ms", service="cqt-collect-upbit"),
-    Stream(f"upbit.{UPBIT_BTC}.orderbook", "UPBIT_KRWBTC_ORDERBOOK", "upbit_orderbook", "ts_ms", "code", UPBIT_BTC,
-           "seconds", skew_col="ts_ms", service="cqt-collect-upbit"),
-    Stream(f"upbit.{UPBIT_USDT}.trade", "UPBIT_KRWUSDT_TRADE", "upbit_trades", "trade_ts_ms", "code", UPBIT_USDT,
-           None, service="cqt-collect-upbit"),
+
+# Per Binance symbol (<asset>USDT).
+BINANCE_STREAMS: tuple[Stream, ...] = (
+    Stream("binance", "aggTrade", "BINANCE_AGGTRADE", "binance_agg_trades", "trade_ts_ms", "symbol", "seconds",
+           skew_col="event_ts_ms", service="cqt-collect-binance"),
+    Stream("binance", "markPrice", "BINANCE_MARKPRICE", "binance_mark_price", "event_ts_ms", "symbol", "coverage",
+           1.0, skew_col="event_ts_ms", service="cqt-collect-binance"),
+    Stream("binance", "bookTicker", "BINANCE_BOOKTICKER", "binance_book_ticker", "event_ts_ms", "symbol", "seconds",
+           skew_col="event_ts_ms", service="cqt-collect-binance"),
+    Stream("binance", "forceOrder", "BINANCE_FORCEORDER", "binance_liquidations", "event_ts_ms", "symbol", None,
+           service="cqt-collect-binance"),
 )
+# Per Upbit KRW-<asset> market: every asset is held to the KRW-BTC thresholds (their names predate
+# the other assets).
+UPBIT_STREAMS: tuple[Stream, ...] = (
+    Stream("upbit", "trade", "UPBIT_KRWBTC_TRADE", "upbit_trades", "trade_ts_ms", "code", "seconds",
+           skew_col="trade_ts_ms", service="cqt-collect-upbit"),
+    Stream("upbit", "orderbook", "UPBIT_KRWBTC_ORDERBOOK", "upbit_orderbook", "ts_ms", "code", "seconds",
+           skew_col="ts_ms", service="cqt-collect-upbit"),
+)
+# KRW-USDT: the FX rate of every asset's kimchi premium, judged once whatever --symbol says.
+USDT_STREAM = Stream("upbit", "trade", "UPBIT_KRWUSDT_TRADE", "upbit_trades", "trade_ts_ms", "code", None,
+                     service="cqt-collect-upbit")
 
 
 @dataclass(frozen=True)
 class Book:
-    """A top-of-book stream and the trades that must stay inside its quotes."""
+    """A top-of-book stream and the trades that must stay inside its quotes (same key column)."""
 
-    metric: str
     table: str
     time_col: str
     order: str                   # full row order (time, then a tie-breaker)
     key_col: str
-    key_val: str
     bid_col: str
     ask_col: str
     trades_table: str            # same key column; trade_ts_ms, price
     service: str                 # the collector to restart when it is stuck
 
-    def key(self, ctx: CheckContext) -> str:
-        return ctx.settings.binance_symbol if self.key_val == "binance" else self.key_val
 
-
-# The Upbit KRW-BTC book is the one the features read (spread, imbalance, best bid/ask); the
+# The Upbit KRW-<asset> book is the one the features read (spread, imbalance, best bid/ask); the
 # Binance bookTicker is the futures venue's top of book.
-BOOKS: tuple[Book, ...] = (
-    Book(f"upbit.{UPBIT_BTC}.orderbook", "upbit_orderbook", "ts_ms", "ts_ms", "code", UPBIT_BTC,
-         "best_bid", "best_ask", "upbit_trades", "cqt-collect-upbit"),
-    Book("binance.bookTicker", "binance_book_ticker", "event_ts_ms", "event_ts_ms, update_id", "symbol", "binance",
-         "bid_price", "ask_price", "binance_agg_trades", "cqt-collect-binance"),
-)
+BOOKS: dict[tuple[str, str], Book] = {
+    ("upbit", "orderbook"): Book("upbit_orderbook", "ts_ms", "ts_ms", "code", "best_bid", "best_ask", "upbit_trades",
+                                 "cqt-collect-upbit"),
+    ("binance", "bookTicker"): Book("binance_book_ticker", "event_ts_ms", "event_ts_ms, update_id", "symbol",
+                                    "bid_price", "ask_price", "binance_agg_trades", "cqt-collect-binance"),
+}
 
 
 @dataclass(frozen=True)
 class RestSeries:
-    metric: str
+    name: str                  # the metric's part after the symbol: openInterest, ratios.<kind>, ...
     table: str
     time_col: str
     where: str                 # extra SQL condition (bound to `params`)
@@ -121,14 +129,14 @@ RATIO_KINDS = ("open_interest_hist", "global_long_short", "top_long_short_positi
 
 
 def rest_series() -> tuple[RestSeries, ...]:
-    out = [RestSeries("binance.openInterest", "binance_open_interest", "ts_ms", "", (), "coverage",
+    out = [RestSeries("openInterest", "binance_open_interest", "ts_ms", "", (), "coverage",
                       "CQT_POLL_OI_S")]
     for kind in RATIO_KINDS:
-        out.append(RestSeries(f"binance.ratios.{kind}", "binance_ratios", "ts_ms", "kind = ?", (kind,), "slots",
+        out.append(RestSeries(f"ratios.{kind}", "binance_ratios", "ts_ms", "kind = ?", (kind,), "slots",
                               "CQT_POLL_RATIOS_S", stamped_at_start=True))
-    out.append(RestSeries("binance.premiumIndex", "binance_premium_index", "ts_ms", "", (), "coverage",
+    out.append(RestSeries("premiumIndex", "binance_premium_index", "ts_ms", "", (), "coverage",
                           "CQT_POLL_PREMIUM_S"))
-    out.append(RestSeries("binance.fundingRate", "binance_funding_rate", "funding_ts_ms", "", (), "slots",
+    out.append(RestSeries("fundingRate", "binance_funding_rate", "funding_ts_ms", "", (), "slots",
                           "CQT_POLL_FUNDING_S"))
     return tuple(out)
 
@@ -196,14 +204,21 @@ def fill_window(ctx: CheckContext) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------ the check
 def evaluate(ctx: CheckContext) -> list[Metric]:
+    """Every stream and REST series of each judged asset (its Binance symbol, its Upbit market),
+    then KRW-USDT (every asset's FX rate), then gaps and rejects."""
     metrics: list[Metric] = []
-    books = {b.metric: b for b in BOOKS}
-    for s in WS_STREAMS:
-        metrics += ws_stream_metrics(ctx, s)
-        if s.metric in books:
-            metrics.append(frozen_book_metric(ctx, books[s.metric]))
-    for r in rest_series():
-        metrics += rest_metrics(ctx, r)
+    series = rest_series()
+    for asset in ctx.assets:
+        binance, upbit = ctx.settings.binance_symbol_of(asset), ctx.settings.upbit_code_of(asset)
+        for streams, symbol in ((BINANCE_STREAMS, binance), (UPBIT_STREAMS, upbit)):
+            for s in streams:
+                metrics += ws_stream_metrics(ctx, s, symbol)
+                book = BOOKS.get((s.venue, s.name))
+                if book is not None:
+                    metrics.append(frozen_book_metric(ctx, book, s.metric(symbol), symbol))
+        for r in series:
+            metrics += rest_metrics(ctx, r, binance)
+    metrics += ws_stream_metrics(ctx, USDT_STREAM, ctx.settings.usdt_code)
     metrics += gap_metrics(ctx)
     metrics += reject_metrics(ctx)
     return metrics
@@ -223,27 +238,27 @@ def _lag_metric(name: str, newest: int | None, as_of_ms: int, limit_s: float, wh
     return Metric.judge(name, round(lag, 3), "<=", limit_s, f"newest {what} at {fmt_ms(newest)}{hint}")
 
 
-def ws_stream_metrics(ctx: CheckContext, s: Stream) -> list[Metric]:
+def ws_stream_metrics(ctx: CheckContext, s: Stream, symbol: str) -> list[Metric]:
     conn, th = ctx.conn, ctx.thresholds
-    val = ctx.settings.binance_symbol if s.filter_val == "binance" else s.filter_val
-    where, params = f"{s.filter_col} = ?", (val,)
+    where, params = f"{s.filter_col} = ?", (symbol,)
+    metric = s.metric(symbol)
     out: list[Metric] = []
     lag_limit = th(f"CQT_CHECK_{s.key}_LAG_MAX_S")
     newest = _newest(ctx, s.table, s.time_col, where, params)
-    what = s.metric.split(".", 1)[1] + " event"
+    what = f"{s.name} event" if s.venue == "binance" else f"{symbol}.{s.name} event"
     if s.fill is None:
         # Sparse: silence is normal for a while; count from the collector's start if later.
         run_start = conn.execute("SELECT MAX(start_ts_ms) FROM service_runs WHERE service = ? AND start_ts_ms <= ?",
                                  (s.service, ctx.as_of_ms)).fetchone()[0]
         if run_start is not None and (newest is None or run_start > newest):
             lag = (ctx.as_of_ms - run_start) / 1000
-            out.append(Metric.judge(f"{s.metric}.lag_s", round(lag, 3), "<=", lag_limit,
+            out.append(Metric.judge(f"{metric}.lag_s", round(lag, 3), "<=", lag_limit,
                                     f"no {what} since {s.service} started at {fmt_ms(run_start)}"))
         else:
-            out.append(_lag_metric(f"{s.metric}.lag_s", newest, ctx.as_of_ms, lag_limit, what,
+            out.append(_lag_metric(f"{metric}.lag_s", newest, ctx.as_of_ms, lag_limit, what,
                                    f"sparse stream; is {s.service} running?"))
         return out
-    out.append(_lag_metric(f"{s.metric}.lag_s", newest, ctx.as_of_ms, lag_limit, what, f"is {s.service} running?"))
+    out.append(_lag_metric(f"{metric}.lag_s", newest, ctx.as_of_ms, lag_limit, what, f"is {s.service} running?"))
 
     fs, fe = fill_window(ctx)
     fill_min = th(f"CQT_CHECK_{s.key}_FILL_MIN")
@@ -259,7 +274,7 @@ def ws_stream_metrics(ctx: CheckContext, s: Stream) -> list[Metric]:
                             (*params, fs)).fetchone()[0]
         fill = coverage(times, prev, fs, fe, 1.5 * s.period_s * 1000)
         reason = f"{times.n} updates in {ctx.window_s} s"
-    out.append(Metric.judge(f"{s.metric}.fill", round(fill, 4), ">=", fill_min, reason))
+    out.append(Metric.judge(f"{metric}.fill", round(fill, 4), ">=", fill_min, reason))
 
     if s.skew_col:
         skews = [r[0] for r in conn.execute(
@@ -268,17 +283,17 @@ def ws_stream_metrics(ctx: CheckContext, s: Stream) -> list[Metric]:
             (*params, ctx.start_ms, ctx.as_of_ms, SKEW_SAMPLE))]
         limit = th("CQT_CHECK_SKEW_MAX_S")
         if not skews:
-            out.append(Metric.judge(f"{s.metric}.skew_s", None, "<=", limit, none_reason="no rows in the window"))
+            out.append(Metric.judge(f"{metric}.skew_s", None, "<=", limit, none_reason="no rows in the window"))
         else:
             med = statistics.median(skews) / 1000
             reason = ("receive time before event time: local clock behind the exchange?" if med < 0 else
                       "receive time far after event time: clock ahead, or data arriving late")
-            out.append(Metric.judge(f"{s.metric}.skew_s", round(abs(med), 3), "<=", limit,
+            out.append(Metric.judge(f"{metric}.skew_s", round(abs(med), 3), "<=", limit,
                                     f"median recv-event {med:+.3f} s over {len(skews)} rows; {reason}"))
     return out
 
 
-def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
+def frozen_book_metric(ctx: CheckContext, b: Book, metric: str, key: str) -> Metric:
     """Longest time in the window the best bid/ask stood still while trades printed more than
     CQT_CHECK_BOOK_MOVE_BPS outside it: counted from the first such trade to the book's next
     change (or its newest row). A live book moves with its trades; one that does not is stuck
@@ -286,9 +301,8 @@ def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
     th = ctx.thresholds
     limit = th("CQT_CHECK_BOOK_FROZEN_S")
     move = th("CQT_CHECK_BOOK_MOVE_BPS") / 1e4
-    name = f"{b.metric}.frozen_s"
+    name = f"{metric}.frozen_s"
     lo, hi = ctx.start_ms, ctx.as_of_ms
-    key = b.key(ctx)
     # Runs of unchanged quotes, in SQL (window functions spill to disk, not to RAM): each change
     # point starts a run that lasts to the next one; only runs long enough to matter come back.
     min_run_ms = int(limit * 500)
@@ -330,9 +344,9 @@ def frozen_book_metric(ctx: CheckContext, b: Book) -> Metric:
     return Metric.judge(name, round(worst[0], 3), "<=", limit, worst[1])
 
 
-def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
+def rest_metrics(ctx: CheckContext, r: RestSeries, sym: str) -> list[Metric]:
     conn, th = ctx.conn, ctx.thresholds
-    sym = ctx.settings.binance_symbol
+    metric = f"binance.{sym}.{r.name}"
     where = "symbol = ?" + (f" AND {r.where}" if r.where else "")
     params = (sym, *r.params)
     poll_s = th.poll_interval_s(r.poll_env)
@@ -342,8 +356,8 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
     out: list[Metric] = []
     if r.model == "coverage":
         interval = poll_s
-        out.append(_lag_metric(f"{r.metric}.lag_s", newest, ctx.as_of_ms, factor * interval,
-                               f"{r.metric.split('.', 1)[1]} sample", f"polled every {interval:g} s, {r.poll_env}"))
+        out.append(_lag_metric(f"{metric}.lag_s", newest, ctx.as_of_ms, factor * interval,
+                               f"{r.name} sample", f"polled every {interval:g} s, {r.poll_env}"))
         fs, fe = fill_window(ctx)
         span_ms = max(ctx.window_s, interval) * 1000
         fs = fe - span_ms
@@ -351,7 +365,7 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
         prev = conn.execute(f"SELECT MAX({r.time_col}) FROM {r.table} WHERE {where} AND {r.time_col} <= ?",
                             (*params, fs)).fetchone()[0]
         fill = coverage(times, prev, fs, fe, 1.5 * interval * 1000)
-        out.append(Metric.judge(f"{r.metric}.fill", round(fill, 4), ">=", fill_min,
+        out.append(Metric.judge(f"{metric}.fill", round(fill, 4), ">=", fill_min,
                                 f"{times.n} samples, expected about {span_ms / 1000 / interval:.0f}"))
         return out
 
@@ -359,15 +373,15 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
     # funding: the spacing of funding times), the poll interval from the poller's setting.
     period_s = _series_period_s(ctx, r, where, params)
     p_ms = int(period_s * 1000)
-    name = r.metric.split(".", 1)[1]
+    name = r.name
     if r.stamped_at_start and newest is not None:
         end = newest + p_ms   # the period's end; clamped: if the stamp really is the end, lag reads 0 early
         lag = max(0.0, (ctx.as_of_ms - end) / 1000)
-        out.append(Metric.judge(f"{r.metric}.lag_s", round(lag, 3), "<=", factor * period_s,
+        out.append(Metric.judge(f"{metric}.lag_s", round(lag, 3), "<=", factor * period_s,
                                 f"newest {name} period ended at {fmt_ms(end)} ({period_s:g} s periods; "
                                 f"is {POLLER} running?)"))
     else:
-        out.append(_lag_metric(f"{r.metric}.lag_s", newest, ctx.as_of_ms, factor * period_s,
+        out.append(_lag_metric(f"{metric}.lag_s", newest, ctx.as_of_ms, factor * period_s,
                                f"{name} row", f"{period_s:g} s periods; is {POLLER} running?"))
     delay_ms = p_ms + int(2 * poll_s * 1000)
     hi = ctx.as_of_ms - delay_ms
@@ -376,14 +390,14 @@ def rest_metrics(ctx: CheckContext, r: RestSeries) -> list[Metric]:
     first = (lo // p_ms + 1) * p_ms
     expected = 0 if hi < first else (hi - first) // p_ms + 1
     if not expected:
-        out.append(Metric.skip(f"{r.metric}.fill", "no complete period in the window"))
+        out.append(Metric.skip(f"{metric}.fill", "no complete period in the window"))
         return out
     have = conn.execute(
         f"SELECT COUNT(DISTINCT {r.time_col}) FROM {r.table} WHERE {where} AND {r.time_col} >= ? "
         f"AND {r.time_col} <= ? AND ({r.time_col} - ?) % ? = 0", (*params, first, hi, first, p_ms)).fetchone()[0]
     missing = first_missing(ctx, r, where, params, first, hi, p_ms, 3) if have < expected else []
     reason = f"{have} of {expected} periods present" + (f"; missing {', '.join(missing)}" if missing else "")
-    out.append(Metric.judge(f"{r.metric}.fill", round(have / expected, 4), ">=", fill_min, reason))
+    out.append(Metric.judge(f"{metric}.fill", round(have / expected, 4), ">=", fill_min, reason))
     return out
 
 
@@ -419,64 +433,6 @@ def _series_period_s(ctx: CheckContext, r: RestSeries, where: str, params: tuple
     if len(rows) == 2 and rows[0][0] > rows[1][0]:
         return (rows[0][0] - rows[1][0]) / 1000
     return 8 * 3600.0
-
-
-def gap_metrics(ctx: CheckContext) -> list[Metric]:
-    """Gaps open at as-of (detected before it minus the grace, not resolved by then)."""
-    grace_ms = int(ctx.thresholds("CQT_CHECK_GAP_GRACE_S") * 1000)
-    limit = ctx.thresholds("CQT_CHECK_OPEN_GAPS_MAX")
-    rows = ctx.conn.execute(
-        "SELECT source, stream, COUNT(*), MIN(detected_ts_ms), MIN(from_ts_ms), MIN(from_id), MAX(to_id) "
-        "FROM gaps WHERE detected_ts_ms <= ? AND (status = 'open' OR filled_ts_ms > ?) "
-        "GROUP BY source, stream ORDER BY source, stream",
-        (ctx.as_of_ms - grace_ms, ctx.as_of_ms)).fetchall()
-    out = []
-    for source, stream, n, detected, from_ts, from_id, to_id in rows:
-        span = f"ids {from_id}-{to_id}" if from_id is not None else f"from {fmt_ms(from_ts)}"
-        out.append(Metric.judge(f"gaps.{source}.{stream}.open", n, "<=", limit,
-                                f"{n} unresolved gap(s), oldest detected {fmt_ms(detected)} ({span}); "
-                                "backfill stuck or not marked done"))
-    if not out:
-        out.append(Metric.judge("gaps.open", 0, "<=", limit))
-    lost = ctx.conn.execute(
-        "SELECT source, stream, COUNT(*) FROM gaps WHERE detected_ts_ms > ? AND detected_ts_ms <= ? "
-        "AND status IN ('partial', 'unfillable') GROUP BY source, stream", (ctx.start_ms, ctx.as_of_ms)).fetchall()
-    for source, stream, n in lost:
-        ctx.note(f"{n} gap(s) on {source} {stream} in the window could not be (fully) backfilled")
-    return out
-
-
-def reject_metrics(ctx: CheckContext) -> list[Metric]:
-    """rejects / frames per source, both from ingest_stats (per-heartbeat deltas) in the window;
-    reject_counts (hourly) names the reasons and catches rejects no frame counter saw."""
-    limit = ctx.thresholds("CQT_CHECK_REJECT_RATIO_MAX")
-    counted = {src: (frames or 0, rej or 0) for src, frames, rej in ctx.conn.execute(
-        "SELECT source, SUM(frames), SUM(rejects) FROM ingest_stats WHERE ts_ms > ? AND ts_ms <= ? GROUP BY source",
-        (ctx.start_ms, ctx.as_of_ms))}
-    reasons: dict[str, list[tuple[str, int]]] = {}
-    hour_start = ctx.start_ms - ctx.start_ms % 3_600_000
-    for src, reason, n in ctx.conn.execute(
-            "SELECT source, reason, SUM(count) FROM reject_counts WHERE hour_ms >= ? AND hour_ms <= ? "
-            "AND last_ts_ms > ? GROUP BY source, reason ORDER BY SUM(count) DESC",
-            (hour_start, ctx.as_of_ms, ctx.start_ms)):
-        reasons.setdefault(src, []).append((reason, n))
-    out = []
-    for src in sorted(set(counted) | set(reasons)):
-        frames, rej = counted.get(src, (0, 0))
-        why = ", ".join(f"{r} x{n}" for r, n in reasons.get(src, [])[:3])
-        if frames == 0:
-            if src in reasons:
-                out.append(Metric.judge(f"rejects.{src}.ratio", None, "<=", limit,
-                                        none_reason=f"rejects recorded ({why}) but no frames counted in ingest_stats"))
-            continue
-        reason = (f"{rej} of {frames} frames rejected" + (f"; top reasons (this hour): {why}" if why else "")
-                  + ("; a format change at the exchange?" if rej / frames > limit else ""))
-        out.append(Metric.judge(f"rejects.{src}.ratio", round(rej / frames, 5), "<=", limit, reason))
-    if not out:
-        out.append(Metric.judge("rejects.ratio", None, "<=", limit,
-                                none_reason="no frames counted in ingest_stats in the window: "
-                                            "are the collectors running?"))
-    return out
 
 
 main = check_command("altdata_check", evaluate, """Raw data health: per stream lag and fill rate, clock skew,

@@ -45,6 +45,18 @@ class CheckContext:
     as_of_ms: int
     window_s: int
     notes: list[str] = field(default_factory=list)
+    #: the assets judged: every one of CQT_SYMBOLS, or the one --symbol names (KRW-USDT, every
+    #: asset's FX rate, and the whole-service metrics are judged either way)
+    assets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.assets:
+            self.assets = tuple(self.settings.assets)
+
+    @property
+    def limited(self) -> bool:
+        """True when --symbol narrowed the run to fewer assets than CQT_SYMBOLS names."""
+        return tuple(self.assets) != tuple(self.settings.assets)
 
     @property
     def start_ms(self) -> int:
@@ -59,9 +71,11 @@ Evaluate = Callable[[CheckContext], list[Metric]]
 
 
 def run_check(name: str, evaluate: Evaluate, settings: Settings, as_of_ms: int, window_s: int,
-              conn: sqlite3.Connection | None = None, integrity: str = "quick") -> CheckResult:
+              conn: sqlite3.Connection | None = None, integrity: str = "quick",
+              assets: tuple[str, ...] = ()) -> CheckResult:
     """Run one check; never raises. `conn` lets the runner share one read-only connection
-    (the runner then checks the database's integrity once itself, before any check)."""
+    (the runner then checks the database's integrity once itself, before any check);
+    `assets` limits it to those assets (default: every one of CQT_SYMBOLS)."""
     t0 = time.monotonic()
     res = CheckResult(name, window_s, as_of_ms)
     own = conn is None
@@ -70,7 +84,7 @@ def run_check(name: str, evaluate: Evaluate, settings: Settings, as_of_ms: int, 
         if own:
             conn = open_for_check(settings.db)
             note = verify_integrity(conn, settings, integrity)
-        ctx = CheckContext(conn, settings, Thresholds(settings), as_of_ms, window_s)
+        ctx = CheckContext(conn, settings, Thresholds(settings), as_of_ms, window_s, assets=tuple(assets))
         if note:
             ctx.note(note)
         res.metrics = evaluate(ctx)
@@ -161,7 +175,10 @@ def verify_integrity(conn: sqlite3.Connection, settings: Settings, mode: str = "
 
 # ------------------------------------------------------------------------------ CLI
 def common_options(fn):
-    """--window, --as-of, --db, --json, --integrity: the same for every check and the runner."""
+    """--window, --as-of, --db, --json, --integrity, --symbol: the same for every check and the runner."""
+    fn = click.option("--symbol", "symbol", default=None, metavar="ASSET",
+                      help="Judge this asset only (a base asset of CQT_SYMBOLS, e.g. ETH); KRW-USDT, every "
+                           "asset's FX rate, and the whole-service metrics are judged too. Default: every asset.")(fn)
     fn = click.option("--integrity", type=click.Choice(INTEGRITY_MODES), default="quick", show_default=True,
                       help="Verify the database file first: quick = PRAGMA quick_check (bounded by "
                            "CQT_CHECK_INTEGRITY_BUDGET_S), full = PRAGMA integrity_check (nightly). "
@@ -184,6 +201,18 @@ def settings_for_cli(name: str, db_path: str | None) -> Settings:
     return settings
 
 
+def assets_for_cli(name: str, settings: Settings, symbol: str | None) -> tuple[str, ...]:
+    """The assets a run judges: every one of CQT_SYMBOLS, or the one --symbol names. An asset
+    CQT_SYMBOLS does not name is a usage error: one line on stderr, exit 2."""
+    if symbol is None:
+        return tuple(settings.assets)
+    asset = symbol.strip().upper()
+    if asset not in settings.assets:
+        print(f"{name}: --symbol {symbol}: not one of CQT_SYMBOLS ({','.join(settings.assets)})", file=sys.stderr)
+        sys.exit(exitcodes.USAGE)
+    return (asset,)
+
+
 def emit(res: CheckResult, as_json: bool) -> None:
     if as_json:
         click.echo(res.to_json())
@@ -198,10 +227,12 @@ def check_command(name: str, evaluate: Evaluate, help_text: str) -> click.Comman
 
     @click.command(name=name, help=help_text, context_settings={"help_option_names": ["-h", "--help"]})
     @common_options
-    def cmd(window: int, as_of: int | None, db: str | None, as_json: bool, integrity: str) -> None:
+    def cmd(window: int, as_of: int | None, db: str | None, as_json: bool, integrity: str,
+            symbol: str | None) -> None:
         settings = settings_for_cli(name, db)
+        assets = assets_for_cli(name, settings, symbol)
         as_of_ms = now_ms() if as_of is None else as_of
-        res = run_check(name, evaluate, settings, as_of_ms, window, integrity=integrity)
+        res = run_check(name, evaluate, settings, as_of_ms, window, integrity=integrity, assets=assets)
         emit(res, as_json)
         log.debug("%s exit=%d elapsed_ms=%d as_of=%s", name, res.exit_code, res.elapsed_ms, fmt_ms(as_of_ms))
         sys.exit(res.exit_code)

@@ -45,15 +45,16 @@ from typing import Any, Iterable, Iterator
 
 from .. import db, timerule
 from ..catalogue import FEATURE_SOURCES
-from ..featureparams import max_lookback_ms
+from ..featureparams import max_lookback_ms, params_for
 from ..rawread import SecondCache
 from ..timeutil import fmt_ms
 from .base import CannotEvaluate, CheckContext, check_command
-from .exports import newest_export
+from .exports import Export, file_rows, newest_exports
 from .rawkeys import key_filter
 from .result import Metric, fmt_num
 
 DERIVED_TABLES = ("market_1s", "predictions")
+KEY_COLUMNS = ("symbol", "ts_ms")
 
 # market_1s carried value -> (age column, raw table, key column, params attribute, raw value column);
 # all stream tables (timerule kind "stream"): a row's availability is its time column.
@@ -172,8 +173,8 @@ class RecomputeOutcome:
         self.stopped = self.stopped or other.stopped
 
 
-def _row(conn: sqlite3.Connection, table: str, t0: int) -> dict[str, Any] | None:
-    cur = conn.execute(f"SELECT * FROM main.{table} WHERE ts_ms = ?", (t0,))
+def _row(conn: sqlite3.Connection, table: str, asset: str, t0: int) -> dict[str, Any] | None:
+    cur = conn.execute(f"SELECT * FROM main.{table} WHERE symbol = ? AND ts_ms = ?", (asset, t0))
     row = cur.fetchone()
     if row is None:
         return None
@@ -188,8 +189,9 @@ def _computed(features, res) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
               deadline: float | None = None, warmup_check: bool = True) -> RecomputeOutcome:
-    """Recompute every t0 of `t0s` (a list, or an ascending iterable) on the truncated view;
-    stop early (outcome.stopped) once the monotonic clock passes `deadline`. Without
+    """Recompute every t0 of `t0s` (a list, or an ascending iterable) of one asset
+    (`params.asset`) on the truncated view; stop early (outcome.stopped) once the monotonic
+    clock passes `deadline` (never before the first t0). Without
     `warmup_check` only the short warm-up runs (the every-second sweep: the samples already
     compare x1 with x3, and the sweep's job is the look-ahead; half the cost)."""
     started = time.monotonic()
@@ -198,8 +200,8 @@ def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
     w_short, w_long = th("CQT_CHECK_LEAK_WARMUP_SHORT"), th("CQT_CHECK_LEAK_WARMUP_LONG")
     # the aggregate's grace (default and bounds declared once, in the settings registry)
     grace_ms = int(round(ctx.settings.get_float("CQT_AGGREGATE_GRACE_S") * 1000))
-    p_cols = [c for c in features.PREDICTION_COLUMNS if c != "ts_ms"]
-    m_cols = [c for c in features.MARKET_COLUMNS if c != "ts_ms"]
+    p_cols = [c for c in features.PREDICTION_COLUMNS if c not in KEY_COLUMNS]
+    m_cols = [c for c in features.MARKET_COLUMNS if c not in KEY_COLUMNS]
     out = RecomputeOutcome()
     view = TruncatedView(ctx.settings.db, params.cg_delay_s)
     # Per-second summaries of stream tables, one cache per warm-up, kept across the sampled
@@ -210,13 +212,13 @@ def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
     caches = {w: SecondCache() for w in warmups}
     try:
         for t0 in (sorted(t0s) if isinstance(t0s, list) else t0s):
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and out.samples and time.monotonic() > deadline:
                 out.stopped = True
                 break
-            stored_p = _row(ctx.conn, "predictions", t0)
+            stored_p = _row(ctx.conn, "predictions", params.asset, t0)
             if stored_p is None:
                 continue
-            stored_m = _row(ctx.conn, "market_1s", t0)
+            stored_m = _row(ctx.conn, "market_1s", params.asset, t0)
             out.samples += 1
             if stored_m is None:
                 out.missing_market += 1
@@ -259,27 +261,30 @@ def recompute(ctx: CheckContext, features, params, t0s: Iterable[int],
 
 
 # ------------------------------------------------------------------------------ the parts
-def window_t0(ctx: CheckContext) -> Iterator[int]:
-    """Every predictions ts_ms in the window, ascending, read in chunks (memory flat in the window)."""
-    for rows in db.iter_keyset(ctx.conn, "predictions", "ts_ms", "ts_ms", ctx.start_ms + 1, ctx.as_of_ms):
+def window_t0(ctx: CheckContext, asset: str) -> Iterator[int]:
+    """Every predictions ts_ms of `asset` in the window, ascending, read in chunks (memory flat in the window)."""
+    for rows in db.iter_keyset(ctx.conn, "predictions", "ts_ms", "ts_ms", ctx.start_ms + 1, ctx.as_of_ms,
+                               "symbol = ?", (asset,)):
         for (t,) in rows:
             yield t
 
 
-def sample_t0(ctx: CheckContext) -> tuple[list[int], int]:
-    """Up to K predictions ts_ms in the window, reproducibly chosen (seeded by as-of), and how
-    many rows the window has. Positions are drawn from range(n) and the rows walked in
-    chunks: the same choice as sampling the list of all of them, without holding that list."""
+def sample_t0(ctx: CheckContext, asset: str | None = None) -> tuple[list[int], int]:
+    """Up to K predictions ts_ms of `asset` (default: the first judged) in the window, reproducibly
+    chosen (seeded by as-of), and how many rows the window has. Positions are drawn from range(n)
+    and the rows walked in chunks: the same choice as sampling the list of all of them, without
+    holding that list."""
+    asset = asset or ctx.assets[0]
     k = int(ctx.thresholds("CQT_CHECK_LEAK_SAMPLES"))
-    n = ctx.conn.execute("SELECT COUNT(*) FROM predictions WHERE ts_ms > ? AND ts_ms <= ?",
-                         (ctx.start_ms, ctx.as_of_ms)).fetchone()[0]
+    n = ctx.conn.execute("SELECT COUNT(*) FROM predictions WHERE symbol = ? AND ts_ms > ? AND ts_ms <= ?",
+                         (asset, ctx.start_ms, ctx.as_of_ms)).fetchone()[0]
     if n <= k:
-        return list(window_t0(ctx)), n
+        return list(window_t0(ctx, asset)), n
     picks = sorted(random.Random(ctx.as_of_ms).sample(range(n), k))
     out: list[int] = []
     want = iter(picks)
     nxt = next(want)
-    for i, t in enumerate(window_t0(ctx)):
+    for i, t in enumerate(window_t0(ctx, asset)):
         if i == nxt:
             out.append(t)
             nxt = next(want, None)
@@ -288,41 +293,70 @@ def sample_t0(ctx: CheckContext) -> tuple[list[int], int]:
     return out, n
 
 
-def recompute_window(ctx: CheckContext, features, params, sample: list[int], n_rows: int) -> RecomputeOutcome:
-    """The samples first; then every other second of the window if, at the samples' pace,
-    all of it fits CQT_CHECK_LEAK_BUDGET_S (a hard stop at 1.5 x the budget guards a wrong
-    estimate on a busy machine). Beyond the budget the samples stand alone."""
+@dataclass
+class AssetRun:
+    """One asset's part of the leak check: its parameters, its samples and what was recomputed."""
+
+    asset: str
+    params: Any
+    sample: list[int]
+    n_rows: int
+    res: RecomputeOutcome = field(default_factory=RecomputeOutcome)
+    share_s: float = 0.0       # the part of the budget its every-second sweep had
+
+
+def recompute_assets(ctx: CheckContext, features, runs: list[AssetRun]) -> None:
+    """The budget (CQT_CHECK_LEAK_BUDGET_S, the total for every asset) shared across assets.
+
+    1. Samples, asset by asset: each asset's K samples (warm-up x1 and x3). With several assets
+       asset i's samples stop once the run has used (i + 1) / n of the budget, at least one each,
+       so the samples alone never take the whole budget; one asset's samples are never cut.
+    2. Every second: what is left of the budget is shared equally among the assets still to
+       go (an asset that needs less leaves the rest to the next ones); an asset's other seconds
+       are recomputed if, at its samples' pace, they fit its share, with a hard stop at 1.5 x
+       the share (a wrong estimate on a busy machine). Beyond its share its samples stand alone.
+    """
     budget_s = ctx.thresholds("CQT_CHECK_LEAK_BUDGET_S")
     started = time.monotonic()
-    res = recompute(ctx, features, params, sample)
-    res.sampled = res.samples
-    rest = n_rows - len(sample)
-    per_s = res.elapsed_s / max(1, len(sample))
-    res.estimate_s = res.elapsed_s + per_s * rest
-    if rest > 0 and budget_s > 0 and res.estimate_s <= budget_s:
-        done = set(sample)
-        others = (t for t in window_t0(ctx) if t not in done)
-        res.merge(recompute(ctx, features, params, others, deadline=started + 1.5 * budget_s, warmup_check=False))
-    return res
+    n = len(runs)
+    for i, run in enumerate(runs):
+        deadline = None if n == 1 else started + budget_s * (i + 1) / n
+        run.res = recompute(ctx, features, run.params, run.sample, deadline=deadline)
+        run.res.sampled = run.res.samples
+        per_s = run.res.elapsed_s / max(1, run.res.samples)
+        run.res.estimate_s = run.res.elapsed_s + per_s * (run.n_rows - run.res.samples)
+    for i, run in enumerate(runs):
+        run.share_s = max(0.0, budget_s - (time.monotonic() - started)) / (n - i)
+        rest = run.n_rows - len(run.sample)
+        if rest <= 0 or budget_s <= 0 or run.res.stopped:
+            continue
+        per_s = run.res.elapsed_s / max(1, run.res.samples)
+        if per_s * rest > run.share_s:
+            continue
+        done = set(run.sample)
+        others = (t for t in window_t0(ctx, run.asset) if t not in done)
+        run.res.merge(recompute(ctx, features, run.params, others, deadline=time.monotonic() + 1.5 * run.share_s,
+                                warmup_check=False))
 
 
-def negative_ages(ctx: CheckContext) -> Metric:
+def negative_ages(ctx: CheckContext, asset: str) -> Metric:
+    name = f"leak.{asset}.market_1s.negative_ages"
     cols = [r[1] for r in ctx.conn.execute("PRAGMA table_info(market_1s)") if r[1].endswith("_age_ms")]
     if not cols:
-        return Metric.skip("leak.market_1s.negative_ages", "market_1s has no *_age_ms columns")
+        return Metric.skip(name, "market_1s has no *_age_ms columns")
     cond = " OR ".join(f"{c} < 0" for c in cols)
-    n, first = ctx.conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM market_1s WHERE ts_ms > ? AND ts_ms <= ? "
-                                f"AND ({cond})", (ctx.start_ms, ctx.as_of_ms)).fetchone()
+    n, first = ctx.conn.execute(f"SELECT COUNT(*), MIN(ts_ms) FROM market_1s WHERE symbol = ? AND ts_ms > ? "
+                                f"AND ts_ms <= ? AND ({cond})", (asset, ctx.start_ms, ctx.as_of_ms)).fetchone()
     reason = (f"{n} rows use a value from after their own time (first {fmt_ms(first)})" if n
               else f"columns: {', '.join(cols)}")
-    return Metric.judge("leak.market_1s.negative_ages", n, "==", 0, reason)
+    return Metric.judge(name, n, "==", 0, reason)
 
 
 def provenance(ctx: CheckContext, params, sample: list[int]) -> Metric:
     bad: list[str] = []
     checked = 0
     for t0 in sample:
-        m = _row(ctx.conn, "market_1s", t0)
+        m = _row(ctx.conn, "market_1s", params.asset, t0)
         if m is None:
             continue
         for col, (age_col, table, key_col, key_attr, raw_col) in PROVENANCE.items():
@@ -344,7 +378,7 @@ def provenance(ctx: CheckContext, params, sample: list[int]) -> Metric:
                            f"available at t0 with that time and value")
     reason = "; ".join(bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "") if bad else \
         f"{checked} carried values traced to their raw rows"
-    return Metric.judge("leak.market_1s.provenance", len(bad), "==", 0, reason)
+    return Metric.judge(f"leak.{params.asset}.market_1s.provenance", len(bad), "==", 0, reason)
 
 
 def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> Metric:
@@ -366,7 +400,7 @@ def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> M
         return cache[key]
 
     for t0 in sample:
-        p = _row(ctx.conn, "predictions", t0)
+        p = _row(ctx.conn, "predictions", params.asset, t0)
         if p is None:
             continue
         for feat, tables in FEATURE_SOURCES.items():
@@ -375,21 +409,20 @@ def source_presence(ctx: CheckContext, features, params, sample: list[int]) -> M
                            f"{'/'.join(tables)} row was available then")
     reason = "; ".join(bad[:3]) + (f"; +{len(bad) - 3} more" if len(bad) > 3 else "") if bad else \
         f"{len(sample)} sampled rows x {len(FEATURE_SOURCES)} features"
-    return Metric.judge("leak.predictions.sources", len(bad), "==", 0, reason)
+    return Metric.judge(f"leak.{params.asset}.predictions.sources", len(bad), "==", 0, reason)
 
 
-def label_metric(ctx: CheckContext) -> Metric:
-    found = newest_export(ctx)
+def label_metric(ctx: CheckContext, asset: str, found: Export | None) -> Metric:
+    name = f"leak.{asset}.labels.violations"
     if found is None:
-        return Metric.skip("leak.labels.violations", "no export yet (no export_runs entry whose file exists): "
-                                                     "label part skipped")
+        return Metric.skip(name, f"no export of {asset} yet (no export_runs entry whose file exists and holds it): "
+                                 "label part skipped")
     path, horizon = found.path, found.horizon_sec
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        table = pq.read_table(path, columns=["t0", "label_ts"])
+        table = file_rows(found, ["t0", "label_ts"])
 
         def ms(col):  # epoch ms as float64, NaN where NULL
             arr = pc.cast(pc.cast(table.column(col), pa.timestamp("ms", tz="UTC")), pa.int64())
@@ -397,7 +430,7 @@ def label_metric(ctx: CheckContext) -> Metric:
 
         t0, lab = ms("t0"), ms("label_ts")
     except Exception as exc:  # noqa: BLE001 - an unreadable export is a failed check, said plainly
-        return Metric.judge("leak.labels.violations", None, "==", 0,
+        return Metric.judge(name, None, "==", 0,
                             none_reason=f"cannot read t0/label_ts from {path}: {type(exc).__name__}: {exc}")
     import numpy as np
 
@@ -409,7 +442,7 @@ def label_metric(ctx: CheckContext) -> Metric:
                   f"(first t0={fmt_ms(int(t0[i]))} label_ts={fmt_ms(int(lab[i]))})")
     else:
         reason = f"{len(t0)} rows in {path.name}, horizon {horizon} s"
-    return Metric.judge("leak.labels.violations", int(len(bad)), "==", 0, reason)
+    return Metric.judge(name, int(len(bad)), "==", 0, reason)
 
 
 def mismatch_metrics(prefix: str, items: list[Mismatch], samples: int, what: str) -> list[Metric]:
@@ -434,49 +467,66 @@ def mismatch_metrics(prefix: str, items: list[Mismatch], samples: int, what: str
 
 
 def evaluate(ctx: CheckContext) -> list[Metric]:
+    """Per judged asset (its rows `WHERE symbol = ?`, metric names `leak.<asset>.…`), the
+    budget shared across them (recompute_assets)."""
     features = _features()
-    params = features.params_from_settings(ctx.settings)
-    sample, n_rows = sample_t0(ctx)
-    out = [negative_ages(ctx)]
-    if not sample:
-        out.append(Metric.judge("leak.recompute.samples", 0, ">=", 1,
-                                f"no predictions rows in the {ctx.window_s} s window: "
-                                                       "nothing to check (is cqt-aggregate running?)"))
-        out.append(label_metric(ctx))
-        return out
-    out.append(provenance(ctx, params, sample))
-    out.append(source_presence(ctx, features, params, sample))
-    out.append(label_metric(ctx))
-    res = recompute_window(ctx, features, params, sample, n_rows)
-    out.append(Metric.judge("leak.recompute.samples", res.sampled, ">=", 1,
-                            f"{res.sampled} of {n_rows} rows sampled and recomputed on the database truncated at t0"))
-    out.append(coverage_metric(ctx, res, n_rows))
-    out += mismatch_metrics("leak.recompute", res.leaks, res.samples,
-                            "differ from a recomputation that cannot see the future")
-    out += mismatch_metrics("leak.warmup", res.warmup, res.sampled,
-                            "depend on the warm-up (x1 vs x3 the longest look-back)")
-    if res.missing_market:
-        ctx.note(f"{res.missing_market} sampled predictions rows have no market_1s row")
-    if res.late:
-        ctx.note(f"{len(res.late)} sampled second(s) differ only by data that arrived after they were written "
-                 f"(late data, not a leak; first {fmt_ms(res.late[0])}): "
-                 f"bin/cqt-aggregate --rebuild --from {res.late[0]} --to {res.late[-1]} corrects them")
+    exports = newest_exports(ctx)
+    runs: list[AssetRun] = []
+    out: list[Metric] = []
+    for asset in ctx.assets:
+        sample, n_rows = sample_t0(ctx, asset)
+        runs.append(AssetRun(asset, params_for(ctx.settings, asset), sample, n_rows))
+    recompute_assets(ctx, features, [r for r in runs if r.sample])
+    for run in runs:
+        out += asset_metrics(ctx, features, run, exports.get(run.asset), len(runs))
     return out
 
 
-def coverage_metric(ctx: CheckContext, res: RecomputeOutcome, n_rows: int) -> Metric:
-    """How much of the window was recomputed, and why not all of it."""
+def asset_metrics(ctx: CheckContext, features, run: AssetRun, found: Export | None, n_assets: int) -> list[Metric]:
+    asset, res, sample, n_rows = run.asset, run.res, run.sample, run.n_rows
+    out = [negative_ages(ctx, asset)]
+    if not sample:
+        out.append(Metric.judge(f"leak.{asset}.recompute.samples", 0, ">=", 1,
+                                f"no {asset} predictions rows in the {ctx.window_s} s window: "
+                                "nothing to check (is cqt-aggregate running?)"))
+        out.append(label_metric(ctx, asset, found))
+        return out
+    out.append(provenance(ctx, run.params, sample))
+    out.append(source_presence(ctx, features, run.params, sample))
+    out.append(label_metric(ctx, asset, found))
+    cut = f" (cut at its part of the budget: {len(sample)} drawn)" if res.sampled < len(sample) else ""
+    out.append(Metric.judge(f"leak.{asset}.recompute.samples", res.sampled, ">=", 1,
+                            f"{res.sampled} of {n_rows} rows sampled and recomputed on the database truncated at t0"
+                            + cut))
+    out.append(coverage_metric(ctx, run, n_assets))
+    out += mismatch_metrics(f"leak.{asset}.recompute", res.leaks, res.samples,
+                            "differ from a recomputation that cannot see the future")
+    out += mismatch_metrics(f"leak.{asset}.warmup", res.warmup, res.sampled,
+                            "depend on the warm-up (x1 vs x3 the longest look-back)")
+    if res.missing_market:
+        ctx.note(f"{res.missing_market} sampled {asset} predictions rows have no market_1s row")
+    if res.late:
+        ctx.note(f"{len(res.late)} sampled second(s) of {asset} differ only by data that arrived after they were "
+                 f"written (late data, not a leak; first {fmt_ms(res.late[0])}): bin/cqt-aggregate --rebuild "
+                 f"--symbol {asset} --from {res.late[0]} --to {res.late[-1]} corrects them")
+    return out
+
+
+def coverage_metric(ctx: CheckContext, run: AssetRun, n_assets: int) -> Metric:
+    """How much of the asset's window was recomputed, and why not all of it."""
+    res, n_rows = run.res, run.n_rows
     budget_s = ctx.thresholds("CQT_CHECK_LEAK_BUDGET_S")
-    took = f"in {res.elapsed_s:.1f} s (CQT_CHECK_LEAK_BUDGET_S={budget_s:g} s)"
+    share = f"; its share {run.share_s:.1f} s of {n_assets} assets" if n_assets > 1 else ""
+    took = f"in {res.elapsed_s:.1f} s (CQT_CHECK_LEAK_BUDGET_S={budget_s:g} s{share})"
     if res.samples >= n_rows:
         why = f"every second: {res.samples} of {n_rows} rows recomputed {took}"
     elif res.stopped:
-        why = (f"{res.samples} of {n_rows} rows recomputed {took}: stopped at 1.5 x the budget "
+        why = (f"{res.samples} of {n_rows} rows recomputed {took}: stopped at its part of the budget "
                "(slower than the samples' pace; a busy machine?)")
     else:
         why = (f"sampled: {res.samples} of {n_rows} rows recomputed {took}; every second would take about "
                f"{res.estimate_s:.0f} s, over the budget (raise it or shorten --window to check every second)")
-    return Metric.judge("leak.recompute.seconds", res.samples, ">=", 1, why)
+    return Metric.judge(f"leak.{run.asset}.recompute.seconds", res.samples, ">=", 1, why)
 
 
 main = check_command("feature_leak_check", evaluate, """Look-ahead leaks: the time rule on market_1s and

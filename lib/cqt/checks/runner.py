@@ -28,6 +28,7 @@ from . import CHECKS, RUNNER_NAME
 from .base import (
     CannotEvaluate,
     DatabaseDamaged,
+    assets_for_cli,
     common_options,
     open_for_check,
     run_check,
@@ -45,7 +46,9 @@ class Outcome(list):
     damaged = False
 
 
-def run_all(settings, as_of_ms: int, window_s: int, integrity: str = "quick") -> Outcome:
+def run_all(settings, as_of_ms: int, window_s: int, integrity: str = "quick",
+            assets: tuple[str, ...] = ()) -> Outcome:
+    """The four checks on one connection and one as-of; `assets` limits them (default: every asset)."""
     results = Outcome()
     conn = None
     try:
@@ -70,7 +73,7 @@ def run_all(settings, as_of_ms: int, window_s: int, integrity: str = "quick") ->
                 results.append(CheckResult(name, window_s, as_of_ms,
                                            error=f"cannot load {module}: {type(exc).__name__}: {exc}"))
                 continue
-            res = run_check(name, evaluate, settings, as_of_ms, window_s, conn=conn)
+            res = run_check(name, evaluate, settings, as_of_ms, window_s, conn=conn, assets=assets)
             if note:
                 res.notes.insert(0, note)
             results.append(res)
@@ -102,14 +105,15 @@ def overall_summary(results: list[CheckResult], code: int, window_s: int, as_of_
 
 
 def record(path: Path, results: list[CheckResult], code: int, summary: str, window_s: int, as_of_ms: int,
-           elapsed_ms: int) -> str | None:
+           elapsed_ms: int, assets: tuple[str, ...] = ()) -> str | None:
     """Insert one check_runs row per result and one for the runner; returns a warning or None."""
     if not Path(path).exists():
         return f"results not recorded: database {path} does not exist"
     rows = [(r.check, r.exit_code, json.dumps(stored_summary(r))) for r in results]
     rows.append((RUNNER_NAME, code, json.dumps({
         "status": overall_status(code), "exit_code": code,
-        "summary": summary, "checks": {r.check: r.exit_code for r in results}, "elapsed_ms": elapsed_ms})))
+        "summary": summary, "checks": {r.check: r.exit_code for r in results}, "elapsed_ms": elapsed_ms,
+        "assets": list(assets)})))
     try:
         conn = db.connect(path)
     except sqlite3.Error as exc:
@@ -157,26 +161,29 @@ def table_text(results: list[CheckResult], summary: str) -> str:
 
 @click.command(name=RUNNER_NAME, context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
-def main(window: int, as_of: int | None, db: str | None, as_json: bool, integrity: str) -> None:
+def main(window: int, as_of: int | None, db: str | None, as_json: bool, integrity: str, symbol: str | None) -> None:
     """Run altdata_check, feature_check, feature_leak_check and coinglass_check on the
     same window; print a compact table; record every result in check_runs.
+    --symbol ASSET limits all four to that asset (KRW-USDT is judged too).
 
     Exit 0 only if all four pass, else the highest exit code among them
     (1 FAIL, 3 could not evaluate, 78 misconfigured; 2 = usage error of this command)."""
     t0 = time.monotonic()
     settings = settings_for_cli(RUNNER_NAME, db)
+    assets = assets_for_cli(RUNNER_NAME, settings, symbol)
     as_of_ms = now_ms() if as_of is None else as_of
-    results = run_all(settings, as_of_ms, window, integrity)
+    results = run_all(settings, as_of_ms, window, integrity, assets)
     code = combine_exit_codes([r.exit_code for r in results])
     summary = overall_summary(results, code, window, as_of_ms)
     elapsed_ms = int((time.monotonic() - t0) * 1000)
     if results.damaged:
         warning = "results not recorded: the database failed its integrity check (no writes into a damaged file)"
     else:
-        warning = record(settings.db, results, code, summary, window, as_of_ms, elapsed_ms)
+        warning = record(settings.db, results, code, summary, window, as_of_ms, elapsed_ms, assets)
     if as_json:
         click.echo(json.dumps({"check": RUNNER_NAME, "status": overall_status(code), "exit_code": code,
                                "window_s": window, "as_of_ms": as_of_ms, "as_of": fmt_ms(as_of_ms),
+                               "assets": list(assets),
                                "summary": summary, "recorded": warning is None, "elapsed_ms": elapsed_ms,
                                "checks": [r.to_dict() for r in results]}))
     else:
