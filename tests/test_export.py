@@ -39,16 +39,17 @@ def make_db(path: Path, market: dict[int, dict], preds: dict[int, dict], symbol:
     feats = _feature_names(conn)
     conn.execute("BEGIN")
     for ts, m in sorted(market.items()):
-        row = {"symbol": symbol, "ts_ms": ts, "close": 1024.0, "volume": 1.0, "trade_count": 1, "buy_volume": 0.5, "sell_volume": 0.5,
-               "has_trade": 1, "close_age_ms": 0, "book_age_ms": 100, "binance_age_ms": 100, "mark_age_ms": 100,
-               "usdt_krw_age_ms": 1000}
+        row = {"symbol": symbol, "ts_ms": ts, "close": 1024.0, "volume": 1.0, "trade_count": 1, "buy_volume": 0.5,
+               "sell_volume": 0.5, "has_trade": 1, "close_age_ms": 0, "book_age_ms": 100, "binance_age_ms": 100,
+               "mark_age_ms": 100, "usdt_krw_age_ms": 1000}
         row.update(m)
         if not row["has_trade"]:
             row["trade_count"] = 0
         conn.execute(f"INSERT INTO market_1s ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                      list(row.values()))
     for ts, p in sorted(preds.items()):
-        row = {"symbol": symbol, "ts_ms": ts, "horizon_sec": 120, "model": "test", "score": 0.0, **{f: 0.1 for f in feats}}
+        row = {"symbol": symbol, "ts_ms": ts, "horizon_sec": 120, "model": "test", "score": 0.0,
+               **{f: 0.1 for f in feats}}
         row.update(p)
         conn.execute(f"INSERT INTO predictions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                      list(row.values()))

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
 from .bookkeeping import EXPORT_24H, MODULES, RUNNER, check_codes_between, latest_export  # noqa: E402
+from .export.request import nightly_export_name  # noqa: E402
 from .outputs import PNG_SOFTWARE, guard_output, write_atomic  # noqa: E402
 
 HOUR, DAY = 3_600_000, 86_400_000
@@ -84,9 +85,10 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
-def plot_price(conn: sqlite3.Connection, path: Path, lo: int, hi: int, t: dict[str, str]) -> bool:
+def plot_price(conn: sqlite3.Connection, path: Path, lo: int, hi: int, t: dict[str, str], asset: str = "BTC") -> bool:
     rows = conn.execute("SELECT ts_ms, close, binance_last * usdt_krw, kimchi_premium FROM market_1s "
-                        "WHERE ts_ms > ? AND ts_ms <= ? AND ts_ms % 60000 = 0 ORDER BY ts_ms", (lo, hi)).fetchall()
+                        "WHERE symbol = ? AND ts_ms > ? AND ts_ms <= ? AND ts_ms % 60000 = 0 ORDER BY ts_ms",
+                        (asset, lo, hi)).fetchall()
     rows = [r for r in rows if r[1] is not None]
     if len(rows) < 2:
         return False
@@ -109,16 +111,16 @@ def plot_price(conn: sqlite3.Connection, path: Path, lo: int, hi: int, t: dict[s
     return True
 
 
-def fill_sources(upbit_code: str, symbol: str) -> list[tuple[str, str, str, str, tuple]]:
-    """(label, table, time column, extra where, params): per-second streams and the derived tables."""
+def fill_sources(upbit_code: str, symbol: str, asset: str = "BTC") -> list[tuple[str, str, str, str, tuple]]:
+    """(label, table, time column, extra where, params): one asset's per-second streams and derived rows."""
     return [
         (f"Upbit {upbit_code} trades", "upbit_trades", "trade_ts_ms", "code = ?", (upbit_code,)),
         (f"Upbit {upbit_code} orderbook", "upbit_orderbook", "ts_ms", "code = ?", (upbit_code,)),
         (f"Binance {symbol} aggTrade", "binance_agg_trades", "trade_ts_ms", "symbol = ?", (symbol,)),
         (f"Binance {symbol} markPrice", "binance_mark_price", "event_ts_ms", "symbol = ?", (symbol,)),
         (f"Binance {symbol} bookTicker", "binance_book_ticker", "event_ts_ms", "symbol = ?", (symbol,)),
-        ("market_1s", "market_1s", "ts_ms", "", ()),
-        ("predictions", "predictions", "ts_ms", "", ()),
+        (f"market_1s {asset}", "market_1s", "ts_ms", "symbol = ?", (asset,)),
+        (f"predictions {asset}", "predictions", "ts_ms", "symbol = ?", (asset,)),
     ]
 
 
@@ -139,13 +141,13 @@ def fill_matrix(conn: sqlite3.Connection, hours: list[int], sources, end_ms: int
 
 
 def plot_fill(conn: sqlite3.Connection, path: Path, hi: int, start_ms: int | None, upbit_code: str, symbol: str,
-              t: dict[str, str]) -> bool:
+              t: dict[str, str], asset: str = "BTC") -> bool:
     last_hour = hi - hi % HOUR
     first = last_hour - 23 * HOUR
     if start_ms is not None:            # no columns for hours before collection started
         first = max(first, start_ms - start_ms % HOUR)
     hours = list(range(first, last_hour + 1, HOUR))
-    sources = fill_sources(upbit_code, symbol)
+    sources = fill_sources(upbit_code, symbol, asset)
     m = fill_matrix(conn, hours, sources, hi)
     if not any(v > 0 for row in m for v in row):
         return False
@@ -224,11 +226,15 @@ def make_plots(conn: sqlite3.Connection, settings: Any, out_dir: Path, stem: str
     t = TEXT[lang]
     hi = ctx.data_end_ms if ctx.data_end_ms is not None else ctx.as_of_ms
     with plt.rc_context({"font.family": [font, "DejaVu Sans"]} if font else {}):
-        upbit = next((c for c in settings.upbit_codes if c.endswith("-BTC")), "KRW-BTC")
+        # the plan's plots are of BTC (the first asset when BTC is not collected)
+        asset = "BTC" if "BTC" in settings.assets else settings.assets[0]
+        upbit, binance = settings.upbit_code_of(asset), settings.binance_symbol_of(asset)
+        t = {k: v.replace("KRW-BTC", upbit).replace("BTCUSDT", binance) for k, v in t.items()}
+        name24 = EXPORT_24H if asset == "BTC" else nightly_export_name(asset, "24h")
         jobs: list[tuple[str, str, Callable[[Path], bool]]] = [
-            ("price", t["price"], lambda p: plot_price(conn, p, hi - DAY, hi, t)),
-            ("fill", t["fill"], lambda p: plot_fill(conn, p, hi, ctx.start_ms, upbit, settings.binance_symbol, t)),
-            ("labels", t["labels"], lambda p: plot_labels(latest_export(conn, EXPORT_24H, ctx.as_of_ms), p, t)),
+            ("price", t["price"], lambda p: plot_price(conn, p, hi - DAY, hi, t, asset)),
+            ("fill", t["fill"], lambda p: plot_fill(conn, p, hi, ctx.start_ms, upbit, binance, t, asset)),
+            ("labels", t["labels"], lambda p: plot_labels(latest_export(conn, name24, ctx.as_of_ms), p, t)),
             ("checks", t["checks"], lambda p: plot_checks(conn, p, max(ctx.start_ms or 0, hi - 7 * DAY), ctx.as_of_ms,
                                                           [RUNNER, *MODULES], t)),
         ]

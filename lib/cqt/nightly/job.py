@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from .. import exitcodes
-from ..bookkeeping import EXPORT_1H, EXPORT_24H
 from ..config import Settings
+from ..export.request import nightly_export_name
 from ..outputs import OutputRefused
 from .retention import step_retention
 from .steps import Step, dated_copy, log, step_checks, step_export, step_report, worst
@@ -33,25 +33,34 @@ def run_nightly(settings: Settings, window: int = 600, horizon: int | None = Non
 
     ddir = settings.dataset_dir
     run("checks", step_checks, settings, window, check_timeout_s)
-    run("export_1h", step_export, settings, "export_1h", ddir / EXPORT_1H, "1h", horizon, threshold)
-    res24 = run("export_24h", step_export, settings, "export_24h", ddir / EXPORT_24H, "24h", horizon, threshold)
-    if res24 is not None:
-        try:
-            dst = dated_copy(settings, res24)
-            steps[-1].data["dated_copy"] = str(dst)
-            steps[-1].detail += f" dated={dst.name}"
-        except OutputRefused as exc:
-            steps[-1].code = exc.code
-            steps[-1].detail += f" dated copy: {exc}"
-            log.error("dated copy of %s: %s", res24.output, exc)
-        except (OSError, sqlite3.Error) as exc:
-            steps[-1].code = exitcodes.IOERR
-            steps[-1].detail += f" dated copy failed: {exc}"
-            log.error("dated copy of %s failed: %s", res24.output, exc)
+    # Each asset its own files and its own steps: one asset's failed export never stops another's.
+    for asset in settings.assets:
+        for span in ("1h", "24h"):
+            name = f"export_{span}.{asset}"
+            res = run(name, step_export, settings, name, ddir / nightly_export_name(asset, span), span, horizon,
+                      threshold, asset)
+            if span == "24h" and res is not None:
+                add_dated_copy(settings, steps[-1], res, asset)
     run("report", step_report, settings)
     if do_retention:
         run("retention", step_retention, settings)
     return steps
+
+
+def add_dated_copy(settings: Settings, step: Step, res: Any, asset: str) -> None:
+    """The dated copy of one asset's 24 h export; a failure is that asset's 24 h step's."""
+    try:
+        dst = dated_copy(settings, res, asset)
+        step.data["dated_copy"] = str(dst)
+        step.detail += f" dated={dst.name}"
+    except OutputRefused as exc:
+        step.code = exc.code
+        step.detail += f" dated copy: {exc}"
+        log.error("dated copy of %s: %s", res.output, exc)
+    except (OSError, sqlite3.Error) as exc:
+        step.code = exitcodes.IOERR
+        step.detail += f" dated copy failed: {exc}"
+        log.error("dated copy of %s failed: %s", res.output, exc)
 
 
 def summary_line(steps: list[Step], elapsed_s: float) -> str:

@@ -1,9 +1,12 @@
-"""Retention: rows older than CQT_KEEP_DAYS deleted - market data only where an export whose
-file still exists covers them; bookkeeping by age; old rotated captures likewise; then a WAL
-checkpoint and an incremental vacuum. Deletes go an hour per short write transaction.
+"""Retention: rows older than CQT_KEEP_DAYS deleted - an asset's market data only where an
+export holding that asset (export_runs.symbols) whose file still exists covers them; KRW-USDT,
+which every asset's features read, and the capture files, which hold every asset's frames, only
+where every configured asset's exports cover them; bookkeeping by age; then a WAL checkpoint
+and an incremental vacuum. Deletes go an hour per short write transaction.
 """
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -12,24 +15,24 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import exitcodes
-from ..bookkeeping import exported_spans
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..db import connect
+from ..featureparams import coinglass_coin_for
+from ..report.context import intersect
+from ..symbols import base_asset_of_binance, base_asset_of_upbit
 from ..timerule import RAW_TABLES, rule
 from ..timeutil import now_ms
 from .steps import Step
 
 HOUR, DAY = 3_600_000, 86_400_000
 
-# Market-data tables (time column from the time rule) and the index prefix that makes a
-# time-range delete an index range instead of a table scan.
-PREFIX = {
-    "upbit_trades": "code", "upbit_orderbook": "code", "upbit_ticker": "code",
-    "binance_agg_trades": "symbol", "binance_mark_price": "symbol", "binance_book_ticker": "symbol",
-    "binance_liquidations": "symbol", "binance_open_interest": "symbol", "binance_ratios": "kind",
-    "binance_premium_index": "symbol", "binance_funding_rate": "symbol",
-}
-DERIVED = {"market_1s": "ts_ms", "predictions": "ts_ms"}
+# Market-data tables (time column from the time rule): the column naming the venue symbol of a row
+# (KRW-BTC, BTCUSDT, the Coinglass coin or pair), and where the time index starts with another
+# column, that column too, so a time-range delete stays an index range instead of a table scan.
+SYMBOL_COLUMN = {t: "code" if t.startswith("upbit_") else "symbol" for t in RAW_TABLES}
+EXTRA_PREFIX = {"binance_ratios": "kind"}
+DERIVED = {"market_1s": "ts_ms", "predictions": "ts_ms"}        # symbol = the base asset
+EVERY_ASSET = ""        # the owner of rows every asset reads (KRW-USDT)
 # Bookkeeping: deleted by age alone (not exported data). heartbeats keep each service's first row
 # (the report's collection start); check_runs, export_runs and service_runs are small and kept.
 BOOKKEEPING = {"ingest_stats": "ts_ms", "rejects": "ts_ms", "coinglass_call_status": "ts_ms", "events": "ts_ms",
@@ -48,9 +51,49 @@ def merge_spans(spans: Iterable[tuple[int, int]], join_gap_ms: int = 1000) -> li
     return [(a, b) for a, b in out]
 
 
-def exported_coverage(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-    """Time spans covered by an export whose file still exists with the recorded size."""
-    return merge_spans(exported_spans(conn))
+def exported_coverage(conn: sqlite3.Connection) -> dict[str, list[tuple[int, int]]]:
+    """Per asset: the time spans covered by an export holding that asset whose file still exists
+    with the recorded size (a row without `symbols` is of BTC, as every export before schema 6)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for output, size, lo, hi, symbols in conn.execute(
+            "SELECT output, size_bytes, from_ts_ms, to_ts_ms, symbols FROM export_runs WHERE rows > 0"):
+        try:
+            if os.path.getsize(output) != size:
+                continue
+        except OSError:
+            continue
+        for asset in filter(None, (symbols or "BTC").split(",")):
+            spans.setdefault(asset.strip(), []).append((int(lo), int(hi)))
+    return {a: merge_spans(s) for a, s in spans.items()}
+
+
+def covered_by_all(coverage: dict[str, list[tuple[int, int]]], assets: Iterable[str]) -> list[tuple[int, int]]:
+    """The spans every one of `assets` has an export for."""
+    out: list[tuple[int, int]] | None = None
+    for a in assets:
+        out = coverage.get(a, []) if out is None else intersect(out, coverage.get(a, []))
+    return out or []
+
+
+def venue_owners(settings: Settings) -> dict[str, str]:
+    """Venue symbol -> the configured asset it belongs to (KRW-USDT: every asset)."""
+    owners = {settings.usdt_code: EVERY_ASSET}
+    for a in settings.assets:
+        try:
+            coin = coinglass_coin_for(settings, a)
+        except ConfigError:
+            coin = a
+        for name in (settings.upbit_code_of(a), settings.binance_symbol_of(a), coin):
+            owners.setdefault(name, a)
+    return owners
+
+
+def owner_of(table: str, value: str, owners: dict[str, str]) -> str:
+    """The asset a raw row of `table` with venue symbol `value` belongs to: a configured asset's
+    own symbol, else the base asset the name spells (an asset collected before, no longer configured)."""
+    if value in owners:
+        return owners[value]
+    return base_asset_of_upbit(value) if table.startswith("upbit_") else base_asset_of_binance(value)
 
 
 def clip(spans: list[tuple[int, int]], cutoff_ms: int) -> list[tuple[int, int]]:
@@ -93,12 +136,15 @@ def _prefixes(conn: sqlite3.Connection, table: str, col: str) -> list[Any]:
 
 
 def delete_spans(conn: sqlite3.Connection, table: str, tcol: str, spans: list[tuple[int, int]],
-                 prefix: str | None = None, chunk_ms: int = HOUR, extra: str = "") -> int:
-    """Delete rows with tcol in the inclusive spans, an hour per transaction."""
+                 prefix: str | None = None, chunk_ms: int = HOUR, extra: str = "", where: str = "",
+                 params: tuple = ()) -> int:
+    """Delete rows with tcol in the inclusive spans (and `where`), an hour per transaction."""
     total = 0
     keys: list[Any] = _prefixes(conn, table, prefix) if prefix else [None]
     for key in keys:
         pwhere, pparams = (f"{prefix} = ? AND ", (key,)) if prefix else ("", ())
+        if where:
+            pwhere, pparams = f"{pwhere}{where} AND ", (*pparams, *params)
         oldest = conn.execute(f"SELECT MIN({tcol}) FROM {table} WHERE {pwhere}1", pparams).fetchone()[0]
         if oldest is None:
             continue
@@ -119,12 +165,21 @@ def retention(settings: Settings, now: int | None = None) -> Step:
     deleted: dict[str, int] = {}
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        covered = clip(exported_coverage(conn), cutoff)
+        coverage = {a: clip(s, cutoff) for a, s in exported_coverage(conn).items()}
+        covered = covered_by_all(coverage, settings.assets)
+        owners = venue_owners(settings)
         for table in (*RAW_TABLES, *DERIVED):
             if table not in tables:
                 continue
             tcol = DERIVED.get(table) or rule(table).time_col
-            n = delete_spans(conn, table, tcol, covered, PREFIX.get(table))
+            scol = "symbol" if table in DERIVED else SYMBOL_COLUMN[table]
+            n = 0
+            for value in _prefixes(conn, table, scol):
+                asset = value if table in DERIVED else owner_of(table, value, owners)
+                spans = covered if asset == EVERY_ASSET else coverage.get(asset, [])
+                if spans:
+                    n += delete_spans(conn, table, tcol, spans, EXTRA_PREFIX.get(table), where=f"{scol} = ?",
+                                      params=(value,))
             if n:
                 deleted[table] = n
         for table, tcol in BOOKKEEPING.items():
@@ -149,7 +204,7 @@ def retention(settings: Settings, now: int | None = None) -> Step:
     return Step("retention", exitcodes.OK,
                 f"deleted_rows={total} captures_removed={len(captures)} checkpoint_busy={ck[0]} {vac}",
                 {"deleted": deleted, "captures_removed": [str(p) for p in captures], "cutoff_ms": cutoff,
-                 "covered": covered, "checkpoint": list(ck), "vacuum": vac})
+                 "covered": covered, "covered_by_asset": coverage, "checkpoint": list(ck), "vacuum": vac})
 
 
 def incremental_vacuum(conn: sqlite3.Connection, pages_per_step: int = 2000, max_steps: int = 500) -> str:
@@ -169,7 +224,8 @@ def incremental_vacuum(conn: sqlite3.Connection, pages_per_step: int = 2000, max
 
 def prune_captures(settings: Settings, covered: list[tuple[int, int]], cutoff: int) -> list[Path]:
     """Remove rotated capture files (`name.YYYY-MM-DD.ext`) of days before the cutoff whose whole day
-    was exported. The current (unrotated) file is never touched."""
+    was exported (`covered`: by every asset, since one capture file holds every asset's frames).
+    The current (unrotated) file is never touched."""
     cdir = settings.resolve_path(settings.get_str("CQT_CAPTURE_DIR"))
     if not cdir.is_dir():
         return []

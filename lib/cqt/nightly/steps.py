@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from .. import exitcodes
 from ..config import ROOT, ConfigError, Settings
 from ..db import DatabaseMissing, SchemaTooNew
-from ..export.request import ExportError, settings_request
+from ..export.request import ExportError, nightly_export_name, settings_request
 from ..export.run import export_target, record_export, run_export
 from ..export.threshold import Threshold
 from ..outputs import OutputRefused, guard_output, write_atomic
@@ -75,11 +75,12 @@ def step_checks(settings: Settings, window: int, timeout_s: float) -> Step:
 
 
 def step_export(settings: Settings, name: str, output: Path, last: str, horizon: int | None,
-                threshold: str) -> tuple[Step, Any]:
+                threshold: str, asset: str = "BTC") -> tuple[Step, Any]:
+    """One asset's export (`--symbol asset --last 1h|24h`): the range ends at that asset's newest row."""
     try:
         output = export_target(output, settings.db)
         req = settings_request(settings, output, horizon_sec=horizon, last_ms=parse_duration_ms(last),
-                               threshold=Threshold.parse(threshold))
+                               threshold=Threshold.parse(threshold), symbols=(asset,))
         res = run_export(settings.db, req)
     except ExportError as exc:
         return Step(name, exc.code, str(exc)), None
@@ -90,22 +91,23 @@ def step_export(settings: Settings, name: str, output: Path, last: str, horizon:
     return Step(name, exitcodes.OK,
                 f"{output.name} rows={res.rows} size={res.size_bytes} label_ts_violation={s['label_ts_violation']} "
                 f"UP/DOWN/NONE={pct['UP']:.1f}/{pct['DOWN']:.1f}/{pct['NONE']:.1f}%",
-                {"output": str(output), "rows": res.rows, "size_bytes": res.size_bytes, "to_ts_ms": res.to_ms}), res
+                {"output": str(output), "symbol": asset, "rows": res.rows, "size_bytes": res.size_bytes,
+                 "to_ts_ms": res.to_ms}), res
 
 
-def dated_copy(settings: Settings, res: Any) -> Path:
-    """btc_YYYYMMDD.parquet (UTC date of the data's end) beside btc_24h.parquet, atomically, and its
-    own export_runs row (so retention still finds a file for this range after btc_24h is replaced)."""
+def dated_copy(settings: Settings, res: Any, asset: str = "BTC") -> Path:
+    """<asset>_YYYYMMDD.parquet (UTC date of the data's end) beside <asset>_24h.parquet, atomically, and
+    its own export_runs row (so retention still finds a file for this range after the 24 h file is replaced)."""
     day = datetime.fromtimestamp(res.to_ms / 1000, tz=timezone.utc).strftime("%Y%m%d")
-    dst = guard_output(res.output.parent / f"btc_{day}.parquet", "parquet", db_path=settings.db)
+    dst = guard_output(res.output.parent / nightly_export_name(asset, day), "parquet", db_path=settings.db)
 
     def link_or_copy(tmp: Path) -> None:
         try:
-            os.link(res.output, tmp)           # same bytes, no copy; btc_24h is replaced by rename, never rewritten
+            os.link(res.output, tmp)     # same bytes, no copy; the 24 h file is replaced by rename, never rewritten
         except OSError:
             shutil.copyfile(res.output, tmp)
 
-    write_atomic(dst, write=link_or_copy, keep_mode=False)   # a chmod would change btc_24h too (one inode)
+    write_atomic(dst, write=link_or_copy, keep_mode=False)   # a chmod would change the 24 h file too (one inode)
     copy = type(res)(**{**res.__dict__, "output": dst})
     record_export(settings.db, copy)
     return dst

@@ -53,6 +53,19 @@ def upsert_dated_block(text: str, name: str, body: str) -> str:
     return f"{text}{sep}<!-- cqt:begin {name} -->\n{body}<!-- cqt:end {name} -->\n"
 
 
+def insert_block_after(text: str, name: str, body: str, after: str) -> str:
+    """Add block `name` right after the end marker of block `after` (a block the template gained
+    since the file was made); the text is unchanged when `after` is not there."""
+    end = f"<!-- cqt:end {after} -->"
+    at = text.find(end)
+    if at < 0:
+        return text
+    if body and not body.endswith("\n"):
+        body += "\n"
+    cut = at + len(end)
+    return f"{text[:cut]}\n\n<!-- cqt:begin {name} -->\n{body}<!-- cqt:end {name} -->{text[cut:]}"
+
+
 def write_if_changed(path: Path, text: str) -> bool:
     """Write only when the content changes (cqt.outputs.write_atomic). Returns True if written."""
     data = text.encode("utf-8", errors="surrogateescape")

@@ -16,6 +16,7 @@ from ..bookkeeping import (
     service_runs_until,
     stops_between,
 )
+from ..export.request import nightly_export_name
 from ..units import fmt_bytes
 from .context import DAY, MIN, Context, longest_all, overlap_ms, top_errors
 from .text import cell, code_text, fmt_duration, fmt_utc, labels_text
@@ -131,7 +132,8 @@ def block_run_log(ctx: Context, date: str) -> str:
     else:
         lines.append("- 점검(`run_pipeline_checks`): 실행 기록 없음")
     exports = []
-    for name in (EXPORT_1H, EXPORT_24H):
+    names = [nightly_export_name(a, span) for a in ctx.settings.assets for span in ("1h", "24h")]
+    for name in names or (EXPORT_1H, EXPORT_24H):
         e = latest_export(ctx.conn, name, ctx.as_of_ms)
         if e is not None and e["ts_ms"] > since:
             exports.append(f"{name} {e['rows']:,} rows, {fmt_bytes(e['size_bytes'])} "

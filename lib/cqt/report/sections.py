@@ -17,6 +17,7 @@ from ..bookkeeping import (
     latest_export,
     nearest_check_code,
 )
+from ..export.request import nightly_export_name
 from ..redact import redact
 from ..units import fmt_bytes
 from .context import DAY, HOUR, MIN, Context, longest_all, milestone_runs
@@ -137,6 +138,45 @@ def block_export(ctx: Context, basename: str, with_volatility: bool) -> str:
     return "\n".join(out) + "\n"
 
 
+def market_fill(ctx: Context, asset: str, lo_ms: int, hi_ms: int) -> tuple[float, float]:
+    """(coverage, trade fill) of `asset`'s market_1s over [lo, hi]: rows per second, and seconds
+    with a real Upbit trade per second (one index range of that asset)."""
+    n, traded = ctx.conn.execute("SELECT COUNT(*), COALESCE(SUM(has_trade), 0) FROM market_1s "
+                                 "WHERE symbol = ? AND ts_ms >= ? AND ts_ms <= ?", (asset, lo_ms, hi_ms)).fetchone()
+    seconds = max(1, (hi_ms - lo_ms) // 1000 + 1)
+    return min(1.0, n / seconds), min(1.0, traded / seconds)
+
+
+def block_export_symbols(ctx: Context) -> str:
+    """One row per configured asset: its newest nightly 24 h export (rows, labels, drops) and the
+    fill of its market_1s over that export's range (else the 24 h ending at the newest data)."""
+    lines = ["| 자산 | 파일 | 총 row 수 | 라벨 분포 (UP/DOWN/NONE) | market_1s 커버리지 · 체결 초 "
+             "| drop (label_ts 위반) |",
+             "|------|------|-----------|--------------------------|------------------------------"
+             "|----------------------|"]
+    for asset in ctx.settings.assets:
+        name = nightly_export_name(asset, "24h")
+        e = latest_export(ctx.conn, name, ctx.as_of_ms)
+        if e is not None:
+            lo, hi = e["from_ts_ms"], e["to_ts_ms"]
+        elif ctx.data_end_ms is not None:
+            lo, hi = ctx.data_end_ms - DAY + 1000, ctx.data_end_ms
+        else:
+            lines.append(f"| {asset} | `{name}` | {WAIT} | {WAIT} | {WAIT} | {WAIT} |")
+            continue
+        cov, traded = market_fill(ctx, asset, lo, hi)
+        fill = f"{cov * 100:.1f}% · {traded * 100:.1f}%"
+        if e is None:
+            lines.append(f"| {asset} | `{name}` | {WAIT} | {WAIT} | {fill} | {WAIT} |")
+            continue
+        drops = e["drops"]
+        dropped = f"{sum(drops.values()):,} ({drops.get('label_ts_violation', 0):,})"
+        missing = "" if Path(e["output"]).is_file() else " · ⚠️ 파일 없음"
+        lines.append(f"| {asset} | `{name}`{missing} | {e['rows']:,} | {labels_text(e['labels'], e['rows'])} | "
+                     f"{fill} | {dropped} |")
+    return "\n".join(lines) + "\n"
+
+
 def block_dod(ctx: Context, filled: bool, remaining: int) -> str:
     best = longest_all(ctx)
     dur = 0 if best is None else best[1] - best[0]
@@ -205,6 +245,7 @@ def render_blocks(ctx: Context) -> dict[str, str]:
         "checks-modules": block_checks_modules(ctx),
         "export-1h": block_export(ctx, EXPORT_1H, with_volatility=False),
         "export-24h": block_export(ctx, EXPORT_24H, with_volatility=True),
+        "export-symbols": block_export_symbols(ctx),
         "operations": block_operations(ctx),
         "top-errors": block_top_errors(ctx),
     }

@@ -8,10 +8,21 @@ from typing import Any
 from ..config import ConfigError, Settings
 from ..db import open_readonly
 from ..timeutil import now_ms
-from .blocks import RUN_LOG_PREFIX, TEMPLATE, replace_blocks, report_target, upsert_dated_block, write_if_changed
+from .blocks import (
+    RUN_LOG_PREFIX,
+    TEMPLATE,
+    insert_block_after,
+    replace_blocks,
+    report_target,
+    upsert_dated_block,
+    write_if_changed,
+)
 from .context import build_context
 from .operations import block_run_log
 from .sections import block_plots, render_blocks, run_log_date
+
+# (block, the block it follows) for blocks newer than some operators' report files
+ADDED_BLOCKS = (("export-symbols", "export-24h"),)
 
 
 @dataclass
@@ -58,6 +69,13 @@ def update_report(settings: Settings, out: Path | None = None, as_of_ms: int | N
     # bytes, not read_text(): universal newlines would turn the operator's \r\n into \n
     text = (path if path.exists() else TEMPLATE).read_bytes().decode("utf-8", errors="surrogateescape")
     new, missing = replace_blocks(text, bodies)
+    # blocks the template gained after the operator's file was made: placed where the template has them
+    for name, after in ADDED_BLOCKS:
+        if name in missing and name in bodies:
+            added = insert_block_after(new, name, bodies[name], after)
+            if added != new:
+                new = added
+                missing.remove(name)
     if date and log_body:
         new = upsert_dated_block(new, RUN_LOG_PREFIX + date, log_body)
     written = write_if_changed(path, new)
