@@ -37,11 +37,13 @@ def _stub_checks(tmp_path: Path, code: int) -> str:
     return f"{ROOT / '.venv' / 'bin' / 'python'} {script}"
 
 
-def _synthetic(tmp_path: Path, hours: float = 1.0) -> tuple[Path, int]:
-    from bench.export_24h import build_synthetic_db
+def _synthetic(tmp_path: Path, seconds: int = 3900) -> tuple[Path, int]:
+    """Raw rows through the aggregator's rebuild, ending a minute ago (younger than CQT_KEEP_DAYS)."""
+    from test_export_symbols import derived_db
 
     end = now_ms() - now_ms() % 1000 - 60_000
-    return build_synthetic_db(tmp_path / "cqt.db", hours=hours, end_ms=end), end
+    derived_db(tmp_path / "cqt.db", end - seconds * 1000, seconds)
+    return tmp_path / "cqt.db", int(query(tmp_path / "cqt.db", "SELECT MAX(ts_ms) FROM predictions")[0][0])
 
 
 @pytest.mark.timeout(60)
@@ -52,7 +54,7 @@ def test_failing_check_still_exports_and_reports_and_exits_1(tmp_path):
     r = run_bin("cqt-nightly", env=env, timeout=60)
     assert r.returncode == 1, r.stdout + r.stderr
     line = r.stdout.strip()
-    assert line.startswith("nightly: exit=1 checks=1 export_1h=0 export_24h=0 report=0 retention=0"), line
+    assert line.startswith("nightly: exit=1 checks=1 export_1h.BTC=0 export_24h.BTC=0 report=0 retention=0"), line
     assert "failed=checks" in line and len(r.stdout.strip().splitlines()) == 1
     ds = tmp_path / "datasets"
     day = datetime.fromtimestamp(end / 1000, tz=timezone.utc).strftime("%Y%m%d")
@@ -66,7 +68,7 @@ def test_failing_check_still_exports_and_reports_and_exits_1(tmp_path):
     assert (tmp_path / "reports" / "step-alt-5-price.png").stat().st_size > 0
     assert "step=checks exit_code=1" in r.stderr and "step=retention exit_code=0" in r.stderr
     # recent data is kept by retention (younger than CQT_KEEP_DAYS)
-    assert query(db, "SELECT COUNT(*) FROM predictions")[0][0] == 3600 + 300
+    assert query(db, "SELECT COUNT(*) FROM predictions")[0][0] == 3900 - 1
 
 
 @pytest.mark.timeout(60)
@@ -81,9 +83,10 @@ def test_real_runner_and_a_failing_export(tmp_path):
     r = run_bin("cqt-nightly", "--json", env=env, timeout=60)
     out = json.loads(r.stdout)
     steps = {s["name"]: s for s in out["steps"]}
-    assert list(steps) == ["checks", "export_1h", "export_24h", "report", "retention"]
+    assert list(steps) == ["checks", "export_1h.BTC", "export_24h.BTC", "report", "retention"]
     assert steps["checks"]["exit_code"] != 0
-    assert steps["export_1h"]["exit_code"] == 1 and "is cqt-aggregate running?" in steps["export_1h"]["detail"]
+    assert steps["export_1h.BTC"]["exit_code"] == 1
+    assert "is cqt-aggregate running?" in steps["export_1h.BTC"]["detail"]
     assert steps["report"]["exit_code"] == 0 and steps["retention"]["exit_code"] == 0
     assert r.returncode == out["exit_code"] == worst(s["exit_code"] for s in out["steps"]) >= 1
     assert query(tmp_path / "cqt.db",
@@ -141,8 +144,8 @@ def test_retention_deletes_only_old_and_exported(tmp_path):
             n += 1
             conn.execute("INSERT INTO upbit_trades VALUES (?,?,?,?,?,?,?)", (code, n, t, 1.0, 1.0, "buy", t))
         conn.execute("INSERT INTO binance_agg_trades VALUES ('BTCUSDT',?,?,1,1,'buy',?,?,NULL,?)", (n, t, n, n, t))
-        conn.execute("INSERT INTO market_1s (ts_ms, close, volume, trade_count, buy_volume, sell_volume, has_trade) "
-                     "VALUES (?, 1, 0, 0, 0, 0, 0)", (t - t % 1000,))
+        conn.execute("INSERT INTO market_1s (symbol, ts_ms, close, volume, trade_count, buy_volume, sell_volume, "
+                     "has_trade) VALUES ('BTC', ?, 1, 0, 0, 0, 0, 0)", (t - t % 1000,))
         conn.execute("INSERT INTO coinglass_open_interest VALUES ('BTC','1h',?,?,1,1,1,1,?)", (t - HOUR, t, t))
     for svc in ("cqt-collect-upbit", "cqt-poll-binance"):
         for t in range(cutoff - 2 * DAY, cutoff + DAY, HOUR):

@@ -320,11 +320,11 @@ def test_journal_line_parser():
 
 # ------------------------------------------------------------------------------ plots
 def test_plots_are_png(tmp_path):
-    from bench.export_24h import build_synthetic_db
     from cqt.export.request import ExportRequest
     from cqt.export.run import run_export
+    from test_export_symbols import derived_db
 
-    db = build_synthetic_db(tmp_path / "cqt.db", hours=2.0, end_ms=S + 2 * HOUR)
+    db = derived_db(tmp_path / "cqt.db", S, 2 * 3600)
     conn = sqlite3.connect(db)
     conn.executemany("INSERT INTO check_runs (ts_ms, check_name, window_s, exit_code, summary_json) VALUES (?,?,?,?,?)",
                      [(S + k * 10 * MIN, n, 600, 1 if (k + i) % 7 == 0 else 0, "{}")
@@ -332,7 +332,7 @@ def test_plots_are_png(tmp_path):
     conn.commit()
     conn.close()
     with freeze_time(datetime.fromtimestamp((S + HOUR) / 1000, tz=timezone.utc)):
-        run_export(db, ExportRequest(output=tmp_path / "ds" / "btc_24h.parquet"))
+        run_export(db, ExportRequest(output=tmp_path / "ds" / "btc_24h.parquet", allow_missing=("all",)))
     st = settings_for(db, tmp_path)
     res = fill(st, S + 2 * HOUR, plots=True)
     names = sorted(p.name for p in res.plots)
@@ -414,3 +414,87 @@ def test_not_running_once_every_collector_stopped_cleanly(scenario, tmp_path):
     ops_running = blocks.find_blocks(fill(settings_for(scenario, tmp_path / "r"), end + 5000).path
                                      .read_text(encoding="utf-8"))["operations"]
     assert "현재 구동 중" in ops_running
+
+
+# ------------------------------------------------------------------------------ many symbols
+def _symbols_rows(text: str) -> list[list[str]]:
+    body = blocks.find_blocks(text)["export-symbols"]
+    return [[c.strip() for c in ln.split("|")[1:-1]] for ln in body.splitlines()[2:]]
+
+
+def test_per_symbol_table_with_btc_only_is_one_row(scenario, tmp_path):
+    out = fill(settings_for(scenario, tmp_path), S + 25 * HOUR)
+    text = out.path.read_text(encoding="utf-8")
+    (row,) = _symbols_rows(text)
+    assert row[:3] == ["BTC", "`btc_24h.parquet`", "86,278"] and row[5] == "122 (0)"
+    assert row[3] == "27,370 (31.7%) / 28,309 (32.8%) / 30,599 (35.5%)"
+    # the blocks the plan names BTC in are what they were
+    assert "86,278 (후보 86,400)" in blocks.find_blocks(text)["export-24h"]
+
+
+def test_per_symbol_table_has_a_row_per_configured_asset(scenario, tmp_path):
+    db = tmp_path / "cqt.db"
+    db.write_bytes(scenario.read_bytes())
+    eth = tmp_path / "eth_24h.parquet"
+    eth.write_bytes(b"\0" * 512)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO export_runs (ts_ms, output, size_bytes, rows, horizon_sec, threshold, from_ts_ms, "
+                 "to_ts_ms, drops_json, labels_json, volatility, summary_json, symbols) "
+                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 (S + DAY, str(eth), 512, 900, 120, "fixed:0.001", S + DAY - HOUR + 1000, S + DAY,
+                  json.dumps({"label_ts_violation": 0, "no_label": 7}),
+                  json.dumps({"UP": 300, "DOWN": 200, "NONE": 400}), None, "{}", "ETH"))
+    # ETH's market_1s: the hour of its export, every other second with a trade
+    conn.executemany("INSERT INTO market_1s (symbol, ts_ms, close, volume, trade_count, buy_volume, sell_volume, "
+                     "has_trade) VALUES ('ETH', ?, 1, 0, 0, 0, 0, ?)",
+                     [(t, (t // 1000) % 2) for t in range(S + DAY - HOUR + 1000, S + DAY + 1, 1000)])
+    conn.commit()
+    conn.close()
+    out = fill(settings_for(db, tmp_path, CQT_SYMBOLS="BTC,ETH,SOL"), S + 25 * HOUR)
+    rows = _symbols_rows(out.path.read_text(encoding="utf-8"))
+    assert [r[0] for r in rows] == ["BTC", "ETH", "SOL"]
+    assert rows[1] == ["ETH", "`eth_24h.parquet`", "900", "300 (33.3%) / 200 (22.2%) / 400 (44.4%)",
+                       "100.0% · 50.0%", "7 (0)"]
+    assert rows[2][2] == "⏳" and rows[2][4] == "0.0% · 0.0%"
+
+
+def test_an_older_report_gains_the_per_symbol_block_after_the_24h_export(scenario, tmp_path):
+    template = blocks.TEMPLATE.read_text(encoding="utf-8")
+    start = template.index("### 자산별 Export")
+    end = template.index("<!-- cqt:end export-symbols -->") + len("<!-- cqt:end export-symbols -->\n")
+    old = template[:start] + template[end:]
+    target = tmp_path / "reports" / "step-alt-5.md"
+    target.parent.mkdir(parents=True)
+    target.write_text(old, encoding="utf-8")
+    out = fill(settings_for(scenario, tmp_path), S + 25 * HOUR)
+    assert out.missing_blocks == []
+    text = target.read_text(encoding="utf-8")
+    assert text.index("<!-- cqt:end export-24h -->") < text.index("<!-- cqt:begin export-symbols -->") \
+        < text.index("## 6.")
+    assert len(_symbols_rows(text)) == 1
+    # the operator's text is kept byte for byte; only the new block (and the run log at the end) is added
+    expected = strip_blocks(old).replace("<!-- export-24h -->", "<!-- export-24h -->\n\n<!-- export-symbols -->")
+    assert strip_blocks(text).startswith(expected)
+
+
+def test_failing_metrics_are_shown_whatever_their_names(tmp_path):
+    db = tmp_path / "cqt.db"
+    conn = open_db(db)
+    conn.executemany("INSERT INTO heartbeats (service, ts_ms, state, detail) VALUES (?,?,?,?)",
+                     [(svc, S + k * 10_000, "running", "{}") for svc in COLLECTORS for k in range(61)])
+    names = ["binance.ETHUSDT.aggTrade.lag_s", "upbit.KRW-USDT.trade.lag_s", "market_1s.SOL.coverage",
+             "gaps.binance.BTCUSDT.aggTrade.open", "export.BTC.labels.UP.share"]
+    conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, as_of_ts_ms, exit_code, summary_json) "
+                 "VALUES (?,?,?,?,?,?)", (S + 10 * MIN, "altdata_check", 600, S + 10 * MIN, 1,
+                                          _module_summary("altdata_check", 1, S + 10 * MIN, names[:2])))
+    conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, as_of_ts_ms, exit_code, summary_json) "
+                 "VALUES (?,?,?,?,?,?)", (S + 10 * MIN + 1, "feature_check", 600, S + 10 * MIN, 1,
+                                          json.dumps({"exit_code": 1, "failed": names})))     # plain names
+    conn.commit()
+    conn.close()
+    out = fill(settings_for(db, tmp_path), S + 11 * MIN)
+    body = blocks.find_blocks(out.path.read_text(encoding="utf-8"))["checks-modules"]
+    alt = next(ln for ln in body.splitlines() if ln.startswith("| altdata_check"))
+    feat = next(ln for ln in body.splitlines() if ln.startswith("| feature_check"))
+    assert "binance.ETHUSDT.aggTrade.lag_s, upbit.KRW-USDT.trade.lag_s" in alt
+    assert ", ".join(names[:3]) + " 외 2개" in feat
