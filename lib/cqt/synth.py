@@ -1,13 +1,15 @@
-"""`bin/cqt synth --hours H --db PATH [--seed N] [--end T] [--force]`: a realistic database, fast.
+"""`bin/cqt synth --hours H --db PATH [--symbols LIST] [--seed N] [--end T] [--force]`: a realistic
+database, fast.
 
 `--db` is required (never CQT_DB), and a database that holds collected data is refused
 unless `--force`: synthetic trades mixed into a live database cannot be told apart later.
 
-Drives cqt-sim's `MarketModel` directly (no sockets) over [end − H, end] and writes
-what the four collectors would have written over that span, through the same code:
+Drives cqt-sim's `MarketModel` directly (no sockets) over [end − H, end] for the assets of
+`--symbols` (default BTC; CQT_SYMBOLS is set to them for the pollers) and writes what the
+four collectors would have written over that span, through the same code:
 
-* WebSocket tables — every frame of `MarketModel.ws_frames` (Upbit KRW-BTC/KRW-USDT
-  trades, order books, tickers; Binance aggTrade, markPrice@1s, bookTicker, forceOrder)
+* WebSocket tables — every frame of `MarketModel.ws_frames` (Upbit KRW-<A>/KRW-USDT
+  trades, order books, tickers; Binance <A>USDT aggTrade, markPrice@1s, bookTicker, forceOrder)
   goes through the collectors' parsers (`cqt.venues.upbit.parse.parse_upbit_frame` /
   `parse_binance_frame`); bookTicker is thinned like live (the last frame of each
   CQT_BOOKTICKER_MIN_MS slot per symbol); recv_ts_ms = event time + a small random
@@ -18,7 +20,8 @@ what the four collectors would have written over that span, through the same cod
   answers, on a virtual clock; every Coinglass call is a `coinglass_call_status` row;
 * bookkeeping — heartbeats every CQT_HEARTBEAT_S for `cqt-collect-upbit`,
   `cqt-collect-binance`, `cqt-poll-binance`, `cqt-poll-coinglass` (state running,
-  detail with totals), `ingest_stats` per heartbeat, one `service_runs` row per service
+  detail with totals), `ingest_stats` per heartbeat (per venue symbol for the WebSocket
+  frames, as the collectors count them), one `service_runs` row per service
   (pid 0 marks a synthetic run);
 * derived tables — `cqt.aggregate.rebuilds.rebuild(db, from, to, settings)` fills `market_1s` and
   `predictions` when that module is installed (otherwise they stay empty: said in the
@@ -52,6 +55,7 @@ from .timerule import RAW_TABLES
 from .timeutil import fmt_ms, now_ms, parse_time_ms
 from .venues.binance.parse import parse_binance_frame
 from .venues.binance.poll import BinanceRestConfig, BinanceRestPoller
+from .venues.coinglass import COIN_MARK
 from .venues.coinglass.parse import COINGLASS_ENDPOINTS
 from .venues.coinglass.poll import CoinglassConfig, CoinglassPoller
 from .venues.common import Reject, insert_sql
@@ -90,20 +94,22 @@ class Latency:
 
 
 class Counters:
-    """Frames/rows/rejects per (service, heartbeat bucket) for ingest_stats."""
+    """Frames/rows/rejects per (service, venue symbol, heartbeat bucket) for ingest_stats
+    (symbol '' = counted for the whole service)."""
 
     def __init__(self, start_ms: int, hb_ms: int):
         self.start = start_ms
         self.hb = hb_ms
-        self.data: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+        self.data: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
         self.totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 
     def bucket(self, ts: int) -> int:
         """Heartbeat k (at start + k*hb) reports what arrived in (start+(k-1)hb, start+k*hb]."""
         return max(1, -(-(ts - self.start) // self.hb))
 
-    def add(self, service: str, ts: int, frames: int = 0, rows: int = 0, rejects: int = 0) -> None:
-        c = self.data[service][self.bucket(ts)]
+    def add(self, service: str, ts: int, frames: int = 0, rows: int = 0, rejects: int = 0,
+            symbol: str = "") -> None:
+        c = self.data[(service, symbol)][self.bucket(ts)]
         c[0] += frames
         c[1] += rows
         c[2] += rejects
@@ -122,8 +128,8 @@ class _SynthService:
         self.clock = clock
         self.stopping = threading.Event()
 
-    def count(self, source: str, frames: int = 0, rows: int = 0, rejects: int = 0) -> None:
-        self.counters.add(self.name, self.clock(), frames, rows, rejects)
+    def count(self, source: str, frames: int = 0, rows: int = 0, rejects: int = 0, *, symbol: str = "") -> None:
+        self.counters.add(self.name, self.clock(), frames, rows, rejects, symbol)
 
     def sleep(self, seconds: float) -> bool:
         return False
@@ -156,7 +162,7 @@ class ModelRestClient:
 
 class Synth:
     def __init__(self, settings: Settings, db_path, start_ms: int, end_ms: int, seed: int,
-                 out: Callable[[str], None] = print):
+                 out: Callable[[str], None] = print, assets: tuple[str, ...] = ("BTC",)):
         from .sim.market import Market
         from .sim.model import MarketModel
 
@@ -167,7 +173,13 @@ class Synth:
         self.seed = seed
         self.out = out
         # The model starts exactly at start_ms; everything before is its smooth pre-history.
-        self.market = Market(MarketModel(seed, end_ms, history_s=(end_ms - start_ms) // 1000))
+        self.assets = tuple(assets)
+        self.market = Market(MarketModel(seed, end_ms, history_s=(end_ms - start_ms) // 1000, assets=self.assets))
+        model = self.market.model
+        self.venue_symbols = {"cqt-collect-upbit": list(model.upbit_codes),
+                              "cqt-collect-binance": list(model.binance_symbols),
+                              "cqt-poll-binance": list(model.binance_symbols),
+                              "cqt-poll-coinglass": list(model.assets)}
         self.hb_ms = max(100, int(settings.heartbeat_s * 1000))
         self.counters = Counters(start_ms, self.hb_ms)
         self.writer = BatchWriter(db_path, service="cqt-synth", max_rows=50_000, max_delay_s=0.5,
@@ -181,7 +193,7 @@ class Synth:
         self.jitter_rng = random.Random(base.random())
         self.vnow = start_ms
         self.frames = 0
-        self.book_pending: tuple = (None, None)
+        self.book_pending: dict[str, tuple] = {}        # bookTicker stream -> (slot, row) not yet stored
 
     # ------------------------------------------------------------------ WebSocket tables
     def ws_chunk(self, venue: str, a: int, b: int) -> None:
@@ -190,14 +202,19 @@ class Synth:
         else:
             parse, service, lat = parse_binance_frame, "cqt-collect-binance", self.lat_binance
         buckets: dict[str, list] = defaultdict(list)
-        counts = self.counters.data[service]
+        data = self.counters.data
+        by_stream: dict[str, dict] = {}                  # stream -> its symbol's counters
         bucket = self.counters.bucket
         book_min = self.book_min_ms
-        book_slot, book_row = self.book_pending          # a slot may straddle two chunks
+        pending = self.book_pending                      # a slot may straddle two chunks
         books = buckets["binance_book_ticker"]
         n = 0
-        for ts, _stream, raw in self.market.ws_frames(venue, a, b):
+        for ts, stream, raw in self.market.ws_frames(venue, a, b):
             recv = ts + lat()
+            counts = by_stream.get(stream)
+            if counts is None:
+                sym = stream.split("@", 1)[0]
+                counts = by_stream[stream] = data[(service, sym if venue == "upbit" else sym.upper())]
             c = counts[bucket(recv)]
             c[0] += 1
             n += 1
@@ -213,19 +230,21 @@ class Synth:
                 # The last bookTicker of each CQT_BOOKTICKER_MIN_MS slot, like the live collector;
                 # the row counts when its slot is complete (as live, where it is written then).
                 slot = p.event_ts_ms // book_min
+                book_slot, book_row = pending.get(stream, (None, None))
                 if slot != book_slot and book_row is not None:
                     books.append(book_row)
                     c[1] += 1
-                book_slot, book_row = slot, p.rows[0]
+                pending[stream] = (slot, p.rows[0])
                 continue
             buckets[p.table].extend(p.rows)
             c[1] += len(p.rows)
         if venue == "binance":
-            if book_row is not None and (b >= self.end_ms or book_slot < b // book_min):
-                books.append(book_row)                   # its slot ended with this chunk
-                counts[bucket(book_row[-1])][1] += 1
-                book_slot, book_row = None, None
-            self.book_pending = (book_slot, book_row)
+            for stream, (book_slot, book_row) in list(pending.items()):
+                if book_row is not None and (b >= self.end_ms or book_slot < b // book_min):
+                    books.append(book_row)               # its slot ended with this chunk
+                    sym = stream.split("@", 1)[0].upper()
+                    data[(service, sym)][bucket(book_row[-1])][1] += 1
+                    del pending[stream]
         self.frames += n
         for table, rows in buckets.items():
             if rows:
@@ -294,19 +313,22 @@ class Synth:
         stat_rows = []
         k_a = (a - self.start_ms) // self.hb_ms + 1
         k_b = (b - self.start_ms) // self.hb_ms
+        data = self.counters.data
         for service, source in SERVICES.items():
-            per = self.counters.data[service]
+            keys = sorted(sym for (svc, sym) in data if svc == service)
             tot = self.counters.totals[service]
             for k in range(k_a, k_b + 1):
                 ts = self.start_ms + k * self.hb_ms
-                c = per.pop(k, None)
-                if c is not None:
-                    tot[0] += c[0]
-                    tot[1] += c[1]
-                    tot[2] += c[2]
-                    stat_rows.append((service, source, ts, c[0], c[1], c[2]))
+                for sym in keys:
+                    c = data[(service, sym)].pop(k, None)
+                    if c is not None:
+                        tot[0] += c[0]
+                        tot[1] += c[1]
+                        tot[2] += c[2]
+                        stat_rows.append((service, source, sym, ts, c[0], c[1], c[2]))
                 detail = {"pid": SYNTH_PID, "status": "synthetic history", "synthetic": True,
                           "seed": self.seed, "uptime_s": (ts - self.start_ms) // 1000,
+                          "symbols": self.venue_symbols[service],
                           "writer": {"queue_depth": 0, "oldest_age_ms": 0},
                           "totals": {source: {"frames": tot[0], "rows": tot[1], "rejects": tot[2]}}}
                 hb_rows.append((service, ts, "running", json.dumps(detail, separators=(",", ":"))))
@@ -314,8 +336,8 @@ class Synth:
             self.writer.put_many("INSERT OR REPLACE INTO heartbeats (service, ts_ms, state, detail) "
                                  "VALUES (?, ?, ?, ?)", hb_rows)
         if stat_rows:
-            self.writer.put_many("INSERT OR REPLACE INTO ingest_stats (service, source, ts_ms, frames, rows, "
-                                 "rejects) VALUES (?, ?, ?, ?, ?, ?)", stat_rows)
+            self.writer.put_many("INSERT OR REPLACE INTO ingest_stats (service, source, symbol, ts_ms, frames, "
+                                 "rows, rejects) VALUES (?, ?, ?, ?, ?, ?, ?)", stat_rows)
 
     def service_runs(self) -> None:
         reason = f"synthetic history (cqt synth seed={self.seed})"
@@ -375,15 +397,23 @@ class Synth:
 
 class SynthCoinglassPoller(CoinglassPoller):
     """The live Coinglass poller, but coinglass_call_status ids are derived from the call
-    time and the endpoint, so a re-run replaces its own rows instead of adding new ones."""
+    time, the endpoint and the coin, so a re-run replaces its own rows instead of adding new
+    ones (and two coins' calls in the same millisecond keep their own rows)."""
 
     SQL = ("INSERT OR REPLACE INTO coinglass_call_status (id, ts_ms, endpoint, http_status, ok, latency_ms, "
            "rows, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
     ORDER = {ep.path: i for i, ep in enumerate(COINGLASS_ENDPOINTS.values())}
+    COINS_PER_MS = 1024              # coin slots in an id (CQT_SYMBOLS is far shorter)
 
-    def record_call(self, r, path, ok, rows, error):
+    def call_id(self, ts: int, endpoint: str) -> int:
+        path, _, coin = endpoint.partition(COIN_MARK)
+        coins = self.cfg.coins
+        slot = coins.index(coin) if coin in coins else self.COINS_PER_MS - 1
+        return (ts * 8 + self.ORDER.get(path, 7)) * self.COINS_PER_MS + slot
+
+    def record_call(self, r, endpoint, ok, rows, error):
         ts = r.recv_ts_ms - r.elapsed_ms
-        self.svc.writer.put(self.SQL, (ts * 8 + self.ORDER.get(path, 7), ts, path, r.status, 1 if ok else 0,
+        self.svc.writer.put(self.SQL, (self.call_id(ts, endpoint), ts, endpoint, r.status, 1 if ok else 0,
                                        r.elapsed_ms, rows, error))
         self.calls["total"] += 1
         self.calls["ok" if ok else "failed"] += 1
@@ -439,11 +469,15 @@ def _usage_exit(message: str) -> None:
 @click.option("--hours", type=float, required=True, help="Length of the synthetic history in hours (e.g. 24, 0.25).")
 @db_option(help="SQLite database to build or extend (required; CQT_DB is not used, so a live database "
                 "is never the default).")
+@click.option("--symbols", default="BTC", show_default=True, metavar="LIST",
+              help="Comma-separated base assets (BTC,ETH,SOL): <A>USDT on Binance, KRW-<A> on Upbit (and "
+                   "KRW-USDT), coin <A> on Coinglass; the pollers run with CQT_SYMBOLS set to them.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Market model seed.")
 @click.option("--end", "end", default=None, help="When the history ends: ISO-8601 or epoch ms (default: now).")
 @click.option("--force", is_flag=True, help="Write into a database that holds collected data anyway.")
 @json_option(help="Print the summary as JSON.")
-def synth(hours: float, db: str | None, seed: int, end: str | None, force: bool, as_json: bool) -> None:
+def synth(hours: float, db: str | None, symbols: str, seed: int, end: str | None, force: bool,
+          as_json: bool) -> None:
     """Build a synthetic database from cqt-sim's market model: raw tables of all four
     collectors, REST series at their polling slots, Coinglass call status, heartbeats,
     service runs and ingest stats; then market_1s and predictions (cqt.aggregate).
@@ -451,9 +485,16 @@ def synth(hours: float, db: str | None, seed: int, end: str | None, force: bool,
     Same --hours/--end/--seed give the same rows; a re-run adds nothing. A database that
     holds collected data (a real collector ran there) is refused (exit 2) unless --force."""
     from .runtime import load_settings_or_exit
+    from .sim.assets import parse_assets
     if not db:
         _usage_exit("--db is required (a new or synthetic database; CQT_DB is not used)")
-    settings = load_settings_or_exit(db=db)
+    try:
+        assets = parse_assets(symbols)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--symbols") from None
+    # the pollers' symbols are the listed ones, whatever the environment says
+    environ = {k: v for k, v in os.environ.items() if k not in ("CQT_BINANCE_SYMBOLS", "CQT_UPBIT_CODES")}
+    settings = load_settings_or_exit(environ=environ, db=db, symbols=",".join(assets))
     if not 0 < hours <= 24 * 31:
         raise click.BadParameter("must be > 0 and at most 744 (31 days)", param_hint="--hours")
     try:
@@ -473,7 +514,7 @@ def synth(hours: float, db: str | None, seed: int, end: str | None, force: bool,
                         "use a new --db, or --force to add synthetic rows anyway")
     try:
         s = Synth(settings, settings.db, start_ms, end_ms, seed,
-                  out=lambda m: print(m, file=sys.stderr, flush=True))
+                  out=lambda m: print(m, file=sys.stderr, flush=True), assets=assets)
         res = s.run()
     except ConfigError as exc:
         print(f"cqt synth: {exc}", file=sys.stderr)
@@ -483,13 +524,14 @@ def synth(hours: float, db: str | None, seed: int, end: str | None, force: bool,
         sys.exit(exitcodes.IOERR)
     counts = table_counts(settings.db)
     summary = {"db": str(settings.db), "from": fmt_ms(start_ms), "to": fmt_ms(end_ms), "seed": seed,
-               "hours": hours, "frames": res["frames"], "rest_calls": res["rest_calls"],
+               "hours": hours, "symbols": list(assets), "frames": res["frames"], "rest_calls": res["rest_calls"],
                "raw_s": round(res["raw_s"], 1), "total_s": round(res["total_s"], 1),
                "derived": res["derived"], "rows": counts, "poll_errors": res["poll_errors"]}
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    print(f"cqt synth: {hours:g} h  {summary['from']} .. {summary['to']}  seed={seed}  db={settings.db}")
+    print(f"cqt synth: {hours:g} h  {summary['from']} .. {summary['to']}  seed={seed}  "
+          f"symbols={','.join(assets)}  db={settings.db}")
     print(f"  {res['frames']} WebSocket frames, {res['rest_calls']} REST calls; raw tables in "
           f"{res['raw_s']:.1f} s; market_1s/predictions: {res['derived']}; total {res['total_s']:.1f} s")
     if res["poll_errors"]:

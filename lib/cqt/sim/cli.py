@@ -4,6 +4,7 @@
     cqt-sim --seed 7 --start 2026-01-01T00:00:00Z --speed 10 --history 600
     cqt-sim --replay capture.jsonl.gz --speed 0
     cqt-sim --flood 100000
+    cqt-sim --symbols BTC,ETH,SOL
 
 See docs/sim.md for endpoints, faults and the control API.
 """
@@ -59,11 +60,22 @@ def _faults(ctx, param, values):
     return out
 
 
+def _symbols(ctx, param, value):
+    from .assets import parse_assets
+    try:
+        return parse_assets(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback only.")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Port for every endpoint; 0 picks a free one.")
 @click.option("--seed", default=1, show_default=True, type=int, help="Market model seed.")
+@click.option("--symbols", default="BTC", show_default=True, callback=_symbols, metavar="LIST",
+              help="Comma-separated base assets served: <A>USDT on Binance, KRW-<A> on Upbit (KRW-USDT always), "
+                   "coin <A> on Coinglass.")
 @click.option("--ports-file", type=click.Path(dir_okay=False), default=None,
               help="Write the endpoint URLs here (JSON, atomically) once listening.")
 @click.option("--start", "start_ms", type=TIME, default=None, metavar="T",
@@ -76,7 +88,8 @@ def _faults(ctx, param, values):
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0),
               help="Model (or replay) seconds per wall second; 0 = replay as fast as possible.")
 @click.option("--flood", default=0, show_default=True, type=click.IntRange(0),
-              help="Benchmark mode: Binance aggTrade at up to N msg/s to each /market client.")
+              help="Benchmark mode: Binance aggTrade at up to N msg/s to each /market client, "
+                   "spread over the --symbols (N / symbols per aggTrade stream).")
 @click.option("--paused", is_flag=True, help="Start with the model/replay clock paused "
                                              "(POST /_sim/clock {\"action\":\"resume\"}).")
 @click.option("--fault", "faults", multiple=True, callback=_faults, metavar="JSON",
@@ -108,7 +121,7 @@ def _faults(ctx, param, values):
               help="Plan whose interval restrictions apply.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def main(host, port, seed, ports_file, start_ms, history_s, replay, speed, flood, paused, faults, retain_s,
+def main(host, port, seed, symbols, ports_file, start_ms, history_s, replay, speed, flood, paused, faults, retain_s,
          usdt_krw, binance_ping_interval, binance_pong_timeout, binance_lifetime, binance_weight_limit,
          binance_ban_seconds, upbit_idle_timeout, upbit_origin_interval, coinglass_key, coinglass_limit,
          coinglass_plan, log_level):
@@ -120,8 +133,8 @@ def main(host, port, seed, ports_file, start_ms, history_s, replay, speed, flood
         raise click.UsageError("--speed 0 only makes sense with --replay")
     _setup_logging(log_level)
     from .server import SimConfig
-    cfg = SimConfig(host=host, port=port, seed=seed, start_ms=start_ms, history_s=history_s, speed=speed,
-                    replay=replay, flood=flood, paused=paused, retain_s=retain_s, usdt_krw=usdt_krw,
+    cfg = SimConfig(host=host, port=port, seed=seed, symbols=symbols, start_ms=start_ms, history_s=history_s,
+                    speed=speed, replay=replay, flood=flood, paused=paused, retain_s=retain_s, usdt_krw=usdt_krw,
                     ports_file=ports_file, binance_ping_interval=binance_ping_interval,
                     binance_pong_timeout=binance_pong_timeout, binance_lifetime=binance_lifetime,
                     binance_weight_limit=binance_weight_limit, binance_ban_seconds=binance_ban_seconds,

@@ -10,6 +10,10 @@ import time
 from aiohttp import web
 
 from . import faults as flt
+from .assets import asset_of
+
+BINANCE_KINDS = ("aggTrade", "markPrice@1s", "markPrice", "bookTicker", "forceOrder")   # aggTrade first
+UPBIT_TYPES = ("trade", "orderbook", "ticker")                                          # trade first
 
 log = logging.getLogger("cqt-sim")
 
@@ -25,6 +29,8 @@ class Faults:
         self.refuse_until = {v: 0.0 for v in ws_venues}
         self.refuse_rest_until = 0.0
         self.gaps: dict[str, int] = {}
+        self.stall_streams: dict[str, float] = {}        # one symbol's streams stalled until
+        self.malformed_stream: dict[str, str] = {}       # venue -> stream of its pending bad frames
         self.malformed = {v: flt.MalformedQueue() for v in ws_venues}
         self.malformed_per_frame = {v: 4 for v in ws_venues}
         self.malformed_sent: dict[str, dict[str, int]] = {v: {} for v in ws_venues}
@@ -33,6 +39,15 @@ class Faults:
 
     def stalled(self, venue: str) -> bool:
         return self.stall_until[venue] > time.monotonic()
+
+    def stream_stalled(self, stream: str) -> bool:
+        until = self.stall_streams.get(stream)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self.stall_streams[stream]
+        return False
 
     def refused(self, venue: str) -> bool:
         return self.refuse_until[venue] > time.monotonic()
@@ -45,6 +60,7 @@ class Faults:
         self.refuse_until = {v: 0.0 for v in self.ws_venues}
         self.refuse_rest_until = 0.0
         self.gaps.clear()
+        self.stall_streams.clear()
         for q in self.malformed.values():
             q.clear()
         self.http_rules.clear()
@@ -63,6 +79,7 @@ class Faults:
         return {"gaps": self.gaps, "malformed": {v: len(q) for v, q in self.malformed.items()},
                 "http": self.http_rules,
                 "stall_s": {v: max(0.0, round(t - now, 3)) for v, t in self.stall_until.items()},
+                "stall_streams_s": {s: round(t - now, 3) for s, t in self.stall_streams.items() if t > now},
                 "refuse_s": {v: max(0.0, round(t - now, 3)) for v, t in self.refuse_until.items()}}
 
 
@@ -82,6 +99,7 @@ class Control:
     async def fault_handler(self, request: web.Request):
         try:
             f = flt.parse_request(await request.read())
+            self.symbol_streams(f)
         except flt.FaultError as e:
             return web.json_response({"ok": False, "error": str(e), "field": e.field}, status=400)
         if "at" in f:
@@ -91,6 +109,26 @@ class Control:
             return web.json_response({"ok": True, "scheduled_in_s": delay, "fault": f})
         self.apply_fault(f)
         return web.json_response({"ok": True, "fault": f})
+
+    def symbol_streams(self, f: dict) -> dict[str, list[str]] | None:
+        """The streams of the fault's `symbol` per WebSocket venue it targets (None: no
+        symbol); FaultError when no targeted venue serves it."""
+        name = f.get("symbol")
+        if name is None:
+            return None
+        sim = self.sim
+        asset = asset_of(name)
+        venues = [f["source"]] if f.get("source") else list(self.sim.faults.ws_venues)
+        out: dict[str, list[str]] = {}
+        if "binance" in venues and asset in sim.assets:
+            out["binance"] = [f"{asset.lower()}usdt@{k}" for k in BINANCE_KINDS]
+        code = f"KRW-{asset}"
+        if "upbit" in venues and code in sim.upbit_codes:
+            out["upbit"] = [f"{code}@{t}" for t in UPBIT_TYPES]
+        if not out:
+            raise flt.FaultError(f"{f['kind']}: symbol {name!r} is not served (--symbols "
+                                 f"{','.join(sim.assets)}; Upbit KRW-USDT too)", "symbol")
+        return out
 
     def apply_fault(self, f: dict) -> None:
         if "at" in f:
@@ -102,6 +140,13 @@ class Control:
         st = sim.faults
         kind = f["kind"]
         venues = [f["source"]] if f.get("source") else list(st.ws_venues)
+        try:
+            by_symbol = self.symbol_streams(f)
+        except flt.FaultError as e:
+            log.warning("fault not applied: %s", e)
+            return
+        if by_symbol is not None:
+            venues = [v for v in venues if v in by_symbol]
         now = time.monotonic()
         st.applied.append(dict(f, applied_at_ms=sim.clock.now_ms()))
         del st.applied[:-1000]
@@ -109,13 +154,19 @@ class Control:
         if kind == "drop":
             for v in venues:
                 for c in list(sim.conns[v]):
+                    if by_symbol is not None and not c.active.intersection(by_symbol[v]):
+                        continue
                     if f.get("close_code"):
                         asyncio.ensure_future(sim.close(c, f["close_code"], "dropped (fault)"))
                     else:
                         sim.abort(c, "dropped (fault)")
         elif kind == "stall":
             for v in venues:
-                st.stall_until[v] = now + f["seconds"]
+                if by_symbol is None:
+                    st.stall_until[v] = now + f["seconds"]
+                else:
+                    for s in by_symbol[v]:
+                        st.stall_streams[s] = now + f["seconds"]
         elif kind == "refuse":
             for v in venues:
                 st.refuse_until[v] = now + f["seconds"]
@@ -124,6 +175,8 @@ class Control:
         elif kind == "gap":
             if f.get("stream"):
                 streams = [f["stream"]]
+            elif by_symbol is not None:
+                streams = [by_symbol[v][0] for v in venues]          # the trade stream first
             else:
                 streams = [sim.protocols[v].trade_stream for v in ("binance", "upbit") if v in venues]
             for s in streams:
@@ -132,6 +185,10 @@ class Control:
             for v in venues:
                 st.malformed[v].add(f["kinds"], f["count"])     # produced lazily, per_frame at a time
                 st.malformed_per_frame[v] = f["per_frame"]
+                if by_symbol is not None:
+                    st.malformed_stream[v] = by_symbol[v][0]
+                else:
+                    st.malformed_stream.pop(v, None)
         elif kind in ("http_error", "slow"):
             st.http_rules.append(dict(f))
         elif kind == "clear":

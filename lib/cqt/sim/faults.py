@@ -6,7 +6,9 @@ message naming the field; the server applies it.  Every fault may carry "at":
 seconds from now (it is then scheduled instead of applied at once).  Every number
 has bounds (BOUNDS): outside them, or not a JSON number, the fault is refused.
 
-WebSocket faults (optional "source": "upbit" | "binance", default both):
+WebSocket faults (optional "source": "upbit" | "binance", default both; drop, stall, gap and
+malformed also take "symbol": a served asset, Binance symbol or Upbit code — "ETH",
+"ETHUSDT", "KRW-ETH" — to hit that symbol's streams only):
   drop            {"close_code": int?}         every connection: abort (1006) or close with the code
   stall           {"seconds": N}               connections stay open, nothing is sent for N s
   gap             {"ids": N, "stream": s?}     the next N trades are not sent on the WebSocket
@@ -28,6 +30,8 @@ Other:
 """
 from __future__ import annotations
 
+import re
+
 MALFORMED_KINDS = ("not_json", "missing_keys", "wrong_types", "nan", "negative_price",
                    "zero_price", "absurd_ts")
 SOURCES = ("upbit", "binance")
@@ -35,6 +39,8 @@ KINDS = ("drop", "stall", "gap", "malformed", "refuse", "server_shutdown", "http
          "truncated", "non_json", "slow", "coinglass_auth", "clear")
 _BODIES = ("default", "truncated", "non_json", "empty")
 MAX_TEXT = 200          # characters of a stream name or REST path
+SYMBOL_KINDS = ("drop", "stall", "gap", "malformed")    # faults that can name one symbol
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9-]{2,30}$")
 
 # (minimum, maximum) of every numeric parameter; anything outside is refused (HTTP 400), so
 # a typo cannot stall the sim for a year or queue a billion frames.
@@ -105,6 +111,14 @@ def validate(spec) -> dict:
         if not isinstance(src, str) or src not in SOURCES:
             raise FaultError(f"source must be one of {SOURCES}, not {_shown(src)}", "source")
         out["source"] = src
+    if spec.get("symbol") is not None:
+        sym = spec["symbol"]
+        if kind not in SYMBOL_KINDS:
+            raise FaultError(f"{kind}: 'symbol' applies to {', '.join(SYMBOL_KINDS)} only", "symbol")
+        if not isinstance(sym, str) or not _SYMBOL_RE.match(sym):
+            raise FaultError(f"{kind}: 'symbol' must be an asset, Binance symbol or Upbit code like ETH, ETHUSDT "
+                             f"or KRW-ETH, not {_shown(sym)}", "symbol")
+        out["symbol"] = sym
     if kind == "drop":
         if spec.get("close_code") is not None:
             out["close_code"] = _num(spec, "close_code", integer=True)

@@ -88,7 +88,7 @@ class Pump:
         applying the stall / gap / malformed faults."""
         sim = self.sim
         faults = sim.faults
-        if faults.stalled(venue):
+        if faults.stalled(venue) or (faults.stall_streams and faults.stream_stalled(stream)):
             if sim.conns[venue]:
                 sim.stat(f"{venue}:{stream}").stalled += 1
             return
@@ -117,7 +117,7 @@ class Pump:
         sim = self.sim
         faults = sim.faults
         proto = sim.protocols[venue]
-        stream = proto.trade_stream
+        stream = faults.malformed_stream.get(venue) or proto.trade_stream
         targets = [c for c in sim.conns[venue] if stream in c.active and not c.closed]
         template_raw = faults.last_trade_raw.get(stream)
         if not targets or template_raw is None:

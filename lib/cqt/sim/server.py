@@ -49,6 +49,7 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
     seed: int = 1
+    symbols: tuple = ("BTC",)            # base assets served (BTCUSDT/KRW-BTC, …; KRW-USDT always)
     start_ms: int | None = None
     history_s: int = 3600
     speed: float = 1.0
@@ -112,8 +113,14 @@ class Sim:
         else:
             origin = cfg.start_ms if cfg.start_ms is not None else int(time.time() * 1000)
             self.market = Market(MarketModel(cfg.seed, origin, cfg.history_s, cfg.speed, cfg.retain_s,
-                                             cfg.usdt_krw))
+                                             cfg.usdt_krw, assets=cfg.symbols))
             self.clock = SimClock(origin, cfg.speed if cfg.speed > 0 else 1.0, cfg.paused)
+        if self.market is not None:
+            self.assets = self.market.model.assets
+            self.upbit_codes = self.market.model.upbit_codes
+        else:
+            self.assets = tuple(cfg.symbols)
+            self.upbit_codes = tuple(f"KRW-{a}" for a in cfg.symbols) + ("KRW-USDT",)
         self.protocols = {}
         for cls in PROTOCOLS:
             self.protocols[cls.name] = cls(self)
@@ -150,8 +157,8 @@ class Sim:
             t0 = time.monotonic()
             m = self.market.model
             m.ensure(self.clock.now_ms())
-            log.info("model ready seed=%d origin_ms=%d history_s=%d gen_s=%.2f", m.seed,
-                     m.origin_ms, m.history_s, time.monotonic() - t0)
+            log.info("model ready seed=%d origin_ms=%d history_s=%d symbols=%s gen_s=%.2f", m.seed,
+                     m.origin_ms, m.history_s, ",".join(m.assets), time.monotonic() - t0)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._runner.setup()

@@ -52,7 +52,7 @@ class Conn:
         self.close_reason = ""
         self.tasks: list[asyncio.Task] = []
         self.rx_times: deque = deque()
-        self.flood = False
+        self.flood: set[str] = set()        # Binance --flood: aggTrade streams flooded here
 
     def push(self, frame: bytes) -> None:
         self.q.append(frame)

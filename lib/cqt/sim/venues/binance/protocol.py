@@ -26,7 +26,7 @@ from ...venue import VenueProtocol
 from ...wsio import TEXT, ws_frame
 from . import rest
 from .flood import flood
-from .frames import AGG, TRADE_STREAM
+from .frames import TRADE_STREAM
 
 log = logging.getLogger("cqt-sim")
 
@@ -132,6 +132,8 @@ class Protocol(VenueProtocol):
         self.bans = 0
         self.flood_sent = 0
         self.flood_next_id = 9_000_000_000
+        self.flood_streams = tuple(f"{a.lower()}usdt@aggTrade" for a in cfg.symbols)   # every served symbol's
+        self.trade_stream = self.flood_streams[0]
 
     def add_routes(self, router) -> None:
         for route in ("market", "public"):
@@ -251,8 +253,8 @@ class Protocol(VenueProtocol):
             c.streams.append(s)
         if delivers(c.route, s):
             c.active.add(s)
-            if self.sim.cfg.flood and s == AGG and c.route == "market":
-                c.flood = True
+            if self.sim.cfg.flood and s in self.flood_streams and c.route == "market":
+                c.flood.add(s)
 
     def _request(self, c, text: str) -> None:
         def reply(obj):
@@ -286,6 +288,7 @@ class Protocol(VenueProtocol):
                     if p in c.streams:
                         c.streams.remove(p)
                     c.active.discard(p)
+                    c.flood.discard(p)
             log.info("ws %s venue=binance conn=%d route=%s streams=%s", method.lower(), c.id, c.route,
                      ",".join(params))
             reply({"result": None, "id": rid})
@@ -342,7 +345,7 @@ class Protocol(VenueProtocol):
         delivered = 0
         push = self.sim.pump.push
         for c in self.sim.conns["binance"]:
-            if stream in c.active and not (c.flood and stream == AGG):
+            if stream in c.active and stream not in c.flood:
                 if c.combined:
                     if comb is None:
                         comb = ws_frame(('{"stream":"' + stream + '","data":' + raw + "}").encode(), TEXT)

@@ -1,16 +1,19 @@
 """Binance USD-M futures REST: answers (pure, from the model), request weights, error shapes.
 
 Answers follow the real service: prices and quantities as JSON strings, times as
-integer ms, errors as ``{"code": -XXXX, "msg": "..."}`` with HTTP 400. Handlers get
-the `cqt.sim.market.Market`; the endpoint functions its ``model``.
+integer ms, errors as ``{"code": -XXXX, "msg": "..."}`` with HTTP 400 (an unknown symbol:
+-1121 "Invalid symbol."). Handlers get the `cqt.sim.market.Market`; the endpoint functions
+its ``model`` and, per symbol, the model's `Leg`.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import re
+import time
 
 from ...blocks import FUNDING_MS
-from .frames import SYMBOL, px2, qty3
+from .frames import fixed
 
 PREFIXES = ("/fapi/", "/futures/data/")
 
@@ -46,11 +49,17 @@ def _int(p: dict, name: str, default=None):
     return int(v)
 
 
-def _symbol(p: dict) -> str:
-    s = _mandatory(p, "symbol")
-    if s != SYMBOL:
+def _leg(m, p: dict):
+    """The served symbol named by `symbol` (upper case, like the real API)."""
+    leg = m.by_symbol.get(_mandatory(p, "symbol"))
+    if leg is None:
         raise BinanceError(-1121, "Invalid symbol.")
-    return s
+    return leg
+
+
+def _legs(m, p: dict) -> list:
+    """One symbol when `symbol` is given, else every served symbol."""
+    return [_leg(m, p)] if p.get("symbol") else list(m.served)
 
 
 def _limit(p: dict, default: int, maximum: int) -> int:
@@ -60,20 +69,20 @@ def _limit(p: dict, default: int, maximum: int) -> int:
     return n
 
 
-def _agg_rest(tr) -> dict:
+def _agg_rest(tr, pdec: int, qdec: int) -> dict:
     a, pc, qm, f, last_id, T, m, _e = tr
-    q = qty3(qm)
-    return {"a": a, "p": px2(pc), "q": q, "nq": q, "f": f, "l": last_id, "T": T, "m": m}
+    q = fixed(qm, qdec)
+    return {"a": a, "p": fixed(pc, pdec), "q": q, "nq": q, "f": f, "l": last_id, "T": T, "m": m}
 
 
-def _latest_mark(m, now: int):
+def _latest_mark(m, sym: str, now: int):
     k = (now - 1) // 1000
     for kk in (k, k - 1):
         b = m.block(kk)
-        if b is not None and b.bn_mark[0] < now:
-            return b.bn_mark
+        if b is not None and b.bn_mark[sym][0] < now:
+            return b.bn_mark[sym]
     b = m.block(max(m.k0, k))
-    return b.bn_mark
+    return b.bn_mark[sym]
 
 
 # ------------------------------------------------------------------ endpoints
@@ -85,30 +94,59 @@ def ping(m, p: dict, now: int):
     return 200, "{}"
 
 
+_RATE_LIMITS = [
+    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+    {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+    {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+]
+
+
+def _symbol_info(leg) -> dict:
+    spec = leg.spec
+    if spec.name == "BTC":               # the original entry, byte for byte
+        filters = [{"filterType": "PRICE_FILTER", "minPrice": "261.10", "maxPrice": "809484", "tickSize": "0.10"},
+                   {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"}]
+        precision = (2, 3)
+    else:
+        tick = fixed(spec.tick_u, spec.pdec)
+        step = fixed(1, spec.qdec)
+        filters = [{"filterType": "PRICE_FILTER", "minPrice": fixed(max(spec.tick_u, int(spec.price * 0.003
+                                                                                           * 10 ** spec.pdec)),
+                                                                    spec.pdec),
+                    "maxPrice": fixed(int(spec.price * 10 * 10 ** spec.pdec), spec.pdec), "tickSize": tick},
+                   {"filterType": "LOT_SIZE", "minQty": step,
+                    "maxQty": fixed(max(1, int(2e6 / spec.price / spec.step)), spec.qdec), "stepSize": step},
+                   {"filterType": "MIN_NOTIONAL", "notional": "5"}]
+        precision = (spec.pdec, spec.qdec)
+    sym = leg.symbol
+    return {"symbol": sym, "pair": sym, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
+            "onboardDate": 1569398400000, "status": "TRADING", "baseAsset": spec.name, "quoteAsset": "USDT",
+            "marginAsset": "USDT", "pricePrecision": precision[0], "quantityPrecision": precision[1],
+            "baseAssetPrecision": 8, "quotePrecision": 8, "underlyingType": "COIN", "filters": filters}
+
+
+def _quarterly(leg, now: int) -> dict:
+    """The asset's current-quarter delivery contract (BTCUSDT_260626): listed, not a perpetual."""
+    g = time.gmtime(now / 1000)
+    month = ((g.tm_mon - 1) // 3 + 1) * 3
+    return dict(_symbol_info(leg), symbol=f"{leg.symbol}_{g.tm_year % 100:02d}{month:02d}26",
+                contractType="CURRENT_QUARTER", deliveryDate=calendar.timegm((g.tm_year, month, 26, 8, 0, 0)) * 1000)
+
+
 def exchange_info(m, p: dict, now: int):
+    symbols = [_symbol_info(leg) for leg in m.served]
+    if len(m.served) > 1:
+        # the real list also holds delivery contracts (same base asset, not perpetual)
+        symbols += [_quarterly(leg, now) for leg in m.served if leg.asset in ("BTC", "ETH")]
     return 200, _dump({
-        "timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED",
-        "rateLimits": [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
-            {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
-        ],
-        "exchangeFilters": [], "assets": [],
-        "symbols": [{
-            "symbol": SYMBOL, "pair": SYMBOL, "contractType": "PERPETUAL", "deliveryDate": 4133404800000,
-            "onboardDate": 1569398400000, "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT",
-            "marginAsset": "USDT", "pricePrecision": 2, "quantityPrecision": 3, "baseAssetPrecision": 8,
-            "quotePrecision": 8, "underlyingType": "COIN",
-            "filters": [
-                {"filterType": "PRICE_FILTER", "minPrice": "261.10", "maxPrice": "809484", "tickSize": "0.10"},
-                {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
-            ],
-        }],
-    })
+        "timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED", "rateLimits": _RATE_LIMITS,
+        "exchangeFilters": [], "assets": [], "symbols": symbols})
 
 
 def agg_trades(m, p: dict, now: int):
-    _symbol(p)
+    leg = _leg(m, p)
+    sym = leg.symbol
+    decs = (leg.spec.pdec, leg.spec.qdec)
     limit = _limit(p, 500, 1000)
     from_id = _int(p, "fromId")
     start = _int(p, "startTime")
@@ -120,7 +158,7 @@ def agg_trades(m, p: dict, now: int):
             raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
     out = []
     if from_id is not None:
-        for tr in m.agg_trades_from(from_id, now):
+        for tr in leg.agg_trades_from(from_id, now):
             if (start is not None and tr[5] < start) or (end is not None and tr[5] > end):
                 continue
             out.append(tr)
@@ -128,7 +166,7 @@ def agg_trades(m, p: dict, now: int):
                 break
     elif start is not None:
         hi = end if end is not None else start + 3_600_000
-        for tr in m.agg_trades_between(start, hi, now):
+        for tr in leg.agg_trades_between(start, hi, now):
             out.append(tr)
             if len(out) >= limit:
                 break
@@ -141,17 +179,18 @@ def agg_trades(m, p: dict, now: int):
         floor_k = max(m.k0, m.retain_start_ms(now) // 1000, lo // 1000)
         while k >= floor_k and len(acc) < limit:
             b = m.block(k)
-            blk = [tr for tr in b.bn_trades if tr[5] <= hi and tr[7] < now and tr[5] >= lo]
+            blk = [tr for tr in b.bn_trades[sym] if tr[5] <= hi and tr[7] < now and tr[5] >= lo]
             acc[:0] = blk
             k -= 1
         out = acc[-limit:]
-    return 200, _dump([_agg_rest(tr) for tr in out])
+    return 200, _dump([_agg_rest(tr, *decs) for tr in out])
 
 
 def open_interest(m, p: dict, now: int):
-    _symbol(p)
+    leg = _leg(m, p)
     t = now - now % 10          # the real value refreshes in steps, not every ms
-    return 200, _dump({"openInterest": f"{m.open_interest(t):.3f}", "symbol": SYMBOL, "time": t})
+    return 200, _dump({"openInterest": f"{leg.series.open_interest(t):.{leg.spec.qdec}f}", "symbol": leg.symbol,
+                       "time": t})
 
 
 PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000,
@@ -159,10 +198,10 @@ PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h
 _THIRTY_DAYS = 30 * 86_400_000
 
 
-def _period_times(p: dict, now: int) -> tuple[str, int, list[int]]:
-    """Row timestamps of a /futures/data endpoint: period boundaries <= now (the
-    row stamped t covers the period that ends at t), last 30 days only."""
-    _symbol(p)
+def _period_times(m, p: dict, now: int):
+    """The symbol's leg and the row timestamps of a /futures/data endpoint: period
+    boundaries <= now (the row stamped t covers the period that ends at t), last 30 days."""
+    leg = _leg(m, p)
     period = _mandatory(p, "period")
     if period not in PERIODS:
         raise BinanceError(-1120, "Invalid interval.")
@@ -184,73 +223,71 @@ def _period_times(p: dict, now: int) -> tuple[str, int, list[int]]:
             t += P
     else:
         times = [t for t in range(hi - (limit - 1) * P, hi + 1, P) if t >= earliest]
-    return period, P, times
+    return leg, P, times
 
 
-def _supply(t: int) -> float:
-    return 19_850_000.0 + (t - 1_767_225_600_000) / 600_000 * 3.125
+def _supply(leg, t: int) -> float:
+    if leg.asset == "BTC":
+        return 19_850_000.0 + (t - 1_767_225_600_000) / 600_000 * 3.125
+    return leg.spec.oi_usd / leg.spec.price * 45.0         # a circulating supply of its size
 
 
 def open_interest_hist(m, p: dict, now: int):
-    _period, _P, times = _period_times(p, now)
+    leg, _P, times = _period_times(m, p, now)
     rows = []
     for t in times:
-        oi = m.open_interest(t)
-        rows.append({"symbol": SYMBOL, "sumOpenInterest": f"{oi:.8f}",
-                     "sumOpenInterestValue": f"{oi * m.price_at(t):.8f}",
-                     "CMCCirculatingSupply": f"{_supply(t):.3f}", "timestamp": t})
+        oi = leg.series.open_interest(t)
+        rows.append({"symbol": leg.symbol, "sumOpenInterest": f"{oi:.8f}",
+                     "sumOpenInterestValue": f"{oi * leg.price_at(t):.8f}",
+                     "CMCCirculatingSupply": f"{_supply(leg, t):.3f}", "timestamp": t})
     return 200, _dump(rows)
+
+
+def _ratio_rows(leg, times, fn) -> list:
+    rows = []
+    for t in times:
+        la = round(fn(t), 4)
+        sa = round(1 - la, 4)
+        rows.append({"symbol": leg.symbol, "longShortRatio": f"{la / sa:.4f}", "longAccount": f"{la:.4f}",
+                     "shortAccount": f"{sa:.4f}", "timestamp": t})
+    return rows
 
 
 def global_ls_ratio(m, p: dict, now: int):
-    _period, _P, times = _period_times(p, now)
-    rows = []
-    for t in times:
-        la = round(m.long_account(t), 4)
-        sa = round(1 - la, 4)
-        rows.append({"symbol": SYMBOL, "longShortRatio": f"{la / sa:.4f}", "longAccount": f"{la:.4f}",
-                     "shortAccount": f"{sa:.4f}", "timestamp": t})
-    return 200, _dump(rows)
+    leg, _P, times = _period_times(m, p, now)
+    return 200, _dump(_ratio_rows(leg, times, leg.series.long_account))
 
 
 def top_ls_position_ratio(m, p: dict, now: int):
-    _period, _P, times = _period_times(p, now)
-    rows = []
-    for t in times:
-        la = round(m.top_long_position(t), 4)
-        sa = round(1 - la, 4)
-        rows.append({"symbol": SYMBOL, "longShortRatio": f"{la / sa:.4f}", "longAccount": f"{la:.4f}",
-                     "shortAccount": f"{sa:.4f}", "timestamp": t})
-    return 200, _dump(rows)
+    leg, _P, times = _period_times(m, p, now)
+    return 200, _dump(_ratio_rows(leg, times, leg.series.top_long_position))
 
 
 def taker_ls_ratio(m, p: dict, now: int):
-    _period, P, times = _period_times(p, now)
+    leg, P, times = _period_times(m, p, now)
     rows = []
     for t in times:
-        buy, sell = m.taker_volume(t - P, t)
+        buy, sell = leg.taker_volume(t - P, t)
         rows.append({"buySellRatio": f"{buy / sell if sell else 0.0:.4f}", "buyVol": f"{buy:.4f}",
                      "sellVol": f"{sell:.4f}", "timestamp": t})
     return 200, _dump(rows)
 
 
-def _premium_row(m, now: int) -> dict:
-    e, mark, index, settle, rate, next_t = _latest_mark(m, now)
-    return {"symbol": SYMBOL, "markPrice": f"{mark:.8f}", "indexPrice": f"{index:.8f}",
+def _premium_row(m, leg, now: int) -> dict:
+    e, mark, index, settle, rate, next_t = _latest_mark(m, leg.symbol, now)
+    return {"symbol": leg.symbol, "markPrice": f"{mark:.8f}", "indexPrice": f"{index:.8f}",
             "estimatedSettlePrice": f"{settle:.8f}", "lastFundingRate": f"{rate:.8f}",
             "interestRate": "0.00010000", "nextFundingTime": next_t, "time": e}
 
 
 def premium_index(m, p: dict, now: int):
     if p.get("symbol"):
-        _symbol(p)
-        return 200, _dump(_premium_row(m, now))
-    return 200, _dump([_premium_row(m, now)])
+        return 200, _dump(_premium_row(m, _leg(m, p), now))
+    return 200, _dump([_premium_row(m, leg, now) for leg in m.served])
 
 
 def funding_rate(m, p: dict, now: int):
-    if p.get("symbol"):
-        _symbol(p)
+    legs = _legs(m, p)
     limit = _limit(p, 100, 1000)
     start = _int(p, "startTime")
     end = _int(p, "endTime")
@@ -266,27 +303,30 @@ def funding_rate(m, p: dict, now: int):
             t += FUNDING_MS
     else:
         times = list(range(hi - (limit - 1) * FUNDING_MS, hi + 1, FUNDING_MS))
-    rows = [{"symbol": SYMBOL, "fundingRate": f"{m.funding(t - 1):.8f}", "fundingTime": t,
-             "markPrice": f"{m.price_at(t):.8f}", "rateType": "Regular"} for t in times]
-    return 200, _dump(rows)
+    rows = [{"symbol": leg.symbol, "fundingRate": f"{leg.series.funding(t - 1):.8f}", "fundingTime": t,
+             "markPrice": f"{leg.price_at(t):.8f}", "rateType": "Regular"} for t in times for leg in legs]
+    return 200, _dump(rows[:limit] if start is not None else rows[-limit:])
+
+
+def _book_row(m, leg, now: int) -> dict | None:
+    k = (now - 1) // 1000
+    sym, pdec, qdec = leg.symbol, leg.spec.pdec, leg.spec.qdec
+    while k >= m.k0:
+        for bt in reversed(m.block(k).bn_books[sym]):
+            if bt[0] < now:
+                e, T, u, bc, bq, ac, aq = bt
+                return {"symbol": sym, "bidPrice": fixed(bc, pdec), "bidQty": fixed(bq, qdec),
+                        "askPrice": fixed(ac, pdec), "askQty": fixed(aq, qdec), "time": T}
+        k -= 1
+    return None
 
 
 def book_ticker(m, p: dict, now: int):
     if p.get("symbol"):
-        _symbol(p)
-    k = (now - 1) // 1000
-    row = None
-    while row is None and k >= m.k0:
-        for bt in reversed(m.block(k).bn_books):
-            if bt[0] < now:
-                e, T, u, bc, bq, ac, aq = bt
-                row = {"symbol": SYMBOL, "bidPrice": px2(bc), "bidQty": qty3(bq), "askPrice": px2(ac),
-                       "askQty": qty3(aq), "time": T}
-                break
-        k -= 1
-    if row is None:
-        return 200, "[]" if not p.get("symbol") else "{}"
-    return 200, _dump(row if p.get("symbol") else [row])
+        row = _book_row(m, _leg(m, p), now)
+        return 200, _dump(row) if row is not None else "{}"
+    rows = [r for r in (_book_row(m, leg, now) for leg in m.served) if r is not None]
+    return 200, _dump(rows)
 
 
 def _wrap(fn):

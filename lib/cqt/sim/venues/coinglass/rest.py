@@ -4,8 +4,10 @@ Bars carry their OPEN time; a bar covers [time, time + interval).  The newest ba
 returned may still be forming: its values are computed up to "now" and change
 until the interval closes; older bars are final.  Envelope
 ``{"code":"0","msg":"success","data":[...]}``; numbers are strings or JSON
-numbers per endpoint exactly as in the official examples. Handlers get the
-`cqt.sim.market.Market`; the endpoint functions its ``model`` (m).
+numbers per endpoint exactly as in the official examples. Every served asset answers:
+aggregated endpoints per coin (`symbol=ETH`), pair endpoints for Binance's `ETHUSDT`;
+anything else has no data (an empty list). Handlers get the `cqt.sim.market.Market`;
+the endpoint functions its ``model`` (m) and the asset's `Leg`.
 """
 from __future__ import annotations
 
@@ -109,16 +111,30 @@ _AGG_LIQ_MULT = 4.2
 _AGG_TAKER_MULT = 3.0
 
 
+def _coin(m, p: dict):
+    """The served asset of an aggregated endpoint's `symbol` (a coin: BTC), or None."""
+    sym = p["symbol"].upper()
+    return m.legs[sym] if sym in m.assets else None
+
+
+def _pair(m, p: dict):
+    """The served asset of a pair endpoint (`exchange=Binance&symbol=BTCUSDT`), or None."""
+    if p["exchange"].lower() != "binance":
+        return None
+    return m.by_symbol.get(p["symbol"].upper())
+
+
 def oi_aggregated(m, p: dict, now: int):
     _need(p, "symbol")
     bar_ms, opens = _bars(p, now)
-    if p["symbol"].upper() != "BTC":
+    leg = _coin(m, p)
+    if leg is None:
         return envelope([])
     usd = p.get("unit", "usd") != "coin"
 
     def val(t):
-        oi = m.open_interest(t) * _AGG_OI_MULT
-        return oi * m.price_at(t) if usd else oi
+        oi = leg.series.open_interest(t) * _AGG_OI_MULT
+        return oi * leg.price_at(t) if usd else oi
     rows = []
     for t in opens:
         o, h, lo, c = _ohlc(val, t, bar_ms, now)
@@ -127,18 +143,15 @@ def oi_aggregated(m, p: dict, now: int):
     return envelope(rows)
 
 
-def _pair_ok(p: dict) -> bool:
-    return p["exchange"].lower() == "binance" and p["symbol"].upper() == "BTCUSDT"
-
-
 def oi_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     bar_ms, opens = _bars(p, now)
-    if not _pair_ok(p):
+    leg = _pair(m, p)
+    if leg is None:
         return envelope([])
     rows = []
     for t in opens:
-        o, h, lo, c = _ohlc(lambda x: m.open_interest(x) * m.price_at(x), t, bar_ms, now)
+        o, h, lo, c = _ohlc(lambda x: leg.series.open_interest(x) * leg.price_at(x), t, bar_ms, now)
         rows.append({"time": t, "open": _num_str(o, 2), "high": _num_str(h, 2), "low": _num_str(lo, 2),
                      "close": _num_str(c, 2)})
     return envelope(rows)
@@ -147,11 +160,12 @@ def oi_pair(m, p: dict, now: int):
 def funding_history(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     bar_ms, opens = _bars(p, now)
-    if not _pair_ok(p):
+    leg = _pair(m, p)
+    if leg is None:
         return envelope([])
     rows = []
     for t in opens:
-        o, h, lo, c = _ohlc(lambda x: m.funding(x) * 100, t, bar_ms, now)       # percent, like Coinglass
+        o, h, lo, c = _ohlc(lambda x: leg.series.funding(x) * 100, t, bar_ms, now)       # percent, like Coinglass
         rows.append({"time": t, "open": _num_str(o, 6), "high": _num_str(h, 6), "low": _num_str(lo, 6),
                      "close": _num_str(c, 6)})
     return envelope(rows)
@@ -160,13 +174,14 @@ def funding_history(m, p: dict, now: int):
 def liq_aggregated(m, p: dict, now: int):
     _need(p, "exchange_list", "symbol")
     bar_ms, opens = _bars(p, now)
-    if p["symbol"].upper() != "BTC":
+    leg = _coin(m, p)
+    if leg is None:
         return envelope([])
     n_ex = len([e for e in p["exchange_list"].split(",") if e.strip()])
     mult = _AGG_LIQ_MULT * min(1.0, 0.45 + 0.2 * n_ex)
     rows = []
     for t in opens:
-        lng, sht = m.liquidations(t, min(t + bar_ms, now))
+        lng, sht = leg.liquidations(t, min(t + bar_ms, now))
         rows.append({"time": t, "aggregated_long_liquidation_usd": round(lng * mult, 5),
                      "aggregated_short_liquidation_usd": round(sht * mult, 5)})
     return envelope(rows)
@@ -175,11 +190,12 @@ def liq_aggregated(m, p: dict, now: int):
 def liq_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     bar_ms, opens = _bars(p, now)
-    if not _pair_ok(p):
+    leg = _pair(m, p)
+    if leg is None:
         return envelope([])
     rows = []
     for t in opens:
-        lng, sht = m.liquidations(t, min(t + bar_ms, now))
+        lng, sht = leg.liquidations(t, min(t + bar_ms, now))
         rows.append({"time": t, "long_liquidation_usd": _num_str(lng, 5),
                      "short_liquidation_usd": _num_str(sht, 5)})
     return envelope(rows)
@@ -198,9 +214,10 @@ def _ratio_rows(fn, prefix: str, opens, bar_ms, now):
 def _pair_ratio(m, p: dict, now: int, series: str, prefix: str):
     _need(p, "exchange", "symbol")
     bar_ms, opens = _bars(p, now)
-    if not _pair_ok(p):
+    leg = _pair(m, p)
+    if leg is None:
         return envelope([])
-    return envelope(_ratio_rows(getattr(m, series), prefix, opens, bar_ms, now))
+    return envelope(_ratio_rows(getattr(leg.series, series), prefix, opens, bar_ms, now))
 
 
 def global_ls(m, p: dict, now: int):
@@ -214,13 +231,14 @@ def top_position(m, p: dict, now: int):
 def taker_aggregated(m, p: dict, now: int):
     _need(p, "exchange_list", "symbol")
     bar_ms, opens = _bars(p, now)
-    if p["symbol"].upper() != "BTC":
+    leg = _coin(m, p)
+    if leg is None:
         return envelope([])
     rows = []
     for t in opens:
         t_end = min(t + bar_ms, now)
-        buy, sell = m.taker_volume(t, t_end)
-        px = m.price_at(t_end)
+        buy, sell = leg.taker_volume(t, t_end)
+        px = leg.price_at(t_end)
         rows.append({"time": t, "aggregated_buy_volume_usd": round(buy * px * _AGG_TAKER_MULT, 4),
                      "aggregated_sell_volume_usd": round(sell * px * _AGG_TAKER_MULT, 4)})
     return envelope(rows)
@@ -229,13 +247,14 @@ def taker_aggregated(m, p: dict, now: int):
 def taker_pair(m, p: dict, now: int):
     _need(p, "exchange", "symbol")
     bar_ms, opens = _bars(p, now)
-    if not _pair_ok(p):
+    leg = _pair(m, p)
+    if leg is None:
         return json.dumps({"code": "0", "data": []}, separators=(",", ":"))
     rows = []
     for t in opens:
         t_end = min(t + bar_ms, now)
-        buy, sell = m.taker_volume(t, t_end)
-        px = m.price_at(t_end)
+        buy, sell = leg.taker_volume(t, t_end)
+        px = leg.price_at(t_end)
         rows.append({"time": t, "taker_buy_volume_usd": _num_str(buy * px, 4),
                      "taker_sell_volume_usd": _num_str(sell * px, 4)})
     # the official example of this endpoint has no "msg"

@@ -11,11 +11,12 @@ import random
 import time
 from collections import OrderedDict
 
-from ...blocks import DAY_MS, UP_TICK, UPBIT_CODES, Block
+from ...assets import USDT_CODE, asset_salt
+from ...blocks import DAY_MS, Block
 
 TYPES = ("trade", "orderbook", "ticker")
-STREAMS = tuple(f"{c}@{t}" for c in UPBIT_CODES for t in TYPES)
-TRADE_STREAM = "KRW-BTC@trade"                 # default target of the gap and malformed faults
+STREAMS = tuple(f"{c}@{t}" for c in ("KRW-BTC", USDT_CODE) for t in TYPES)     # BTC alone
+TRADE_STREAM = "KRW-BTC@trade"
 LEVELS = 30                                    # order-book levels per frame
 
 _JD_CACHE: dict[float, str] = {}
@@ -73,17 +74,26 @@ def utc_parts(ms: int) -> tuple[str, str, str, str]:
     return p
 
 
+def _code_salt(code: str) -> int:
+    """Seeds a code's resting book (KRW-BTC 0 and KRW-USDT 1, as when they were the only ones)."""
+    return {"KRW-BTC": 0, USDT_CODE: 1}.get(code, 2 + asset_salt(code) % 1_000_000)
+
+
 class Frames:
     """Formats blocks of one model; keeps the resting book sizes (10-minute buckets,
-    seeded) and price texts it has made."""
-
-    streams = STREAMS
-    all_streams = STREAMS
+    seeded) and price texts it has made. Streams `<code>@trade|orderbook|ticker` for every
+    served code (KRW-<asset>, and KRW-USDT)."""
 
     def __init__(self, model):
         self.model = model
+        self.codes = model.upbit_codes
+        self.legs = model.upbit_legs
+        self.streams = tuple(f"{c}@{t}" for c in self.codes for t in TYPES)
+        self.all_streams = self.streams
+        self.trade_stream = f"{self.codes[0]}@trade"       # default target of gap and malformed
+        self.trade_streams = {c: f"{c}@trade" for c in self.codes}
         self._tables: OrderedDict[tuple, tuple] = OrderedDict()
-        self._price_str: dict[int, str] = {}
+        self._price_str: dict[float, str] = {}
 
     def ob_table(self, code: str, bucket: int) -> tuple:
         """Resting sizes by price level for a 10-minute bucket: (ask sizes, ask texts,
@@ -91,13 +101,13 @@ class Frames:
         key = (code, bucket)
         t = self._tables.get(key)
         if t is None:
-            r = random.Random((self.model.seed * 1_000_003 + bucket) * 7 + UPBIT_CODES.index(code))
-            base = 0.35 if code == "KRW-BTC" else 6000.0
+            r = random.Random((self.model.seed * 1_000_003 + bucket) * 7 + _code_salt(code))
+            base = self.legs[code].ob_base
             ask = [round(base * (0.02 + 3.0 * r.random() ** 3), 8) for _ in range(1024)]
             bid = [round(base * (0.02 + 3.0 * r.random() ** 3), 8) for _ in range(1024)]
             t = (ask, [f"{v:.8f}" for v in ask], bid, [f"{v:.8f}" for v in bid])
             self._tables[key] = t
-            if len(self._tables) > 8:
+            if len(self._tables) > 4 * len(self.codes):
                 self._tables.popitem(last=False)
         return t
 
@@ -105,9 +115,10 @@ class Frames:
         """One Upbit order book, 30 levels best first: (units JSON text, total ask size,
         total bid size). Deep levels rest (sizes by price level per 10 minutes); the top
         three change with every frame."""
-        tick = UP_TICK[code]
+        leg = self.legs[code]
+        tick, dec = leg.tick, leg.dec
         ask_f, ask_s, bid_f, bid_s = self.ob_table(code, ts // 600_000)
-        ai, bi = ask0 // tick, bid0 // tick
+        ai, bi = int(round(ask0 / tick)), int(round(bid0 / tick))
         pstr = self._price_str
         mk = self._pstr
         units = []
@@ -117,6 +128,8 @@ class Frames:
             ib = (bi - i) & 1023
             ap = ask0 + i * tick
             bp = bid0 - i * tick
+            if dec:
+                ap, bp = round(ap, dec), round(bp, dec)
             if i < 3:
                 asz = round(ask_f[ia] * (0.3 + 1.4 * noise[i]), 8) or 1e-8
                 bsz = round(bid_f[ib] * (0.3 + 1.4 * noise[3 + i]), 8) or 1e-8
@@ -142,7 +155,7 @@ class Frames:
     def format(self, b: Block) -> list:
         """[(ts, stream, raw, sequential_id or None)] of a block, sorted."""
         items = []
-        for ci, code in enumerate(UPBIT_CODES):
+        for ci, code in enumerate(self.codes):
             s_trade, s_tick, s_ob = f"{code}@trade", f"{code}@ticker", f"{code}@orderbook"
             for seq, tr in enumerate(b.up_trades[code]):
                 tms, ttms, price, vol, ab, sid, bap, bas, bbp, bbs, tk = tr

@@ -18,7 +18,6 @@ import time
 
 from aiohttp import WSMsgType, web
 
-from ...blocks import UPBIT_CODES
 from ...limits import Limiter, SlidingCount
 from ...venue import VenueProtocol
 from ...wsio import BINARY, ws_frame
@@ -52,9 +51,9 @@ def _flag(obj: dict, snake: str, camel: str) -> bool:
     return v is True or (isinstance(v, str) and v.lower() == "true")
 
 
-def parse_subscription(text: str) -> dict:
+def parse_subscription(text: str, known=("KRW-BTC", "KRW-USDT")) -> dict:
     """Parse a subscription request -> {"format": F, "subs": {stream: (snapshot, realtime)},
-    "ignored": [codes the model does not have]}; raises SubscriptionError."""
+    "ignored": [codes not in `known`, the markets served]}; raises SubscriptionError."""
     try:
         req = json.loads(text)
     except ValueError:
@@ -96,7 +95,7 @@ def parse_subscription(text: str) -> dict:
             code = str(c)
             if t == "orderbook" and "." in code:      # "KRW-BTC.15": depth suffix
                 code = code.split(".", 1)[0]
-            if code not in UPBIT_CODES:               # unknown or lower case: nothing, silently
+            if code not in known:                     # unknown or lower case: nothing, silently
                 ignored.append(str(c))
                 continue
             subs[f"{code}@{t}"] = (not only_real, not only_snap)
@@ -117,6 +116,8 @@ class Protocol(VenueProtocol):
     def __init__(self, sim):
         super().__init__(sim)
         cfg = sim.cfg
+        self.codes = tuple(f"KRW-{a}" for a in cfg.symbols) + ("KRW-USDT",)     # the markets served
+        self.trade_stream = f"{self.codes[0]}@trade"
         self.groups: dict[str, Limiter] = {}
         self.origin_last = -1e9                   # the "origin" group: REST and WS share it
         self.connects = SlidingCount(1.0)
@@ -201,7 +202,7 @@ class Protocol(VenueProtocol):
     def _subscribe(self, c, text: str) -> None:
         sim = self.sim
         try:
-            sub = parse_subscription(text)
+            sub = parse_subscription(text, self.codes)
         except SubscriptionError as e:
             log.info("ws subscribe error venue=upbit conn=%d name=%s", c.id, e.name)
             c.push(ws_frame(ws_error(e.name, e.message).encode(), BINARY))

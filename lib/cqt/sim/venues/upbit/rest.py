@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from ...blocks import DAY_MS, UPBIT_CODES
+from ...blocks import DAY_MS
 from .frames import utc_parts
 
 PREFIXES = ("/v1/",)
@@ -29,12 +29,12 @@ _MISSING = "Missing request parameter error. Check the required parameters!"
 _TYPE = "Type mismatch error. Check the parameters type!"
 
 
-def _market(p: dict, name: str = "market") -> str:
+def _market(m, p: dict, name: str = "market") -> str:
     v = p.get(name)
     if not v:
         raise UpbitError(400, _MISSING)
     code = v.upper()
-    if code not in UPBIT_CODES:
+    if code not in m.model.upbit_codes:
         raise UpbitError(404, "Code not found")
     return code
 
@@ -51,7 +51,7 @@ def _int(p: dict, name: str, default=None):
 def trades_ticks(m, p: dict, now: int):
     """GET /v1/trades/ticks: market, to (HHmmss | HH:mm:ss, UTC), count (<= 500),
     cursor (sequential_id), days_ago (1..7); newest first."""
-    code = _market(p)
+    code = _market(m, p)
     count = _int(p, "count", 1)
     count = max(1, min(500, count))
     days_ago = _int(p, "days_ago")
@@ -95,19 +95,19 @@ def trades_ticks(m, p: dict, now: int):
 _KST_MS = 9 * 3600 * 1000
 
 
-def _markets(p: dict) -> list[str]:
+def _markets(m, p: dict) -> list[str]:
     """The `markets` parameter as codes, with Upbit's errors for a missing or unknown one."""
     v = p.get("markets")
     if not v:
         raise UpbitError(400, _MISSING)
     codes = [c.strip().upper() for c in v.split(",") if c.strip()]
-    if not codes or any(c not in UPBIT_CODES for c in codes):
+    if not codes or any(c not in m.model.upbit_codes for c in codes):
         raise UpbitError(404, "Code not found")
     return codes
 
 
 def ticker(m, p: dict, now: int):
-    codes = _markets(p)
+    codes = _markets(m, p)
     last = m.last_frames("upbit", now, [f"{c}@ticker" for c in codes], max_back_s=3600)
     rows = []
     for c in codes:
@@ -133,7 +133,7 @@ def ticker(m, p: dict, now: int):
 
 
 def orderbook(m, p: dict, now: int):
-    codes = _markets(p)
+    codes = _markets(m, p)
     count = max(1, min(30, _int(p, "count", 30)))
     last = m.last_frames("upbit", now, [f"{c}@orderbook" for c in codes], max_back_s=600)
     rows = []
@@ -150,9 +150,27 @@ def orderbook(m, p: dict, now: int):
     return 200, _dump(rows)
 
 
+_NAMES = {"BTC": ("비트코인", "Bitcoin"), "ETH": ("이더리움", "Ethereum"), "SOL": ("솔라나", "Solana"),
+          "XRP": ("엑스알피(리플)", "XRP"), "DOGE": ("도지코인", "Dogecoin"), "ADA": ("에이다", "Cardano"),
+          "AVAX": ("아발란체", "Avalanche"), "LINK": ("체인링크", "Chainlink"), "DOT": ("폴카닷", "Polkadot"),
+          "TRX": ("트론", "TRON"), "BNB": ("비앤비", "BNB"), "LTC": ("라이트코인", "Litecoin"),
+          "USDT": ("테더", "Tether")}
+
+
 def market_all(m, p: dict, now: int):
-    return 200, _dump([{"market": "KRW-BTC", "korean_name": "비트코인", "english_name": "Bitcoin"},
-                       {"market": "KRW-USDT", "korean_name": "테더", "english_name": "Tether"}])
+    """Every served KRW market (KRW-USDT always); `isDetails=true` adds the warning fields."""
+    details = str(p.get("isDetails", "")).lower() == "true"
+    rows = []
+    for code in m.model.upbit_codes:
+        asset = code[4:]
+        ko, en = _NAMES.get(asset, (asset, asset.capitalize()))
+        row = {"market": code, "korean_name": ko, "english_name": en}
+        if details:
+            row["market_event"] = {"warning": False, "caution": {
+                "PRICE_FLUCTUATIONS": False, "TRADING_VOLUME_SOARING": False, "DEPOSIT_AMOUNT_SOARING": False,
+                "GLOBAL_PRICE_DIFFERENCES": False, "CONCENTRATION_OF_SMALL_ACCOUNTS": False}}
+        rows.append(row)
+    return 200, _dump(sorted(rows, key=lambda r: r["market"]))
 
 
 def _wrap(fn):
