@@ -136,12 +136,12 @@ def ema_from_start(conn, t_from, t_to, params=None, **kw):
 def test_clean_pipeline_passes(db):
     res = run("feature_leak_check", db, **LEAK_ENV)      # default K = 50
     assert res.exit_code == 0, res.text()
-    assert metric(res, "leak.recompute.samples").value == 50
-    for name in ("leak.market_1s.negative_ages", "leak.market_1s.provenance", "leak.predictions.sources",
-                 "leak.recompute.mismatches", "leak.warmup.mismatches"):
+    assert metric(res, "leak.BTC.recompute.samples").value == 50
+    for name in ("leak.BTC.market_1s.negative_ages", "leak.BTC.market_1s.provenance", "leak.BTC.predictions.sources",
+                 "leak.BTC.recompute.mismatches", "leak.BTC.warmup.mismatches"):
         assert metric(res, name).status == "PASS", name
-    labels = metric(res, "leak.labels.violations")
-    assert labels.status == "SKIP" and "no export yet" in labels.reason
+    labels = metric(res, "leak.BTC.labels.violations")
+    assert labels.status == "SKIP" and "no export of BTC yet" in labels.reason
 
 
 @pytest.mark.parametrize("fn, column", [
@@ -153,20 +153,20 @@ def test_planted_leaks_fail_naming_the_feature(raw, tmp_path, monkeypatch, fn, c
     path = planted(raw, tmp_path, monkeypatch, fn)
     res = run("feature_leak_check", path, **FAST)
     assert res.exit_code == 1, res.text()
-    assert "leak.recompute.mismatches" in failed_names(res)
-    m = metric(res, f"leak.recompute.{column}")
+    assert "leak.BTC.recompute.mismatches" in failed_names(res)
+    m = metric(res, f"leak.BTC.recompute.{column}")
     assert m.status == "FAIL" and m.value >= 3
     assert f"{column} at t0=2026-01-10T" in m.reason and "stored " in m.reason and "recomputed " in m.reason
     assert "(look-ahead: a recomputation that sees data after t0 reproduces the stored value)" in m.reason
-    assert "look-ahead]" in metric(res, "leak.recompute.mismatches").reason
+    assert "look-ahead]" in metric(res, "leak.BTC.recompute.mismatches").reason
     assert res.notes == [] or not any("late data" in n for n in res.notes)
 
 
 def test_warmup_dependence_fails(raw, tmp_path, monkeypatch):
     path = planted(raw, tmp_path, monkeypatch, ema_from_start)
     res = run("feature_leak_check", path, **FAST)
-    assert "leak.warmup.predictions.score" in failed_names(res)
-    assert "depend on the warm-up" in metric(res, "leak.warmup.mismatches").reason
+    assert "leak.BTC.warmup.predictions.score" in failed_names(res)
+    assert "depend on the warm-up" in metric(res, "leak.BTC.warmup.mismatches").reason
 
 
 def test_late_data_is_a_note_not_a_leak(db):
@@ -185,9 +185,9 @@ def test_late_data_is_a_note_not_a_leak(db):
     # the same rows received in time would have been seen live: then the stored rows are wrong
     execute(db, "UPDATE upbit_trades SET recv_ts_ms = trade_ts_ms + 50 WHERE sequential_id >= 900000000")
     res = run("feature_leak_check", db, **FAST)
-    assert res.exit_code == 1 and "leak.recompute.mismatches" in failed_names(res)
-    assert "not reproducible]" in metric(res, "leak.recompute.mismatches").reason
-    assert "rebuild the range" in metric(res, "leak.recompute.market_1s.trade_count").reason
+    assert res.exit_code == 1 and "leak.BTC.recompute.mismatches" in failed_names(res)
+    assert "not reproducible]" in metric(res, "leak.BTC.recompute.mismatches").reason
+    assert "rebuild the range" in metric(res, "leak.BTC.recompute.market_1s.trade_count").reason
 
 
 def test_structural_parts(db):
@@ -202,16 +202,16 @@ def test_structural_parts(db):
     execute(db, "UPDATE market_1s SET close = close + 1000 WHERE ts_ms = ?", (t,))
     execute(db, "UPDATE market_1s SET book_age_ms = -400 WHERE ts_ms = ?", (AS_OF - 333_000,))
     res = run("feature_leak_check", db, **FAST)
-    assert {"leak.market_1s.negative_ages", "leak.market_1s.provenance", "leak.recompute.market_1s.close"} <= \
+    assert {"leak.BTC.market_1s.negative_ages", "leak.BTC.market_1s.provenance", "leak.BTC.recompute.market_1s.close"} <= \
         set(failed_names(res))
-    assert f"market_1s.close at {fmt_ms(t)}" in metric(res, "leak.market_1s.provenance").reason
-    assert metric(res, "leak.market_1s.negative_ages").value == 1
+    assert f"market_1s.close at {fmt_ms(t)}" in metric(res, "leak.BTC.market_1s.provenance").reason
+    assert metric(res, "leak.BTC.market_1s.negative_ages").value == 1
 
 
 def test_value_without_any_available_source(db):
     execute(db, "DELETE FROM coinglass_funding")   # stored cg_funding values now have no source at all
     res = run("feature_leak_check", db, **FAST)
-    m = metric(res, "leak.predictions.sources")
+    m = metric(res, "leak.BTC.predictions.sources")
     assert m.status == "FAIL" and "predictions.cg_funding at" in m.reason and "coinglass_funding" in m.reason
 
 
@@ -228,7 +228,7 @@ def test_labels_from_the_newest_existing_export(db, tmp_path):
     t0 = [AS_OF - 600_000 + 1000 * i for i in range(100)]
     _export(tmp_path / "good.parquet", t0, [t + 120_000 for t in t0], db, ts=AS_OF - 10)
     res = run("feature_leak_check", db, **FAST)
-    m = metric(res, "leak.labels.violations")
+    m = metric(res, "leak.BTC.labels.violations")
     assert m.status == "PASS" and m.value == 0
     bad = [t + 120_000 for t in t0]
     bad[7] = t0[7] + 119_000
@@ -237,14 +237,14 @@ def test_labels_from_the_newest_existing_export(db, tmp_path):
     _export(tmp_path / "deleted.parquet", t0, bad, db, ts=AS_OF + 5)
     (tmp_path / "deleted.parquet").unlink()        # newest entry's file is gone: the one before counts
     res = run("feature_leak_check", db, **FAST)
-    m = metric(res, "leak.labels.violations")
+    m = metric(res, "leak.BTC.labels.violations")
     assert m.status == "FAIL" and m.value == 1 and "bad.parquet have label_ts < t0 + 120 s" in m.reason
 
 
 def test_empty_window_and_cannot_import(db, monkeypatch):
     res = run("feature_leak_check", db, as_of_ms=AS_OF + 3_600_000, **FAST)
-    assert res.exit_code == 1 and failed_names(res) == ["leak.recompute.samples"]
-    assert "no predictions rows" in metric(res, "leak.recompute.samples").reason
+    assert res.exit_code == 1 and failed_names(res) == ["leak.BTC.recompute.samples"]
+    assert "no BTC predictions rows" in metric(res, "leak.BTC.recompute.samples").reason
     import cqt
 
     monkeypatch.setitem(sys.modules, "cqt.features", None)
