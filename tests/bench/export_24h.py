@@ -30,9 +30,11 @@ SIGMA_1S = 2e-4
 
 
 def build_synthetic_db(path: str | os.PathLike, hours: float = 1.0, end_ms: int = 1_771_804_800_000, seed: int = 7,
-                       sigma_1s: float = SIGMA_1S, heartbeats: bool = True, warmup_s: int = 300) -> Path:
-    """market_1s + predictions for `hours` ending at `end_ms` (plus `warmup_s` of history before,
-    so 300 s look-backs are defined from the first exported second)."""
+                       sigma_1s: float = SIGMA_1S, heartbeats: bool = True, warmup_s: int = 300,
+                       symbol: str = "BTC") -> Path:
+    """market_1s + predictions of one asset (`symbol`) for `hours` ending at `end_ms` (plus
+    `warmup_s` of history before, so 300 s look-backs are defined from the first exported
+    second). Called again with another symbol (and seed) it adds a second asset."""
     import numpy as np
     import pandas as pd
 
@@ -95,28 +97,31 @@ def build_synthetic_db(path: str | os.PathLike, hours: float = 1.0, end_ms: int 
     conn = open_db(db)
     try:
         pred_cols = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
-        feat_names = [c for c in pred_cols if c not in ("ts_ms", "horizon_sec", "model", "score")]
+        feat_names = [c for c in pred_cols if c not in ("symbol", "ts_ms", "horizon_sec", "model", "score")]
         cols = {name: (feats[name].to_numpy() if name in feats else np.zeros(n)) for name in feat_names}
         score = np.tanh(np.nan_to_num(cols.get("ret_30s", np.zeros(n))) * 500)
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT OR REPLACE INTO market_1s (ts_ms, open, high, low, close, volume, trade_count, vwap, buy_volume, "
-            "sell_volume, has_trade, close_age_ms, best_bid, best_ask, mid, spread_bps, book_imbalance, book_age_ms, "
+            "INSERT OR REPLACE INTO market_1s (symbol, ts_ms, open, high, low, close, volume, trade_count, vwap, "
+            "buy_volume, sell_volume, has_trade, close_age_ms, best_bid, best_ask, mid, spread_bps, book_imbalance, "
+            "book_age_ms, "
             "binance_last, binance_age_ms, mark_price, index_price, funding_rate, mark_age_ms, usdt_krw, "
-            "usdt_krw_age_ms, kimchi_premium) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            zip(ts.tolist(), nz(np.where(has_trade, close, np.nan)), nz(np.where(has_trade, close, np.nan)),
-                nz(np.where(has_trade, close, np.nan)), close.tolist(), vol.tolist(),
+            "usdt_krw_age_ms, kimchi_premium) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            zip([symbol] * n, ts.tolist(), nz(np.where(has_trade, close, np.nan)),
+                nz(np.where(has_trade, close, np.nan)), nz(np.where(has_trade, close, np.nan)), close.tolist(),
+                vol.tolist(),
                 has_trade.astype(int).tolist(), nz(np.where(has_trade, close, np.nan)), buy.tolist(), sell.tolist(),
                 has_trade.astype(int).tolist(), close_age.tolist(), best_bid.tolist(), best_ask.tolist(), mid.tolist(),
                 (spread / mid * 1e4).tolist(), imb.tolist(), rng.integers(0, 900, n).tolist(), bn_last.tolist(),
                 rng.integers(0, 500, n).tolist(), mark.tolist(), index.tolist(), funding.tolist(),
                 rng.integers(0, 1000, n).tolist(), usdt.tolist(), rng.integers(0, 30_000, n).tolist(),
                 kimchi.tolist()))
-        placeholders = ",".join("?" * (4 + len(feat_names)))
+        placeholders = ",".join("?" * (5 + len(feat_names)))
         conn.executemany(
-            f"INSERT OR REPLACE INTO predictions (ts_ms, horizon_sec, model, score, {', '.join(feat_names)}) "
+            f"INSERT OR REPLACE INTO predictions (symbol, ts_ms, horizon_sec, model, score, {', '.join(feat_names)}) "
             f"VALUES ({placeholders})",
-            zip(ts.tolist(), [120] * n, ["baseline-v1"] * n, score.tolist(), *(nz(cols[c]) for c in feat_names)))
+            zip([symbol] * n, ts.tolist(), [120] * n, ["baseline-v1"] * n, score.tolist(),
+                *(nz(cols[c]) for c in feat_names)))
         if heartbeats:
             beats = range(int(ts[0]), int(ts[-1]) + 1, 10_000)
             hb = [(svc, int(t), "running", "{}") for svc in COLLECTORS for t in beats]
