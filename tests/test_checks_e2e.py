@@ -74,8 +74,8 @@ def test_pipeline_gate_end_to_end(tmp_path):
         time.sleep(30)
         r = run_bin("altdata_check", "--window", "60", env=env)
         assert r.returncode == 1, r.stdout
-        assert "binance.aggTrade.lag_s" in r.stdout.splitlines()[-1]
-        lag_line = next(ln for ln in r.stdout.splitlines() if ln.startswith("binance.aggTrade.lag_s "))
+        assert "binance.BTCUSDT.aggTrade.lag_s" in r.stdout.splitlines()[-1]
+        lag_line = next(ln for ln in r.stdout.splitlines() if ln.startswith("binance.BTCUSDT.aggTrade.lag_s "))
         assert lag_line.split()[3] == "FAIL" and float(lag_line.split()[1]) >= 25
 
         # -- the Coinglass key is removed: coinglass_check says so

@@ -15,11 +15,11 @@ from fixtures_checks import AS_OF, make_healthy_db, settings_for
 
 
 def test_metric_judge_and_line():
-    m = Metric.judge("binance.aggTrade.lag_s", 42.0, "<=", 10, "newest aggTrade event at X")
+    m = Metric.judge("binance.BTCUSDT.aggTrade.lag_s", 42.0, "<=", 10, "newest aggTrade event at X")
     assert m.status == FAIL
-    assert m.line() == "binance.aggTrade.lag_s 42 <=10 FAIL  (newest aggTrade event at X)"
-    ok = Metric.judge("binance.aggTrade.fill", 0.95, ">=", 0.9, "detail only shown on failure")
-    assert ok.status == PASS and ok.line() == "binance.aggTrade.fill 0.95 >=0.9 PASS"
+    assert m.line() == "binance.BTCUSDT.aggTrade.lag_s 42 <=10 FAIL  (newest aggTrade event at X)"
+    ok = Metric.judge("binance.BTCUSDT.aggTrade.fill", 0.95, ">=", 0.9, "detail only shown on failure")
+    assert ok.status == PASS and ok.line() == "binance.BTCUSDT.aggTrade.fill 0.95 >=0.9 PASS"
     none = Metric.judge("x.lag_s", None, "<=", 10, none_reason="no data at all")
     assert none.status == FAIL and "no data at all" in none.line()
     assert Metric.skip("x", "why").line() == "x - - SKIP  (why)"

@@ -84,7 +84,7 @@ def test_altdata_memory_does_not_grow_with_the_window(healthy):
         tracemalloc.stop()
     assert res.error is None, res.error
     assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MB"
-    m = metric(res, "binance.ratios.global_long_short.fill")
+    m = metric(res, "binance.BTCUSDT.ratios.global_long_short.fill")
     assert m.status == "FAIL" and " periods present; missing " in m.reason
 
 
@@ -95,7 +95,7 @@ def test_slot_fill_counts_and_names_the_first_missing(tmp_path, healthy):
                        "ORDER BY ts_ms DESC LIMIT 2 OFFSET 1)", (AS_OF - 300_000 - 120_000,))
     assert gone == 2
     res = run("altdata_check", db, window_s=1800)
-    m = metric(res, "binance.ratios.taker_buy_sell.fill")
+    m = metric(res, "binance.BTCUSDT.ratios.taker_buy_sell.fill")
     assert m.status == "FAIL" and m.reason.startswith("4 of 6 periods present; missing 2026-01-10T11:")
     assert m.reason.count("2026-01-10T") == 2
 
@@ -161,10 +161,10 @@ def test_binance_book_ticker_frozen_while_agg_trades_move_fails(tmp_path, health
     conn.close()
     execute(db, "UPDATE binance_book_ticker SET bid_price = ?, ask_price = ? WHERE event_ts_ms > ?", (bid, ask, start))
     res = run("altdata_check", db)
-    m = metric(res, "binance.bookTicker.frozen_s")
+    m = metric(res, "binance.BTCUSDT.bookTicker.frozen_s")
     assert res.exit_code == 1 and m.status == "FAIL" and 200 < m.value <= 300, res.text()
     assert "restart cqt-collect-binance" in m.reason
-    assert metric(run("altdata_check", healthy), "binance.bookTicker.frozen_s").value == 0
+    assert metric(run("altdata_check", healthy), "binance.BTCUSDT.bookTicker.frozen_s").value == 0
 
 
 # ------------------------------------------------------------------------------ label distribution
@@ -182,17 +182,17 @@ def test_all_none_export_fails_the_gate(tmp_path, pipeline):
     p = check(tmp_path, "feature_check", db, **PIPELINE_ENV)
     assert p.returncode == 1, p.stdout + p.stderr
     lines = p.stdout.splitlines()
-    none_line = next(ln for ln in lines if ln.startswith("export.labels.not_all_none "))
-    assert none_line.startswith("export.labels.not_all_none 0 >=1 FAIL  (all 570 rows are NONE: UP 0 (0.0%), "
+    none_line = next(ln for ln in lines if ln.startswith("export.BTC.labels.not_all_none "))
+    assert none_line.startswith("export.BTC.labels.not_all_none 0 >=1 FAIL  (all 570 rows are NONE: UP 0 (0.0%), "
                                 "DOWN 0 (0.0%), NONE 570 (100.0%) of 570 rows in export-fixed_0.5.parquet "
                                 "(threshold fixed:0.5"), none_line
-    assert "export.labels.UP.share 0 >=0.05 FAIL" in p.stdout and "export.labels.NONE.share 1 >=0.05 PASS" in p.stdout
+    assert "export.BTC.labels.UP.share 0 >=0.05 FAIL" in p.stdout and "export.BTC.labels.NONE.share 1 >=0.05 PASS" in p.stdout
     assert "the label threshold is too wide" in none_line
     # through the operator's gate: exit 1, feature_check names it, the other three pass
     g = gate(tmp_path, "--window", "600", "--as-of", AS_OF, "--db", db, **PIPELINE_ENV)
     assert g.returncode == 1, g.stdout + g.stderr
     assert "feature_check       FAIL              1" in g.stdout
-    assert "  feature_check: export.labels.not_all_none 0 >=1 FAIL" in g.stdout
+    assert "  feature_check: export.BTC.labels.not_all_none 0 >=1 FAIL" in g.stdout
     for other in ("altdata_check", "feature_leak_check", "coinglass_check"):
         assert f"{other}" in g.stdout and f"{other} FAIL" not in g.stdout
     rows = query(db, "SELECT check_name, exit_code FROM check_runs ORDER BY id")
@@ -204,24 +204,24 @@ def test_balanced_export_passes_and_a_rare_class_fails(tmp_path, pipeline):
     _export(tmp_path, db, "fixed:0.0002")                       # UP 46 %, DOWN 28 %, NONE 26 %
     res = run("feature_check", db, **PIPELINE_ENV)
     assert res.exit_code == 0, res.text()
-    assert metric(res, "export.labels.DOWN.share").value == pytest.approx(157 / 570, abs=1e-4)
+    assert metric(res, "export.BTC.labels.DOWN.share").value == pytest.approx(157 / 570, abs=1e-4)
     res = run("feature_check", db, CQT_CHECK_LABEL_MIN_SHARE="0.3", **PIPELINE_ENV)
-    assert [m.name for m in res.failed] == ["export.labels.DOWN.share", "export.labels.NONE.share"]
+    assert [m.name for m in res.failed] == ["export.BTC.labels.DOWN.share", "export.BTC.labels.NONE.share"]
 
 
 def test_label_counts_from_the_file_when_not_recorded(tmp_path, pipeline):
     """An export_runs row without counts (an older writer): the file's label column decides."""
     db = copy_db(pipeline, tmp_path / "cqt.db")
     _export(tmp_path, db, "fixed:0.5")
-    execute(db, "UPDATE export_runs SET labels_json = '{}'")
+    execute(db, "UPDATE export_runs SET labels_json = '{}', summary_json = NULL")
     res = run("feature_check", db, **PIPELINE_ENV)
-    m = metric(res, "export.labels.not_all_none")
+    m = metric(res, "export.BTC.labels.not_all_none")
     assert m.status == "FAIL" and m.value == 0 and "NONE 570 (100.0%)" in m.reason and "counted in the file" in m.reason
 
 
 def test_no_export_is_a_skip(healthy):
-    m = metric(run("feature_check", healthy), "export.labels")
-    assert m.status == "SKIP" and "no export yet" in m.reason
+    m = metric(run("feature_check", healthy), "export.BTC.labels")
+    assert m.status == "SKIP" and "no export of BTC yet" in m.reason
 
 
 # ------------------------------------------------------------------------------ every second of the leak window
@@ -265,13 +265,13 @@ def test_one_shifted_second_in_twenty_is_caught_every_time(tmp_path, pipeline):
     assert p.returncode == 1, p.stdout + p.stderr
     d = json.loads(p.stdout)
     ms = {m["name"]: m for m in d["metrics"]}
-    assert ms["leak.recompute.seconds"]["value"] == LEAK_WINDOW
-    assert ms["leak.recompute.seconds"]["reason"].startswith(f"every second: {LEAK_WINDOW} of {LEAK_WINDOW} rows")
-    assert ms["leak.recompute.samples"]["value"] == 5
-    leak_m = ms["leak.recompute.predictions.rv_60s"]
+    assert ms["leak.BTC.recompute.seconds"]["value"] == LEAK_WINDOW
+    assert ms["leak.BTC.recompute.seconds"]["reason"].startswith(f"every second: {LEAK_WINDOW} of {LEAK_WINDOW} rows")
+    assert ms["leak.BTC.recompute.samples"]["value"] == 5
+    leak_m = ms["leak.BTC.recompute.predictions.rv_60s"]
     assert leak_m["status"] == "FAIL" and leak_m["value"] == planted
     assert f"{planted} of {LEAK_WINDOW} t0" in leak_m["reason"]
-    assert ms["leak.warmup.mismatches"]["status"] == "PASS"
+    assert ms["leak.BTC.warmup.mismatches"]["status"] == "PASS"
 
 
 def test_beyond_the_budget_it_samples_and_says_so(tmp_path, pipeline):
@@ -279,7 +279,7 @@ def test_beyond_the_budget_it_samples_and_says_so(tmp_path, pipeline):
     res = run("feature_leak_check", db, window_s=LEAK_WINDOW, CQT_CHECK_LEAK_SAMPLES="7",
               CQT_CHECK_LEAK_BUDGET_S="0", **LEAK_ENV)
     assert res.exit_code == 0, res.text()
-    m = metric(res, "leak.recompute.seconds")
+    m = metric(res, "leak.BTC.recompute.seconds")
     assert m.value == 7 and m.reason.startswith(f"sampled: 7 of {LEAK_WINDOW} rows recomputed")
     assert "every second would take about" in m.reason and "over the budget" in m.reason
 
@@ -366,7 +366,7 @@ def test_bad_integrity_budget_is_misconfigured(tmp_path, healthy):
 def test_stream_fill_counts_in_chunks(healthy):
     """The coverage model consumes the chunked reader once and counts what it saw."""
     res = run("altdata_check", healthy)
-    assert metric(res, "binance.markPrice.fill").reason == "600 updates in 600 s"
+    assert metric(res, "binance.BTCUSDT.markPrice.fill").reason == "600 updates in 600 s"
     assert altdata.coverage(iter([1000, 2000]), None, 0, 3000, 1500) == pytest.approx(2000 / 3000)
 
 
