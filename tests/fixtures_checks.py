@@ -51,7 +51,8 @@ def whole_service_stats(start_ms: int, end_ms: int, ws_frames: tuple[int, int]) 
     for t in _every(start_ms, end_ms, 10_000, 0):
         rows += [("cqt-collect-binance", "binance_ws", "", t, ws_frames[0], ws_frames[0], 0),
                  ("cqt-collect-upbit", "upbit", "", t, ws_frames[1], ws_frames[1], 0),
-                 ("cqt-poll-binance", "binance_rest", "", t, 2, 2, 0), ("cqt-poll-coinglass", "coinglass", "", t, 1, 1, 0)]
+                 ("cqt-poll-binance", "binance_rest", "", t, 2, 2, 0),
+                 ("cqt-poll-coinglass", "coinglass", "", t, 1, 1, 0)]
     return rows
 
 
@@ -213,8 +214,9 @@ def settings_for(path: Path, **env: str):
     return load_settings({"CQT_ENV_FILE": "/dev/null", "CQT_DB": str(path), **{k: str(v) for k, v in env.items()}})
 
 
-def run(check: str, path: Path, as_of_ms: int = AS_OF, window_s: int = 600, **env: str):
-    """Run one check in-process (same code path as the program) and return its CheckResult."""
+def run(check: str, path: Path, as_of_ms: int = AS_OF, window_s: int = 600, assets: tuple[str, ...] = (), **env: str):
+    """Run one check in-process (same code path as the program) and return its CheckResult;
+    `assets`: what --symbol would judge (default every asset of CQT_SYMBOLS)."""
     import importlib
 
     from cqt.checks import CHECKS
@@ -222,7 +224,7 @@ def run(check: str, path: Path, as_of_ms: int = AS_OF, window_s: int = 600, **en
 
     module = dict(CHECKS)[check]
     evaluate = importlib.import_module(module).evaluate
-    return run_check(check, evaluate, settings_for(path, **env), as_of_ms, window_s)
+    return run_check(check, evaluate, settings_for(path, **env), as_of_ms, window_s, assets=assets)
 
 
 def metric(res, name: str):
@@ -275,7 +277,8 @@ def store_features(path: Path, t_from_ms: int, t_to_ms: int, compute=None, asset
         conn.close()
 
 
-def add_bookkeeping(path: Path, as_of_ms: int = AS_OF, span_s: int = SPAN_S, assets: tuple[str, ...] = ("BTC",)) -> None:
+def add_bookkeeping(path: Path, as_of_ms: int = AS_OF, span_s: int = SPAN_S,
+                    assets: tuple[str, ...] = ("BTC",)) -> None:
     """What the generator of fixtures_raw leaves out: frame counters per heartbeat, service
     runs, and the funding history a poller fetches on its first start (per asset)."""
     from fixtures_raw import PRICE_USD as RAW_PRICE_USD

@@ -26,8 +26,8 @@ def test_healthy_passes_every_metric(db):
     res = run("altdata_check", db)
     assert res.exit_code == 0, res.text()
     names = [m.name for m in res.metrics]
-    for stream in ("binance.BTCUSDT.aggTrade", "binance.BTCUSDT.markPrice", "binance.BTCUSDT.bookTicker", "upbit.KRW-BTC.trade",
-                   "upbit.KRW-BTC.orderbook"):
+    for stream in ("binance.BTCUSDT.aggTrade", "binance.BTCUSDT.markPrice", "binance.BTCUSDT.bookTicker",
+                   "upbit.KRW-BTC.trade", "upbit.KRW-BTC.orderbook"):
         assert {f"{stream}.lag_s", f"{stream}.fill", f"{stream}.skew_s"} <= set(names)
     for sparse in ("binance.BTCUSDT.forceOrder", "upbit.KRW-USDT.trade"):
         assert f"{sparse}.lag_s" in names and f"{sparse}.fill" not in names
@@ -122,8 +122,8 @@ def test_missing_ratio_period_and_funding(db):
             (AS_OF - 1_000_000, AS_OF - 500_000))
     execute(db, "DELETE FROM binance_funding_rate")
     res = run("altdata_check", db)
-    assert set(failed_names(res)) == {"binance.BTCUSDT.ratios.global_long_short.fill", "binance.BTCUSDT.fundingRate.lag_s",
-                                      "binance.BTCUSDT.fundingRate.fill"}
+    assert set(failed_names(res)) == {"binance.BTCUSDT.ratios.global_long_short.fill",
+                                      "binance.BTCUSDT.fundingRate.lag_s", "binance.BTCUSDT.fundingRate.fill"}
     fill = metric(res, "binance.BTCUSDT.ratios.global_long_short.fill")
     assert fill.value == 0 and "0 of 2 periods present; missing 2026-01-10T11:4" in fill.reason
     assert metric(res, "binance.BTCUSDT.fundingRate.lag_s").value is None

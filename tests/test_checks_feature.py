@@ -100,8 +100,8 @@ def test_misaligned_and_future_rows(db):
     assert "predictions.BTC.ts_ms.misaligned" in failed_names(res)
     # a row stamped after the wall clock (driven by freezegun)
     execute(db, "DELETE FROM predictions WHERE ts_ms % 1000 != 0")
-    execute(db, "INSERT INTO market_1s SELECT symbol, ts_ms + 3600000, open, high, low, close, volume, trade_count, vwap, "
-                "buy_volume, sell_volume, has_trade, close_age_ms, best_bid, best_ask, mid, spread_bps, "
+    execute(db, "INSERT INTO market_1s SELECT symbol, ts_ms + 3600000, open, high, low, close, volume, trade_count, "
+                "vwap, buy_volume, sell_volume, has_trade, close_age_ms, best_bid, best_ask, mid, spread_bps, "
                 "book_imbalance, book_age_ms, binance_last, binance_age_ms, mark_price, index_price, funding_rate, "
                 "mark_age_ms, usdt_krw, usdt_krw_age_ms, kimchi_premium FROM market_1s WHERE ts_ms = ?", (AS_OF,))
     with freeze_time(fmt_ms(AS_OF + 2_000)):

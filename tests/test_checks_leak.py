@@ -202,8 +202,8 @@ def test_structural_parts(db):
     execute(db, "UPDATE market_1s SET close = close + 1000 WHERE ts_ms = ?", (t,))
     execute(db, "UPDATE market_1s SET book_age_ms = -400 WHERE ts_ms = ?", (AS_OF - 333_000,))
     res = run("feature_leak_check", db, **FAST)
-    assert {"leak.BTC.market_1s.negative_ages", "leak.BTC.market_1s.provenance", "leak.BTC.recompute.market_1s.close"} <= \
-        set(failed_names(res))
+    assert {"leak.BTC.market_1s.negative_ages", "leak.BTC.market_1s.provenance",
+            "leak.BTC.recompute.market_1s.close"} <= set(failed_names(res))
     assert f"market_1s.close at {fmt_ms(t)}" in metric(res, "leak.BTC.market_1s.provenance").reason
     assert metric(res, "leak.BTC.market_1s.negative_ages").value == 1
 

@@ -1,5 +1,6 @@
-"""`bin/cqt demo`: a short run against cqt-sim leaves a dataset and a filled report, and
-nothing running; Ctrl-C (SIGINT) stops everything in order."""
+"""`bin/cqt demo`: a short run against cqt-sim with its default two assets (BTC,ETH) leaves
+market_1s rows for each, a dataset and a filled report, and nothing running; Ctrl-C (SIGINT)
+stops everything in order."""
 from __future__ import annotations
 
 import os
@@ -92,6 +93,18 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     for line in ("dataset:  " + str(dataset), "report:   " + str(report), "EXIT_CODE=0"):
         assert line in p.stdout
     assert (out / "logs" / "cqt-collect-binance.log").stat().st_size > 0
+    # the default assets (BTC,ETH): the sim served both and every stage ran per asset
+    import sqlite3
+    conn = sqlite3.connect(f"file:{out / 'cqt.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        per_asset = dict(conn.execute("SELECT symbol, COUNT(*) FROM market_1s GROUP BY symbol").fetchall())
+        trades = {r[0] for r in conn.execute("SELECT DISTINCT symbol FROM binance_agg_trades")}
+        codes = {r[0] for r in conn.execute("SELECT DISTINCT code FROM upbit_trades")}
+    finally:
+        conn.close()
+    assert set(per_asset) == {"BTC", "ETH"} and min(per_asset.values()) >= 30, per_asset
+    assert trades == {"BTCUSDT", "ETHUSDT"} and codes == {"KRW-BTC", "KRW-ETH", "KRW-USDT"}
+    assert set(pq.read_table(dataset, columns=["symbol"]).column("symbol").to_pylist()) == {"BTC", "ETH"}
     assert (out / "demo.env").stat().st_mode & 0o077 == 0          # holds the (demo) key: 0600
     pids = child_pids(out)
     assert len(pids) >= 6 and not [x for x in pids if alive(x)]
