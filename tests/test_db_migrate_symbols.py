@@ -19,7 +19,8 @@ FIXTURE = ROOT / "tests" / "expected" / "cqt-v4-btc.db.gz"
 MADE = json.loads((ROOT / "tests" / "expected" / "cqt-v4-btc.json").read_text())
 #: columns this migration adds, per table (everything else must be byte-for-byte the same)
 ADDED = {"market_1s": {"symbol"}, "predictions": {"symbol"}, "aggregate_late": {"symbol"},
-         "ingest_stats": {"symbol"}, "gaps": {"symbol"}, "resume_state": {"symbol"}, "rejects": {"symbol"}}
+         "ingest_stats": {"symbol"}, "gaps": {"symbol"}, "resume_state": {"symbol"}, "rejects": {"symbol"},
+         "export_runs": {"symbols"}}
 
 
 def _old_db(tmp_path):
@@ -99,3 +100,12 @@ def test_migrated_database_passes_the_pipeline_checks_as_before(migrated, tmp_pa
     assert r.returncode == old["exit_code"], r.stdout[-2000:] + r.stderr[-2000:]
     got = {c["check"]: (c["status"], c["exit_code"]) for c in out["checks"]}
     assert got == {name: (c["status"], c["exit_code"]) for name, c in old["checks"].items()}
+    # judged under the names of the many-symbol scheme: BTC and its venue symbols; the old bare
+    # Coinglass paths count for the one coin configured
+    judged = {c["check"]: {m["name"]: m["status"] for m in c["metrics"]} for c in out["checks"]}
+    assert judged["altdata_check"]["binance.BTCUSDT.aggTrade.lag_s"] == "PASS"
+    assert judged["altdata_check"]["upbit.KRW-BTC.orderbook.frozen_s"] == "PASS"
+    assert judged["feature_check"]["market_1s.BTC.coverage"] == "PASS"
+    assert judged["feature_leak_check"]["leak.BTC.recompute.mismatches"] == "PASS"
+    assert judged["coinglass_check"]["coinglass.BTC.open_interest.ok_calls"] == "PASS"
+    assert out["assets"] == ["BTC"]
