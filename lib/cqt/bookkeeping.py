@@ -86,21 +86,24 @@ def exit_code_counts(conn: sqlite3.Connection, name: str, after_ms: int, until_m
 
 # ------------------------------------------------------------------------------ export_runs
 EXPORT_RUNS_SQL = ("INSERT INTO export_runs (ts_ms, output, size_bytes, rows, horizon_sec, threshold, from_ts_ms, "
-                   "to_ts_ms, drops_json, labels_json, volatility, summary_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+                   "to_ts_ms, drops_json, labels_json, volatility, summary_json, symbols) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
 _EXPORT_KEYS = ("id", "ts_ms", "output", "size_bytes", "rows", "horizon_sec", "threshold", "from_ts_ms",
                 "to_ts_ms", "drops", "labels", "volatility", "summary")
 
 
 def insert_export_run(conn: sqlite3.Connection, *, ts_ms: int, output: str, size_bytes: int, rows: int,
                       horizon_sec: int, threshold: str, from_ts_ms: int, to_ts_ms: int, drops: dict[str, int],
-                      labels: dict[str, int], volatility: float | None, summary: dict[str, Any]) -> None:
-    """One export_runs row in one short write transaction (the report and retention read it)."""
+                      labels: dict[str, int], volatility: float | None, summary: dict[str, Any],
+                      symbols: Sequence[str]) -> None:
+    """One export_runs row in one short write transaction (the report and retention read it);
+    `symbols`: the assets the file holds, in file order (stored comma-separated)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(EXPORT_RUNS_SQL, (
             ts_ms, output, size_bytes, rows, horizon_sec, threshold, from_ts_ms, to_ts_ms,
             json.dumps(drops, sort_keys=True), json.dumps(labels, sort_keys=True), volatility,
-            json.dumps(summary, sort_keys=True)))
+            json.dumps(summary, sort_keys=True), ",".join(symbols)))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -122,16 +125,19 @@ def latest_export(conn: sqlite3.Connection, basename: str, as_of_ms: int) -> dic
     return None
 
 
-def exported_spans(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-    """[from, to] of every export with rows whose file still exists with the recorded size."""
-    spans = []
-    for output, size, lo, hi in conn.execute(
-            "SELECT output, size_bytes, from_ts_ms, to_ts_ms FROM export_runs WHERE rows > 0"):
+def exported_spans_by_asset(conn: sqlite3.Connection) -> dict[str, list[tuple[int, int]]]:
+    """Per asset: [from, to] of every export with rows that holds the asset and whose file still
+    exists with the recorded size (a row without `symbols` is BTC's, as every export before schema 6)."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for output, size, lo, hi, symbols in conn.execute(
+            "SELECT output, size_bytes, from_ts_ms, to_ts_ms, symbols FROM export_runs WHERE rows > 0"):
         try:
-            if os.path.getsize(output) == size:
-                spans.append((int(lo), int(hi)))
+            if os.path.getsize(output) != size:
+                continue
         except OSError:
             continue
+        for asset in filter(None, (a.strip() for a in (symbols or "BTC").split(","))):
+            spans.setdefault(asset, []).append((int(lo), int(hi)))
     return spans
 
 

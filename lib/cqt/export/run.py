@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, exitcodes
+from ..bookkeeping import insert_export_run
 from ..config import ROOT
 from ..db import DatabaseMissing, SchemaTooNew, connect, open_readonly
 from ..outputs import OutputRefused, guard_output
@@ -55,25 +56,12 @@ def export_target(output: str | os.PathLike, db: Path) -> Path:
         raise ExportError(exc.code, str(exc)) from None
 
 
-EXPORT_RUNS_SQL = ("INSERT INTO export_runs (ts_ms, output, size_bytes, rows, horizon_sec, threshold, from_ts_ms, "
-                   "to_ts_ms, drops_json, labels_json, volatility, summary_json, symbols) "
-                   "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
-
-
 def insert_export_row(conn: sqlite3.Connection, res: ExportResult, ts_ms: int) -> None:
-    """The export_runs row with the assets the file holds (`symbols`, schema 6), in one short write
-    transaction. (cqt.bookkeeping.insert_export_run writes the columns before schema 6 only.)"""
-    s = res.summary()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(EXPORT_RUNS_SQL, (
-            ts_ms, str(res.output), res.size_bytes, res.rows, res.horizon_sec, res.threshold.spec, res.from_ms,
-            res.to_ms, json.dumps(res.drops, sort_keys=True), json.dumps(res.labels, sort_keys=True),
-            res.volatility.get("annualized"), json.dumps(s, sort_keys=True), ",".join(res.symbols)))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    """The export_runs row of `res`, with the assets the file holds."""
+    insert_export_run(conn, ts_ms=ts_ms, output=str(res.output), size_bytes=res.size_bytes, rows=res.rows,
+                      horizon_sec=res.horizon_sec, threshold=res.threshold.spec, from_ts_ms=res.from_ms,
+                      to_ts_ms=res.to_ms, drops=res.drops, labels=res.labels,
+                      volatility=res.volatility.get("annualized"), summary=res.summary(), symbols=res.symbols)
 
 
 def record_export(db: Path, res: ExportResult, ts_ms: int | None = None) -> None:

@@ -6,7 +6,6 @@ and an incremental vacuum. Deletes go an hour per short write transaction.
 """
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import exitcodes
+from ..bookkeeping import exported_spans_by_asset
 from ..config import ConfigError, Settings
 from ..db import connect
 from ..featureparams import coinglass_coin_for
@@ -52,19 +52,8 @@ def merge_spans(spans: Iterable[tuple[int, int]], join_gap_ms: int = 1000) -> li
 
 
 def exported_coverage(conn: sqlite3.Connection) -> dict[str, list[tuple[int, int]]]:
-    """Per asset: the time spans covered by an export holding that asset whose file still exists
-    with the recorded size (a row without `symbols` is of BTC, as every export before schema 6)."""
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for output, size, lo, hi, symbols in conn.execute(
-            "SELECT output, size_bytes, from_ts_ms, to_ts_ms, symbols FROM export_runs WHERE rows > 0"):
-        try:
-            if os.path.getsize(output) != size:
-                continue
-        except OSError:
-            continue
-        for asset in filter(None, (symbols or "BTC").split(",")):
-            spans.setdefault(asset.strip(), []).append((int(lo), int(hi)))
-    return {a: merge_spans(s) for a, s in spans.items()}
+    """Per asset: the merged time spans an export of that asset still covers."""
+    return {a: merge_spans(s) for a, s in exported_spans_by_asset(conn).items()}
 
 
 def covered_by_all(coverage: dict[str, list[tuple[int, int]]], assets: Iterable[str]) -> list[tuple[int, int]]:
