@@ -1,7 +1,8 @@
 """`bin/cqt demo`: the whole pipeline against cqt-sim for a few minutes, no keys, no internet.
 
-Starts cqt-sim (seeded, with an hour of history so the collectors backfill at once), the
-four collectors, the aggregator and the scheduler as subprocesses pointed at it, shows the
+Starts cqt-sim (seeded, with an hour of history so the collectors backfill at once) serving
+the assets of `--symbols` (default BTC,ETH), the four collectors, the aggregator and the
+scheduler as subprocesses pointed at it with CQT_SYMBOLS set to them, shows the
 rows arriving, then runs the pipeline checks, an export and the report, and stops
 everything. Everything it writes (database, dataset, report and plots, logs, the settings
 it used) goes under one directory. Ctrl-C stops it in order at any moment (a second
@@ -252,31 +253,37 @@ def wait_ports_file(sim: Proc, path: Path, stopper: Stopper, timeout: float = 60
     raise click.ClickException(f"cqt-sim did not write {path} within {timeout:.0f} s: {tail(sim.log, 5)}")
 
 
-def backfilled(db: Path, backfill_s: int, now: int) -> bool:
-    """The collectors' first-start backfill is complete: Binance aggTrade ids contiguous and
-    reaching back the backfill span, Upbit KRW-BTC trades reaching back likewise."""
+def backfilled(db: Path, backfill_s: int, now: int, assets: tuple[str, ...] = ("BTC",)) -> bool:
+    """The collectors' first-start backfill is complete for every asset: its Binance aggTrade
+    ids contiguous and reaching back the backfill span, its Upbit trades reaching back likewise."""
     if not db.exists():
         return False
     since = now - (backfill_s - 60) * 1000
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
         try:
-            n, lo, hi, first = conn.execute("SELECT count(*), min(agg_id), max(agg_id), min(trade_ts_ms) "
-                                            "FROM binance_agg_trades").fetchone()
-            (up_first,) = conn.execute("SELECT min(trade_ts_ms) FROM upbit_trades WHERE code = 'KRW-BTC'").fetchone()
+            for asset in assets:
+                n, lo, hi, first = conn.execute("SELECT count(*), min(agg_id), max(agg_id), min(trade_ts_ms) "
+                                                "FROM binance_agg_trades WHERE symbol = ?",
+                                                (f"{asset}USDT",)).fetchone()
+                (up_first,) = conn.execute("SELECT min(trade_ts_ms) FROM upbit_trades WHERE code = ?",
+                                           (f"KRW-{asset}",)).fetchone()
+                if not (n and hi - lo + 1 == n and first <= since and up_first is not None and up_first <= since):
+                    return False
         finally:
             conn.close()
     except sqlite3.Error:
         return False
-    return bool(n) and hi - lo + 1 == n and first <= since and up_first is not None and up_first <= since
+    return True
 
 
-def wait_backfilled(db: Path, procs: list[Proc], stopper: Stopper, timeout: float = BACKFILL_TIMEOUT_S) -> None:
+def wait_backfilled(db: Path, procs: list[Proc], stopper: Stopper, assets: tuple[str, ...],
+                    timeout: float = BACKFILL_TIMEOUT_S) -> None:
     """Until the collectors' backfill is in, bounded: the aggregator then starts on complete history."""
     deadline = time.monotonic() + timeout
     backfill_s = int(DEMO_SETTINGS["CQT_BACKFILL_S"])
     while time.monotonic() < deadline:
-        if backfilled(db, backfill_s, now_ms()):
+        if backfilled(db, backfill_s, now_ms(), assets):
             return
         for pr in procs:
             if pr.popen.poll() is not None and not pr.exit_reported:
@@ -348,15 +355,23 @@ def check_window(collected_s: float) -> int:
               help="Where everything goes (default: a new data/demo-YYYYmmdd-HHMMSS, or under /tmp when "
                    "data/ is not writable). Must be new or empty.")
 @click.option("--seed", type=int, default=7, show_default=True, help="cqt-sim's market model seed.")
+@click.option("--symbols", default="BTC,ETH", show_default=True, metavar="LIST",
+              help="Comma-separated base assets: cqt-sim serves them and the services run with CQT_SYMBOLS "
+                   "set to them.")
 @click.option("--seconds", type=click.FloatRange(min=10), default=None, hidden=True,
               help="Collect this many seconds instead of --minutes (tests).")
-def demo(minutes: float, out_dir: Path | None, seed: int, seconds: float | None) -> None:
+def demo(minutes: float, out_dir: Path | None, seed: int, symbols: str, seconds: float | None) -> None:
     """Run the whole pipeline against cqt-sim for a few minutes (no keys, no internet).
 
     cqt-sim, the four collectors, the aggregator and the scheduler run as subprocesses; then
     the pipeline checks, an export and the report. Ctrl-C stops everything in order.
     Exit 0 when every step succeeded, 1 when one failed, 130 when interrupted.
     """
+    from .sim.assets import parse_assets
+    try:
+        assets = parse_assets(symbols)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--symbols") from None
     duration = seconds if seconds is not None else minutes * 60
     out = (out_dir or default_dir()).absolute()
     if out.exists() and any(out.iterdir()):
@@ -375,16 +390,19 @@ def demo(minutes: float, out_dir: Path | None, seed: int, seconds: float | None)
     procs: list[Proc] = []
     sim: Proc | None = None
     code = exitcodes.OK
-    click.echo(f"cqt demo: {duration / 60:.1f} min against cqt-sim (seed {seed}); everything goes to {out}")
+    click.echo(f"cqt demo: {duration / 60:.1f} min against cqt-sim (seed {seed}, {','.join(assets)}); "
+               f"everything goes to {out}")
     try:
         base = child_env(dict(os.environ), {"CQT_ENV_FILE": str(env_file), "MPLCONFIGDIR": str(out / ".cache")})
         ports = out / "sim-ports.json"
         sim = start("cqt-sim", ["--host", "127.0.0.1", "--port", "0", "--seed", str(seed), "--ports-file",
-                                str(ports), "--history", "3600", "--coinglass-key", DEMO_KEY], base, logs, out)
+                                str(ports), "--history", "3600", "--coinglass-key", DEMO_KEY,
+                                "--symbols", ",".join(assets)], base, logs, out)
         endpoints = wait_ports_file(sim, ports, stopper)
         settings = {k: v for k, v in endpoints.items() if k.startswith("CQT_")}
         settings.update({"CQT_DB": str(db), "CQT_REPORT": str(report), "CQT_DATASET_DIR": str(datasets),
-                         "COINGLASS_ENABLED": "true", "COINGLASS_API_KEY": DEMO_KEY, **DEMO_SETTINGS})
+                         "COINGLASS_ENABLED": "true", "COINGLASS_API_KEY": DEMO_KEY, "CQT_SYMBOLS": ",".join(assets),
+                         **DEMO_SETTINGS})
         write_env_file(env_file, settings)
         env = {**base, **settings}
         click.echo(f"cqt-sim: {endpoints.get('CQT_BINANCE_REST_URL', '?')} (log: {sim.log})")
@@ -394,7 +412,7 @@ def demo(minutes: float, out_dir: Path | None, seed: int, seconds: float | None)
                    f"{int(DEMO_SETTINGS['CQT_BACKFILL_S']) // 60} min")
         # The aggregator starts on complete history (seconds it writes before a backfill lands
         # would keep what was known then: the leak check would rightly flag them).
-        wait_backfilled(db, procs, stopper)
+        wait_backfilled(db, procs, stopper, assets)
         for name in SERVICES[len(COLLECTORS):]:
             procs.append(start(name, [], env, logs, out))
         click.echo(f"started {', '.join(SERVICES[len(COLLECTORS):])} (logs: {logs})")
