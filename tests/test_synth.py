@@ -1,6 +1,7 @@
 """`bin/cqt synth`: 10 minutes of synthetic history through the collectors' parsers and the
 pollers' job functions: rows in every table, live-like thinning, latency and polling slots,
-heartbeats per service, and a re-run that stores nothing twice."""
+heartbeats per service, and a re-run that stores nothing twice; several assets each through
+every path."""
 from __future__ import annotations
 
 import json
@@ -91,3 +92,37 @@ def test_synth_rejects_bad_arguments(tmp_path):
     r = run_bin("cqt", "synth", "--hours", "1", "--end", "yesterday-ish", "--db", str(tmp_path / "x.db"), env=env)
     assert r.returncode == 2 and "--end" in r.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.timeout(120)
+def test_synth_many_assets_writes_every_asset_through_every_path(tmp_path):
+    db = tmp_path / "multi.db"
+    r = run_bin("cqt", "synth", "--hours", "0.05", "--db", str(db), "--end", END, "--seed", "4", "--json",
+                "--symbols", "btc,ETH,SOL", env=cqt_env(tmp_path, CQT_COINGLASS_INTERVAL="5m", CQT_SYMBOLS="BTC"),
+                timeout=120)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["symbols"] == ["BTC", "ETH", "SOL"] and s["poll_errors"] == {} and s["rows"]["rejects"] == 0
+    binance = {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+    for table in ("binance_agg_trades", "binance_mark_price", "binance_book_ticker", "binance_open_interest",
+                  "binance_premium_index", "binance_ratios"):
+        assert {x for (x,) in query(db, f"SELECT DISTINCT symbol FROM {table}")} == binance, table
+    assert {x for (x,) in query(db, "SELECT DISTINCT code FROM upbit_trades")} == {
+        "KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-USDT"}
+    assert {x for (x,) in query(db, "SELECT DISTINCT symbol FROM coinglass_open_interest")} == {"BTC", "ETH", "SOL"}
+    # every asset's price level of its own
+    levels = dict(query(db, "SELECT symbol, AVG(price) FROM binance_agg_trades GROUP BY symbol"))
+    assert 50_000 < levels["BTCUSDT"] < 110_000 and 2_000 < levels["ETHUSDT"] < 5_000, levels
+    assert 100 < levels["SOLUSDT"] < 400, levels
+    # one call status row per call: 4 endpoints x 3 coins, none replacing another coin's
+    calls = query(db, "SELECT COUNT(*), COUNT(DISTINCT endpoint), COUNT(DISTINCT id) FROM coinglass_call_status")[0]
+    assert calls[1] == 12 and calls[0] == calls[2] and calls[0] >= 24
+    ws_symbols = {x for (x,) in query(db, "SELECT DISTINCT symbol FROM ingest_stats WHERE source = 'binance_ws'")}
+    assert ws_symbols == binance
+    frames = query(db, "SELECT SUM(frames) FROM ingest_stats WHERE source IN ('upbit', 'binance_ws')")[0][0]
+    assert frames == s["frames"]
+    hb = json.loads(query(db, "SELECT detail FROM heartbeats WHERE service = 'cqt-collect-upbit' LIMIT 1")[0][0])
+    assert hb["symbols"] == ["KRW-BTC", "KRW-ETH", "KRW-SOL", "KRW-USDT"]
+    if s["derived"].startswith("rebuilt"):
+        assert dict(query(db, "SELECT symbol, COUNT(*) FROM market_1s GROUP BY symbol")) == {
+            "BTC": 180, "ETH": 180, "SOL": 180}

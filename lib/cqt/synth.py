@@ -97,15 +97,18 @@ class Counters:
     """Frames/rows/rejects per (service, venue symbol, heartbeat bucket) for ingest_stats
     (symbol '' = counted for the whole service)."""
 
-    def __init__(self, start_ms: int, hb_ms: int):
+    def __init__(self, start_ms: int, hb_ms: int, end_ms: int | None = None):
         self.start = start_ms
         self.hb = hb_ms
+        # a frame received after the last heartbeat (latency past the end) counts in that one
+        self.last = max(1, (end_ms - start_ms) // hb_ms) if end_ms is not None else None
         self.data: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
         self.totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 
     def bucket(self, ts: int) -> int:
         """Heartbeat k (at start + k*hb) reports what arrived in (start+(k-1)hb, start+k*hb]."""
-        return max(1, -(-(ts - self.start) // self.hb))
+        k = max(1, -(-(ts - self.start) // self.hb))
+        return k if self.last is None or k < self.last else self.last
 
     def add(self, service: str, ts: int, frames: int = 0, rows: int = 0, rejects: int = 0,
             symbol: str = "") -> None:
@@ -181,7 +184,7 @@ class Synth:
                               "cqt-poll-binance": list(model.binance_symbols),
                               "cqt-poll-coinglass": list(model.assets)}
         self.hb_ms = max(100, int(settings.heartbeat_s * 1000))
-        self.counters = Counters(start_ms, self.hb_ms)
+        self.counters = Counters(start_ms, self.hb_ms, end_ms)
         self.writer = BatchWriter(db_path, service="cqt-synth", max_rows=50_000, max_delay_s=0.5,
                                   checkpoint_every_s=3600)
         self.rejects = RejectLog(self.writer, secrets=settings.secrets)
