@@ -136,3 +136,7 @@ UPDATE resume_state SET symbol = substr(stream, 1, instr(stream, '@') - 1) WHERE
 
 -- NULL when the frame was too broken to tell.
 ALTER TABLE rejects ADD COLUMN symbol TEXT;
+
+-- The checks and features read one symbol's newest ratio (`symbol = ? AND kind = ? AND ts_ms <= ?`);
+-- without this index SQLite takes (kind, ts_ms) and walks back through every symbol's history.
+CREATE INDEX binance_ratios_symbol_ts ON binance_ratios (symbol, kind, ts_ms);
