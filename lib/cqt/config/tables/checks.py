@@ -23,24 +23,27 @@ THRESHOLDS: tuple[Var, ...] = (
     # ------------------------------------------------------------------ windows
     _T("CQT_CHECK_FILL_LATENCY_S", 2, "newest seconds left out of every fill-rate window (rows still being committed)"),
     # ------------------------------------------------------------------ altdata_check: Binance WebSocket
-    _T("CQT_CHECK_BINANCE_AGGTRADE_LAG_MAX_S", 10, "binance.aggTrade.lag_s: as-of minus newest trade time"),
-    _T("CQT_CHECK_BINANCE_AGGTRADE_FILL_MIN", 0.9, "binance.aggTrade.fill: share of the window's seconds with a trade"),
-    _T("CQT_CHECK_BINANCE_MARKPRICE_LAG_MAX_S", 10, "binance.markPrice.lag_s"),
-    _T("CQT_CHECK_BINANCE_MARKPRICE_FILL_MIN", 0.98, "binance.markPrice.fill: updates received / seconds (1 s stream)"),
-    _T("CQT_CHECK_BINANCE_BOOKTICKER_LAG_MAX_S", 10, "binance.bookTicker.lag_s"),
-    _T("CQT_CHECK_BINANCE_BOOKTICKER_FILL_MIN", 0.9, "binance.bookTicker.fill: share of seconds with an update"),
+    _T("CQT_CHECK_BINANCE_AGGTRADE_LAG_MAX_S", 10, "binance.<SYMBOL>.aggTrade.lag_s: as-of minus newest trade time"),
+    _T("CQT_CHECK_BINANCE_AGGTRADE_FILL_MIN", 0.9,
+       "binance.<SYMBOL>.aggTrade.fill: share of the window's seconds with a trade"),
+    _T("CQT_CHECK_BINANCE_MARKPRICE_LAG_MAX_S", 10, "binance.<SYMBOL>.markPrice.lag_s"),
+    _T("CQT_CHECK_BINANCE_MARKPRICE_FILL_MIN", 0.98,
+       "binance.<SYMBOL>.markPrice.fill: updates received / seconds (1 s stream)"),
+    _T("CQT_CHECK_BINANCE_BOOKTICKER_LAG_MAX_S", 10, "binance.<SYMBOL>.bookTicker.lag_s"),
+    _T("CQT_CHECK_BINANCE_BOOKTICKER_FILL_MIN", 0.9,
+       "binance.<SYMBOL>.bookTicker.fill: share of seconds with an update"),
     _T("CQT_CHECK_BINANCE_FORCEORDER_LAG_MAX_S", 3600,
-       "binance.forceOrder.lag_s (sparse: lag only; counted from the collector's start when none yet)"),
+       "binance.<SYMBOL>.forceOrder.lag_s (sparse: lag only; counted from the collector's start when none yet)"),
     # ------------------------------------------------------------------ altdata_check: Upbit WebSocket
-    _T("CQT_CHECK_UPBIT_KRWBTC_TRADE_LAG_MAX_S", 30, "upbit.KRW-BTC.trade.lag_s"),
-    _T("CQT_CHECK_UPBIT_KRWBTC_TRADE_FILL_MIN", 0.5, "upbit.KRW-BTC.trade.fill: share of seconds with a trade"),
-    _T("CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_LAG_MAX_S", 10, "upbit.KRW-BTC.orderbook.lag_s"),
-    _T("CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_FILL_MIN", 0.9, "upbit.KRW-BTC.orderbook.fill"),
+    _T("CQT_CHECK_UPBIT_KRWBTC_TRADE_LAG_MAX_S", 30, "upbit.KRW-<ASSET>.trade.lag_s (every asset's KRW market)"),
+    _T("CQT_CHECK_UPBIT_KRWBTC_TRADE_FILL_MIN", 0.5, "upbit.KRW-<ASSET>.trade.fill: share of seconds with a trade"),
+    _T("CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_LAG_MAX_S", 10, "upbit.KRW-<ASSET>.orderbook.lag_s"),
+    _T("CQT_CHECK_UPBIT_KRWBTC_ORDERBOOK_FILL_MIN", 0.9, "upbit.KRW-<ASSET>.orderbook.fill"),
     _T("CQT_CHECK_UPBIT_KRWUSDT_TRADE_LAG_MAX_S", 900,
        "upbit.KRW-USDT.trade.lag_s (sparse: lag only; counted from the collector's start when none yet)"),
     _T("CQT_CHECK_BOOK_FROZEN_S", 120,
        "<book>.frozen_s: seconds the best bid/ask stood unchanged while trades printed outside it "
-       "(the Upbit KRW-BTC order book and the Binance bookTicker)", 1),
+       "(each Upbit KRW order book and Binance bookTicker)", 1),
     _T("CQT_CHECK_BOOK_MOVE_BPS", 10,
        "a trade this many basis points outside the unchanged best bid/ask counts as the market moving"),
     # ------------------------------------------------------------------ altdata_check: Binance REST
@@ -49,27 +52,30 @@ THRESHOLDS: tuple[Var, ...] = (
     # ------------------------------------------------------------------ altdata_check: health
     _T("CQT_CHECK_SKEW_MAX_S", 2, "|median(recv_ts_ms - event time)| per WebSocket stream (clock problems)"),
     _T("CQT_CHECK_REJECT_RATIO_MAX", 0.02, "rejects / frames per source in the window"),
-    _T("CQT_CHECK_OPEN_GAPS_MAX", 0, "open gaps (rows in `gaps` still open) per stream"),
+    _T("CQT_CHECK_OPEN_GAPS_MAX", 0, "open gaps (rows in `gaps` still open) per stream and symbol"),
     _T("CQT_CHECK_GAP_GRACE_S", 120, "a gap younger than this is a backfill in progress, not yet counted as open"),
     # ------------------------------------------------------------------ feature_check
     _T("CQT_CHECK_FEATURE_LATENCY_S", 5, "newest seconds left out of the coverage window (aggregate grace delay)"),
-    _T("CQT_CHECK_FEATURE_LAG_MAX_S", 10, "market_1s.lag_s / predictions.lag_s: as-of minus newest row"),
-    _T("CQT_CHECK_COVERAGE_MIN", 0.98, "rows / seconds in the window, per table"),
+    _T("CQT_CHECK_FEATURE_LAG_MAX_S", 10,
+       "market_1s.<ASSET>.lag_s / predictions.<ASSET>.lag_s: as-of minus newest row"),
+    _T("CQT_CHECK_COVERAGE_MIN", 0.98, "rows / seconds in the window, per table and asset"),
     _T("CQT_CHECK_NULL_RATE_MAX", 0.01, "default null-rate limit per column (per-column overrides: see below)"),
     _T("CQT_CHECK_KIMCHI_ABS_MAX", 0.2, "|kimchi_premium| must be below this"),
     _T("CQT_CHECK_FUNDING_ABS_MAX", 0.03, "|funding_rate| must be at most this"),
     _T("CQT_CHECK_LABEL_MIN_SHARE", 0.05,
-       "export.labels.<UP|DOWN|NONE>.share: each class's share of the newest export's rows (all NONE always fails)"),
+       "export.<ASSET>.labels.<UP|DOWN|NONE>.share: each class's share of the asset's newest export rows "
+       "(all NONE always fails)"),
     # ------------------------------------------------------------------ feature_leak_check
-    _T("CQT_CHECK_LEAK_SAMPLES", 50, "t0 sampled in the window for recomputation", 1),
+    _T("CQT_CHECK_LEAK_SAMPLES", 50, "t0 sampled in the window for recomputation, per asset", 1),
     _T("CQT_CHECK_LEAK_BUDGET_S", 30,
-       "seconds the recomputation may take: every second of the window when it fits, else the samples only"),
+       "seconds the recomputation may take for all assets together: every second of the window when it fits, "
+       "else the samples only"),
     _T("CQT_CHECK_LEAK_TOLERANCE", 1e-9, "allowed |stored - recomputed| (relative to max(1, |value|))"),
     _T("CQT_CHECK_LEAK_WARMUP_SHORT", 1, "short warm-up = this x the features' longest look-back"),
     _T("CQT_CHECK_LEAK_WARMUP_LONG", 3, "long warm-up = this x the features' longest look-back"),
     # ------------------------------------------------------------------ coinglass_check
-    _T("CQT_CHECK_COINGLASS_MIN_OK_CALLS", 1, "successful calls per enabled endpoint in the window"),
-    _T("CQT_CHECK_COINGLASS_OK_AGE_MAX_S", 600, "age of the newest successful call per endpoint"),
+    _T("CQT_CHECK_COINGLASS_MIN_OK_CALLS", 1, "successful calls per enabled endpoint and coin in the window"),
+    _T("CQT_CHECK_COINGLASS_OK_AGE_MAX_S", 600, "age of the newest successful call per endpoint and coin"),
     _T("CQT_CHECK_COINGLASS_ERROR_RATIO_MAX", 0.1, "failed calls / calls in the window"),
 )
 
