@@ -83,14 +83,16 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     elapsed = time.monotonic() - t
     print(p.stdout[-6000:], p.stderr[-3000:], f"elapsed {elapsed:.0f} s")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    dataset = out / "datasets" / "btc_1h.parquet"
     import pyarrow.parquet as pq
-    assert pq.read_metadata(dataset).num_rows > 0
+    datasets = {a: out / "datasets" / f"{a.lower()}_1h.parquet" for a in ("BTC", "ETH")}   # one file per asset
+    for asset, dataset in datasets.items():
+        assert pq.read_metadata(dataset).num_rows > 0, asset
+        assert set(pq.read_table(dataset, columns=["symbol"]).column("symbol").to_pylist()) == {asset}
     report = out / "reports" / "step-alt-5.md"
     template = (ROOT / "lib" / "cqt" / "templates" / "step-alt-5.md").read_text()
     assert report.exists() and report.read_text() != template
     assert list((out / "reports").glob("*.png")), "no plots next to the report"
-    for line in ("dataset:  " + str(dataset), "report:   " + str(report), "EXIT_CODE=0"):
+    for line in [f"dataset:  {d}" for d in datasets.values()] + ["report:   " + str(report), "EXIT_CODE=0"]:
         assert line in p.stdout
     assert (out / "logs" / "cqt-collect-binance.log").stat().st_size > 0
     # the default assets (BTC,ETH): the sim served both and every stage ran per asset
@@ -104,7 +106,6 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
         conn.close()
     assert set(per_asset) == {"BTC", "ETH"} and min(per_asset.values()) >= 30, per_asset
     assert trades == {"BTCUSDT", "ETHUSDT"} and codes == {"KRW-BTC", "KRW-ETH", "KRW-USDT"}
-    assert set(pq.read_table(dataset, columns=["symbol"]).column("symbol").to_pylist()) == {"BTC", "ETH"}
     assert (out / "demo.env").stat().st_mode & 0o077 == 0          # holds the (demo) key: 0600
     pids = child_pids(out)
     assert len(pids) >= 6 and not [x for x in pids if alive(x)]

@@ -28,6 +28,7 @@ import click
 
 from . import exitcodes
 from .config import ROOT
+from .export.request import nightly_export_name
 from .timeutil import now_ms
 
 COLLECTORS = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "cqt-poll-coinglass")
@@ -425,12 +426,17 @@ def demo(minutes: float, out_dir: Path | None, seed: int, symbols: str, seconds:
         checks_rc, _ = run_step("pipeline checks", [str(ROOT / "checks" / "run_pipeline_checks.sh"),
                                                     "--window", str(window)], env, out, logs / "checks.log", stopper)
         click.echo(f"   EXIT_CODE={checks_rc}")
-        # Named like the nightly's 1-hour export, so the report's "1시간 Export" table is filled.
-        dataset = datasets / "btc_1h.parquet"
-        export_rc, _ = run_step("export", [str(ROOT / "bin" / "cqt-export"), "--output", str(dataset), "--last", "1h",
-                                           "--horizon", str(DEMO_HORIZON_S),
-                                           "--allow-missing", ",".join(DEMO_ALLOW_MISSING)],
-                                env, out, logs / "export.log", stopper)
+        # One file per asset, named like the nightly's 1-hour exports, so the report's "1시간 Export"
+        # table (BTC) and its per-asset table are filled.
+        datasets_written, export_rc = [], 0
+        for asset in assets:
+            dataset = datasets / nightly_export_name(asset, "1h")
+            rc, _ = run_step(f"export {asset}", [str(ROOT / "bin" / "cqt-export"), "--output", str(dataset),
+                                                 "--symbol", asset, "--last", "1h", "--horizon", str(DEMO_HORIZON_S),
+                                                 "--allow-missing", ",".join(DEMO_ALLOW_MISSING)],
+                             env, out, logs / f"export-{asset.lower()}.log", stopper)
+            datasets_written.append((asset, dataset))
+            export_rc = max(export_rc, rc)
         # Stop the services first, so the report shows this run's stop time and reasons.
         click.echo("\n== stopping the services")
         codes = stop_all(procs, stopper)
@@ -440,7 +446,8 @@ def demo(minutes: float, out_dir: Path | None, seed: int, symbols: str, seconds:
 
         code = int(max(checks_rc != 0, export_rc != 0, report_rc != 0, any(c not in (0, None) for c in codes.values())))
         click.echo("\n== done")
-        for label, path, log_name in (("dataset: ", dataset, "export.log"), ("report:  ", report, "report.log")):
+        shown = [("dataset: ", path, f"export-{asset.lower()}.log") for asset, path in datasets_written]
+        for label, path, log_name in shown + [("report:  ", report, "report.log")]:
             click.echo(f"   {label} {path if path.exists() else f'(not written: see {logs / log_name})'}")
         click.echo(f"   database: {db}")
         click.echo(f"   logs:     {logs}")
