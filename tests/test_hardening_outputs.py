@@ -40,8 +40,8 @@ def make_db(path: Path, seconds: int = 300) -> Path:
              if r[1] not in ("symbol", "ts_ms", "horizon_sec", "model", "score")]
     conn.execute("BEGIN")
     for i in range(seconds):
-        conn.execute("INSERT INTO market_1s (symbol, ts_ms, close, volume, trade_count, buy_volume, sell_volume, has_trade, "
-                     "close_age_ms, book_age_ms, binance_age_ms, mark_age_ms, usdt_krw_age_ms) "
+        conn.execute("INSERT INTO market_1s (symbol, ts_ms, close, volume, trade_count, buy_volume, sell_volume, "
+                     "has_trade, close_age_ms, book_age_ms, binance_age_ms, mark_age_ms, usdt_krw_age_ms) "
                      "VALUES ('BTC', ?, ?, 1, 1, 0.5, 0.5, 1, 0, 100, 100, 100, 1000)",
                      (T + i * S, 1000.0 + (i * 7919 % 13) - 6))
     for i in range(20, seconds - 60):

@@ -144,11 +144,6 @@ class Settings:
         p = Path(p)
         return p if p.is_absolute() else ROOT / p
 
-    @property
-    def binance_symbol(self) -> str:
-        """The first Binance symbol: only for code not yet reading `binance_symbols`."""
-        return self.binance_symbols[0]
-
     def binance_symbol_of(self, asset: str) -> str:
         """The Binance symbol collected for `asset` (``BTC`` -> ``BTCUSDT``)."""
         return _venue_symbol(asset, self.binance_symbols, base_asset_of_binance, binance_symbol)
