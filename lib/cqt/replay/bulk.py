@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from ..db import BUSY_TIMEOUT_MS, open_db
-from ..outputs import fsync_dir, temp_path
+from ..outputs import fsync_dir, pid_alive, temp_path
 
 SIDE_SUFFIXES = ("-journal", "-wal", "-shm")
 
@@ -106,19 +106,9 @@ def remove_stale(db: Path) -> None:
         pid_text = name[len(prefix):]
         for suffix in SIDE_SUFFIXES:
             pid_text = pid_text.removesuffix(suffix)
-        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
             continue
         try:
             os.unlink(db.parent / name)
         except OSError:
             pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
