@@ -23,7 +23,9 @@ NETWORK = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "cqt-
 NO_NETWORK = ("cqt-aggregate", "cqt-scheduler", "cqt-nightly", "cqt-checks")
 ONESHOT = ("cqt-nightly", "cqt-checks")
 TARGET_WANTS = {"cqt-collect-upbit.service", "cqt-collect-binance.service", "cqt-poll-binance.service",
-                "cqt-poll-coinglass.service", "cqt-aggregate.service"}
+                "cqt-poll-coinglass.service", "cqt-aggregate.service", "cqt-dashboard.service"}
+# Long-running without sd_notify (Streamlit's server): Type=exec, listens on loopback TCP.
+LISTENERS = ("cqt-dashboard",)
 # Every service carries these exact settings (the issue's hardening list).
 HARDENING = {
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
@@ -99,7 +101,7 @@ def rendered(tmp_path_factory) -> Path:
 
 
 def test_every_long_running_program_has_a_unit_named_after_it():
-    for name in LONG_RUNNING + ONESHOT[:1]:
+    for name in LONG_RUNNING + LISTENERS + ONESHOT[:1]:
         assert name in PROGRAMS, name
         assert name in TEMPLATES, f"systemd/{name}.service missing"
         unit = parse_unit(TEMPLATES[name])
@@ -115,11 +117,11 @@ def test_target_wants_the_collectors_and_the_aggregator():
     unit = parse_unit(ROOT / "systemd" / "cqt.target")
     wants = {w for line in unit["Unit"]["Wants"] for w in line.split()}
     assert wants == TARGET_WANTS
-    for name in LONG_RUNNING:     # stop/restart of the target reaches every service
+    for name in LONG_RUNNING + LISTENERS:     # stop/restart of the target reaches every service
         assert one(parse_unit(TEMPLATES[name]), "Unit", "PartOf") == "cqt.target"
 
 
-@pytest.mark.parametrize("name", sorted(set(LONG_RUNNING) | set(ONESHOT)))
+@pytest.mark.parametrize("name", sorted(set(LONG_RUNNING) | set(ONESHOT) | set(LISTENERS)))
 def test_service_settings(name):
     unit = parse_unit(TEMPLATES[name])
     svc = unit["Service"]
@@ -138,11 +140,19 @@ def test_service_settings(name):
     if name in NETWORK:
         assert families == ["AF_UNIX", "AF_INET", "AF_INET6"]
         assert "PrivateNetwork" not in svc
+    elif name in LISTENERS:    # serves TCP, talks to nobody but local clients
+        assert families == ["AF_UNIX", "AF_INET", "AF_INET6"]
+        assert one(unit, "Service", "IPAddressDeny") == "any"
+        assert one(unit, "Service", "IPAddressAllow") == "localhost"
     else:
         assert families == ["AF_UNIX"]
         assert one(unit, "Service", "PrivateNetwork") == "yes"
         assert one(unit, "Service", "IPAddressDeny") == "any"
-    if name in LONG_RUNNING:
+    if name in LISTENERS:
+        assert one(unit, "Service", "Type") == "exec"
+        assert one(unit, "Service", "Restart") == "always"
+        assert one(unit, "Service", "RestartPreventExitStatus") == "78"
+    elif name in LONG_RUNNING:
         assert one(unit, "Service", "Type") == "notify"
         assert one(unit, "Service", "NotifyAccess") == "main"
         assert one(unit, "Service", "Restart") in ("always", "on-failure")
@@ -202,7 +212,7 @@ def test_systemd_analyze_security_scores(systemd_analyze, rendered):
     for p in sorted(rendered.glob("*.service")):
         scores[p.stem] = exposure(systemd_analyze, p)
     print("systemd-analyze security --offline=true:", scores)
-    for name in NETWORK:
+    for name in NETWORK + LISTENERS:
         assert scores[name] <= 2.0, scores
     for name in NO_NETWORK:
         assert scores[name] <= 1.0, scores

@@ -73,6 +73,7 @@ PROGRAMS = {
     "cqt-report": "cqt.report.cli:main",
     "cqt-nightly": "cqt.nightly.cli:main",
     "cqt-scheduler": "cqt.scheduler:main",
+    "cqt-dashboard": "cqt.dashboard.cli:main",
     "altdata_check": "cqt.checks.altdata:main",
     "feature_check": "cqt.checks.feature:main",
     "feature_leak_check": "cqt.checks.leak:main",
