@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
+from .. import exitcodes
+from ..config import ConfigError
 from ..options import db_option
 from ..runtime import load_settings_or_exit
 
@@ -34,11 +37,23 @@ def main(db: str | None, port: int | None, address: str | None) -> None:
     exports and database, refreshed every few seconds; GET /healthz answers 200 only when the
     pipeline is healthy (JSON with the reasons otherwise, 503). Stops on SIGTERM."""
     settings = load_settings_or_exit(db=db)
-    port = port or settings.get_int("CQT_DASHBOARD_PORT")
-    address = address or settings.get_str("CQT_DASHBOARD_ADDRESS")
+    try:
+        port = port or settings.get_int("CQT_DASHBOARD_PORT")
+        address = address or settings.get_str("CQT_DASHBOARD_ADDRESS")
+        settings.get_float("CQT_HEALTHZ_CHECK_MAX_AGE_S")   # read by /healthz: a bad value fails now
+    except ConfigError as exc:
+        print(f"cqt-dashboard: {exc}", file=sys.stderr)
+        sys.exit(exitcodes.CONFIG)
     # The page and /healthz load the settings again in this process: the database they read is this one.
     os.environ["CQT_DB"] = str(settings.db)
     from streamlit.web import cli as streamlit_cli
 
+    # SIGTERM: uvicorn stops the server in order, then raises the signal again with the handler
+    # it found, this one: a stop on request is exit 0, not death by signal.
+    signal.signal(signal.SIGTERM, stopped)
     sys.argv = streamlit_argv(port, address)
-    sys.exit(streamlit_cli.main())
+    sys.exit(streamlit_cli.main(standalone_mode=False) or 0)
+
+
+def stopped(signum: int, _frame: object) -> None:
+    sys.exit(0)

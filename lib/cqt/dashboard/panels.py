@@ -33,16 +33,22 @@ TIMINGS: dict[str, float] = {}    # panel -> seconds of its last render (shown i
 
 @contextmanager
 def panel(name: str, settings: Settings) -> Iterator[queries.Reader | None]:
-    """The panel's connection; a missing or unreadable database is an error box, never an exception."""
+    """The panel's connection (None when there is none); a missing or unreadable database, or a
+    statement past its deadline, is an error box in the panel, never an exception."""
     t0 = time.perf_counter()
+    opened = queries.reader(settings.db)
     try:
-        with queries.reader(settings.db) as r:
-            yield r
+        r = opened.__enter__()
     except db.DatabaseMissing:
         st.error(f"database missing: {settings.db}")
+        yield None
+        return
+    try:
+        yield r
     except sqlite3.Error as exc:
         st.error(f"database unreadable: {settings.db}: {exc}")
     finally:
+        opened.__exit__(None, None, None)
         TIMINGS[name] = time.perf_counter() - t0
 
 
@@ -211,21 +217,28 @@ def panel_prices(settings: Settings) -> None:
         if r is None:
             return
         as_of = now_ms()
+        bar = queries.latest_row(r, "market_1s", asset, as_of)
+        if bar is None:
+            st.info(f"no market_1s rows of {asset} yet")
+        else:
+            last, fx = bar["binance_last"], bar["usdt_krw"]
+            krw = None if last is None or fx is None else last * fx
+            st.markdown(table("cqt-prices", ["asset", "at", f"Upbit {settings.upbit_code_of(asset)} KRW",
+                                             f"Binance {settings.binance_symbol_of(asset)} USDT", "KRW/USDT",
+                                             "Binance x KRW/USDT", "kimchi premium"],
+                              [("cqt-price", {"asset": asset, "ts-ms": bar["ts_ms"], "upbit-krw": bar["close"],
+                                              "binance-usdt": bar["binance_last"], "usdt-krw": bar["usdt_krw"],
+                                              "kimchi-premium": bar["kimchi_premium"]},
+                                [asset, fmt_ms(bar["ts_ms"]), krw_text(bar["close"]), text(bar["binance_last"]),
+                                 text(bar["usdt_krw"]), krw_text(krw), pct_text(bar["kimchi_premium"])])]),
+                        unsafe_allow_html=True)
         rows = queries.prices(r, asset, as_of - HOUR_MS, as_of, 10)
         if rows:
             df = pd.DataFrame(rows, columns=["ts_ms", "upbit_krw", "binance_usdt", "usdt_krw", "kimchi_premium"])
             df["time"] = pd.to_datetime(df["ts_ms"], unit="ms")
             df["binance_x_krw_usdt"] = df["binance_usdt"] * df["usdt_krw"]
-            last = df.iloc[-1]
-            cols = st.columns(3)
-            cols[0].metric(f"Upbit {settings.upbit_code_of(asset)} (KRW)", fmt_num(float(last["upbit_krw"])))
-            cols[1].metric(f"Binance {settings.binance_symbol_of(asset)} x KRW/USDT",
-                           fmt_num(float(last["binance_x_krw_usdt"])))
-            cols[2].metric("kimchi premium", fmt_num(float(last["kimchi_premium"])))
             st.line_chart(df, x="time", y=["upbit_krw", "binance_x_krw_usdt"], height=220)
             st.line_chart(df, x="time", y="kimchi_premium", height=160)
-        else:
-            st.info(f"no market_1s rows of {asset} in the last hour")
         latest = queries.latest_row(r, "predictions", asset, as_of)
         nulls = {m.name.split(".")[-2]: m for m in queries.null_rates(r, settings, asset, as_of, 600)}
         if latest:
@@ -236,6 +249,14 @@ def panel_prices(settings: Settings) -> None:
                      for c, v in latest.items() if c not in ("symbol", "ts_ms")]
             st.dataframe(pd.DataFrame(feats, columns=["feature", "value", "null rate", "limit", "status"]),
                          hide_index=True, height=320)
+
+
+def krw_text(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def pct_text(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:.3f} %"
 
 
 # ------------------------------------------------------------------------------ 6 exports and database
