@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 from .. import exitcodes
 from ..db import connect, is_fatal_io
+from ..monitor.jobmetrics import AGGREGATE_FILE, aggregate_metrics
+from ..monitor.textfile import TextfileWriter
 from ..timeutil import fmt_ms, now_ms
 from .asset import AssetAggregator
 from .bars import MARKET_SQL, PREDICTIONS_SQL, SECOND_MS, floor_s
@@ -34,6 +36,8 @@ log = logging.getLogger("cqt.aggregate")
 
 #: how often a waiting asset's collectors' data is looked for again
 WAIT_CHECK_MS = 500
+#: how often cqt_aggregate.prom is rewritten (CQT_TEXTFILE_DIR set): in-memory state and two stat() calls
+TEXTFILE_EVERY_S = 15.0
 #: at most this many assets listed in the heartbeat detail (the ones that need attention first):
 #: a heartbeat row every CQT_HEARTBEAT_S must stay small however many assets are configured
 DETAIL_ASSETS_MAX = 20
@@ -262,9 +266,18 @@ class LiveAggregator:
         return min(limit, max(0.02, (nxt - now) / 1000.0))
 
 
+def write_textfile(agg: LiveAggregator, writer: TextfileWriter) -> bool:
+    """cqt_aggregate.prom from the aggregator's own state (no database read)."""
+    now = agg.clock()
+    return writer.write(aggregate_metrics({s: a.detail(now) for s, a in agg.assets.items()}, agg.db_path,
+                                          agg.rows_written))
+
+
 def serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
     agg = LiveAggregator(svc.settings.db, cfg, svc.writer.call, started_ms=svc.started_ms, sync=svc.writer.flush)
     holder["agg"] = agg
+    textfile = TextfileWriter(svc.settings, AGGREGATE_FILE, "cqt-aggregate")
+    textfile_due = 0.0
     try:
         svc.ready(f"aggregating {','.join(cfg.symbols)} grace={cfg.grace_ms}ms")
         agg.begin()
@@ -279,6 +292,9 @@ def serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:
                 if agg.scan_due():
                     agg.scan_late()
                 errors = 0
+                if textfile.enabled and time.monotonic() >= textfile_due:
+                    textfile_due = time.monotonic() + TEXTFILE_EVERY_S
+                    write_textfile(agg, textfile)
             except sqlite3.OperationalError as exc:
                 if is_fatal_io(exc):
                     raise

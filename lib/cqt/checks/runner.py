@@ -23,6 +23,8 @@ import click
 
 from .. import db, exitcodes
 from ..config import ConfigError
+from ..monitor.healthchecks import pinged_job
+from ..monitor.jobmetrics import write_checks_file
 from ..timeutil import fmt_ms, now_ms
 from . import CHECKS, RUNNER_NAME
 from .base import (
@@ -105,8 +107,10 @@ def overall_summary(results: list[CheckResult], code: int, window_s: int, as_of_
 
 
 def record(path: Path, results: list[CheckResult], code: int, summary: str, window_s: int, as_of_ms: int,
-           elapsed_ms: int, assets: tuple[str, ...] = ()) -> str | None:
-    """Insert one check_runs row per result and one for the runner; returns a warning or None."""
+           elapsed_ms: int, assets: tuple[str, ...] = (), ts_ms: int | None = None) -> str | None:
+    """Insert one check_runs row per result and one for the runner, all stamped `ts_ms` (default
+    now: one run, one time, the same the textfile metrics carry); returns a warning or None."""
+    ts_ms = now_ms() if ts_ms is None else ts_ms
     if not Path(path).exists():
         return f"results not recorded: database {path} does not exist"
     rows = [(r.check, r.exit_code, json.dumps(stored_summary(r))) for r in results]
@@ -124,7 +128,7 @@ def record(path: Path, results: list[CheckResult], code: int, summary: str, wind
             try:
                 conn.execute("INSERT INTO check_runs (ts_ms, check_name, window_s, as_of_ts_ms, exit_code, "
                              "summary_json) VALUES (?, ?, ?, ?, ?, ?)",
-                             (now_ms(), name, window_s, as_of_ms, exit_code, summary_json))
+                             (ts_ms, name, window_s, as_of_ms, exit_code, summary_json))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -167,28 +171,41 @@ def main(window: int, as_of: int | None, db: str | None, as_json: bool, integrit
     --symbol ASSET limits all four to that asset (KRW-USDT is judged too).
 
     Exit 0 only if all four pass, else the highest exit code among them
-    (1 FAIL, 3 could not evaluate, 78 misconfigured; 2 = usage error of this command)."""
+    (1 FAIL, 3 could not evaluate, 78 misconfigured; 2 = usage error of this command).
+    With CQT_HC_URL_CHECKS set, each run pings healthchecks (/start, then /<exit code> with
+    the output); with CQT_TEXTFILE_DIR set, it writes cqt_checks.prom (docs/monitoring.md)."""
     t0 = time.monotonic()
     settings = settings_for_cli(RUNNER_NAME, db)
+    with pinged_job(settings, "CQT_HC_URL_CHECKS", RUNNER_NAME):
+        sys.exit(run_gate(settings, t0, window, as_of, as_json, integrity, symbol))
+
+
+def run_gate(settings, t0: float, window: int, as_of: int | None, as_json: bool, integrity: str,
+             symbol: str | None) -> int:
+    """The gate's run after its settings are loaded: check, record, print; returns the exit code."""
     assets = assets_for_cli(RUNNER_NAME, settings, symbol)
     as_of_ms = now_ms() if as_of is None else as_of
     results = run_all(settings, as_of_ms, window, integrity, assets)
     code = combine_exit_codes([r.exit_code for r in results])
     summary = overall_summary(results, code, window, as_of_ms)
     elapsed_ms = int((time.monotonic() - t0) * 1000)
+    recorded_ms = now_ms()
     if results.damaged:
         warning = "results not recorded: the database failed its integrity check (no writes into a damaged file)"
     else:
-        warning = record(settings.db, results, code, summary, window, as_of_ms, elapsed_ms, assets)
+        warning = record(settings.db, results, code, summary, window, as_of_ms, elapsed_ms, assets, recorded_ms)
+    checks = [r.to_dict() for r in results]
     if as_json:
         click.echo(json.dumps({"check": RUNNER_NAME, "status": overall_status(code), "exit_code": code,
                                "window_s": window, "as_of_ms": as_of_ms, "as_of": fmt_ms(as_of_ms),
                                "assets": list(assets),
                                "summary": summary, "recorded": warning is None, "elapsed_ms": elapsed_ms,
-                               "checks": [r.to_dict() for r in results]}))
+                               "recorded_ts_ms": recorded_ms, "checks": checks}))
     else:
         click.echo(table_text(results, summary))
     if warning:
         click.echo(f"{RUNNER_NAME}: warning: {warning}", err=True)
+    write_checks_file(settings, checks, {"check": RUNNER_NAME, "exit_code": code, "elapsed_ms": elapsed_ms,
+                                         "window_s": window, "as_of_ms": as_of_ms}, recorded_ms)
     log.debug("runner elapsed_ms=%d", elapsed_ms)
-    sys.exit(code)
+    return code

@@ -12,8 +12,12 @@ import click
 from .. import exitcodes
 from ..config import ConfigError
 from ..export.threshold import DEFAULT_THRESHOLD, Threshold
+from ..monitor.healthchecks import pinged_job
+from ..monitor.jobmetrics import NIGHTLY_FILE, nightly_metrics
+from ..monitor.textfile import TextfileWriter
 from ..options import db_option, json_option, window_option
 from ..runtime import load_settings_or_exit, setup_logging
+from ..timeutil import now_ms
 from .job import run_nightly, summary_line
 from .steps import worst
 
@@ -32,9 +36,17 @@ def main(db, window, horizon, threshold, no_retention, as_json):
 
     A failing step does not stop the later ones. Exit code = the worst step's
     (0 all fine, 1 a step failed, 3 could not evaluate, 74 I/O error, 78 bad setting).
+    With CQT_HC_URL_NIGHTLY set it pings healthchecks (/start, then /<exit code> with the
+    output); with CQT_TEXTFILE_DIR set it writes cqt_nightly.prom (docs/monitoring.md).
     """
     settings = load_settings_or_exit(db=db)
     setup_logging("cqt-nightly", settings.log_level, settings.secrets)
+    with pinged_job(settings, "CQT_HC_URL_NIGHTLY", "cqt-nightly"):
+        sys.exit(nightly(settings, window, horizon, threshold, no_retention, as_json))
+
+
+def nightly(settings, window, horizon, threshold, no_retention, as_json) -> int:
+    """The run after the settings are loaded: the lock, the steps, the output; returns the exit code."""
     try:
         Threshold.parse(threshold)
     except ValueError as exc:
@@ -44,7 +56,7 @@ def main(db, window, horizon, threshold, no_retention, as_json):
         settings.get_str("CQT_CAPTURE_DIR")
     except ConfigError as exc:
         click.echo(f"cqt-nightly: {exc}", err=True)
-        sys.exit(exitcodes.CONFIG)
+        return exitcodes.CONFIG
     ddir = settings.dataset_dir
     try:
         ddir.mkdir(parents=True, exist_ok=True)
@@ -54,18 +66,21 @@ def main(db, window, horizon, threshold, no_retention, as_json):
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         click.echo("cqt-nightly: another cqt-nightly is running (lock held); not starting a second one", err=True)
-        sys.exit(exitcodes.FAIL)
+        return exitcodes.FAIL
     except OSError as exc:
         click.echo(f"cqt-nightly: cannot use {ddir}: {exc}", err=True)
-        sys.exit(exitcodes.IOERR)
+        return exitcodes.IOERR
     t = time.monotonic()
     steps = run_nightly(settings, window, horizon, threshold, not no_retention, timeout)
     code = worst(s.code for s in steps)
+    elapsed_s = time.monotonic() - t
+    step_dicts = [{"name": s.name, "exit_code": s.code, "detail": s.detail, "elapsed_s": round(s.elapsed_s, 3),
+                   **s.data} for s in steps]
     if as_json:
-        click.echo(json.dumps({"exit_code": code, "steps": [
-            {"name": s.name, "exit_code": s.code, "detail": s.detail, "elapsed_s": round(s.elapsed_s, 3), **s.data}
-            for s in steps]}, sort_keys=True, default=str))
+        click.echo(json.dumps({"exit_code": code, "steps": step_dicts}, sort_keys=True, default=str))
     else:
-        click.echo(summary_line(steps, time.monotonic() - t))
+        click.echo(summary_line(steps, elapsed_s))
+    TextfileWriter(settings, NIGHTLY_FILE, "cqt-nightly").write(
+        nightly_metrics([{**d, "data": s.data} for d, s in zip(step_dicts, steps)], code, elapsed_s, now_ms()))
     lock.close()
-    sys.exit(code)
+    return code
