@@ -40,7 +40,9 @@ CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 def _apt_get(*args: str) -> subprocess.CompletedProcess | None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=APT_TIMEOUT_S, env=env)
+        # Another install (a parallel test worker, the systemd tests) may hold dpkg's lock: wait for it.
+        return subprocess.run(["apt-get", "-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S // 2}", *args],
+                              capture_output=True, text=True, timeout=APT_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         return None
 
@@ -90,7 +92,7 @@ class PageErrors(list):
 
 
 @contextlib.contextmanager
-def open_page(chromium_path: Path, tmp_path: Path, viewport=(1400, 2400)):
+def open_page(chromium_path: Path, tmp_path: Path, viewport=(1400, 1600)):
     """A new page in a headless chromium with its own fresh profile -> (page, PageErrors).
     The browser is closed on leaving, even on failure."""
     from playwright.sync_api import sync_playwright
@@ -149,6 +151,19 @@ def chart_marks(page) -> list[int]:
 def exception_count(page) -> int:
     """Streamlit's exception boxes on the page (a script that raised)."""
     return page.locator('[data-testid="stException"]').count()
+
+
+def screenshot_whole(page, path: Path) -> Path:
+    """A screenshot of the whole Streamlit page: it scrolls inside its own container, so the
+    viewport is made as tall as that container's content first (a full-page screenshot alone
+    would stop at the viewport)."""
+    height = page.evaluate("() => (document.querySelector('[data-testid=\"stMain\"]') || document.body).scrollHeight")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], int(height) + 50)})
+    page.wait_for_timeout(1000)          # charts and tables lay themselves out again
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    return path
 
 
 class StreamlitServer:

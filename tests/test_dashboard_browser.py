@@ -28,6 +28,7 @@ from browser import (
     exception_count,
     http_json,
     open_page,
+    screenshot_whole,
 )
 from helpers import CHECKS, ROOT, cqt_env, query, start_bin, stop_proc, wait_for
 
@@ -38,8 +39,11 @@ COLLECTORS = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "c
 AGGTRADE_LAG_MAX_S = 5          # low, so a stopped collector is named quickly
 REFRESH_S = 5                   # each panel reruns every 5 s
 SLACK_S = 5                     # render time, a loaded machine
-COMMIT_SLACK_MS = 3000          # rows stamped before the render but committed just after it
+COMMIT_SLACK_MS = 5000          # rows stamped before the render but committed just after it (a loaded machine)
 CHECK_NAMES = ("run_pipeline_checks", "altdata_check", "feature_check", "feature_leak_check", "coinglass_check")
+# The charts a live pipeline always has: the checks' history, Upbit KRW vs Binance x KRW/USDT and
+# the kimchi premium (a rejects chart appears only when there are rejects).
+MIN_CHARTS = 3
 PANELS = ("Checks and gate", "Streams", "Services", "Rejects and Coinglass", "Prices", "Exports and database")
 
 # Everything the page's tables carry, read in one go so the reading has one moment.
@@ -195,8 +199,12 @@ def wait_page(page, pred, timeout: float, what: str) -> dict:
 
 
 def assert_charts_drawn(page, timeout: float = 60) -> list[int]:
-    return wait_for(lambda: (lambda m: m and all(m) and m)(chart_marks(page)), timeout, interval=1,
-                    what="every chart with data marks")
+    """Data marks per chart once there are at least MIN_CHARTS and every one drew some."""
+    try:
+        return wait_for(lambda: (lambda m: len(m) >= MIN_CHARTS and all(m) and m)(chart_marks(page)), timeout,
+                        interval=1, what=f"at least {MIN_CHARTS} charts, each with data marks")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; data marks per chart: {chart_marks(page)}") from None
 
 
 # ------------------------------------------------------------------ /healthz
@@ -339,8 +347,7 @@ def test_dashboard_in_a_browser_and_healthz_on_a_live_pipeline(tmp_path, chromiu
             runs = assert_checks_match(data, db)
             assert all(run[1] == 0 for run in runs.values()), runs
             assert_streams_match(data, read_ms, db, specs)
-            page.screenshot(path=str(tmp_path / "dashboard-healthy.png"), full_page=True)
-            assert (tmp_path / "dashboard-healthy.png").stat().st_size > 10_000
+            assert screenshot_whole(page, tmp_path / "dashboard-healthy.png").stat().st_size > 10_000
             print(f"charts with their data marks: {marks}; screenshots in {tmp_path}")
 
             # -- /healthz on the healthy pipeline
@@ -382,7 +389,7 @@ def test_dashboard_in_a_browser_and_healthz_on_a_live_pipeline(tmp_path, chromiu
             assert "binance.BTCUSDT.aggTrade.lag_s" in failed, failed
             assert_streams_match(data, read_ms, db, specs, frozen=ASSETS)
             assert_charts_drawn(page)
-            page.screenshot(path=str(tmp_path / "dashboard-failing.png"), full_page=True)
+            screenshot_whole(page, tmp_path / "dashboard-failing.png")
             health.wait(503, 10, contains="run_pipeline_checks")
 
             assert errors.settled(page) == [], errors
