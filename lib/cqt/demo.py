@@ -1,12 +1,13 @@
 """`bin/cqt demo`: the whole pipeline against cqt-sim for a few minutes, no keys, no internet.
 
 Starts cqt-sim (seeded, with an hour of history so the collectors backfill at once) serving
-the assets of `--symbols` (default BTC,ETH), the four collectors, the aggregator and the
-scheduler as subprocesses pointed at it with CQT_SYMBOLS set to them, shows the
-rows arriving, then runs the pipeline checks, an export and the report, and stops
-everything. Everything it writes (database, dataset, report and plots, logs, the settings
-it used) goes under one directory. Ctrl-C stops it in order at any moment (a second
-Ctrl-C kills what is left); nothing is left running either way.
+the assets of `--symbols` (default BTC,ETH), the four collectors, the aggregator, the
+scheduler and the dashboard (on a free loopback port; `dashboard: URL` is printed) as
+subprocesses pointed at it with CQT_SYMBOLS set to them, shows the rows arriving, then runs
+the pipeline checks, an export and the report, and stops everything. Everything it writes
+(database, dataset, report and plots, logs, the settings it used) goes under one directory.
+Ctrl-C stops it in order at any moment (a second Ctrl-C kills what is left); nothing is left
+running either way.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +37,8 @@ from .timeutil import now_ms
 
 COLLECTORS = ("cqt-collect-upbit", "cqt-collect-binance", "cqt-poll-binance", "cqt-poll-coinglass")
 SERVICES = (*COLLECTORS, "cqt-aggregate", "cqt-scheduler")
+DASHBOARD = "cqt-dashboard"
+DASHBOARD_WAIT_S = 60.0
 BACKFILL_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0          # per process group: SIGTERM, then SIGKILL (the runtime exits in < 8 s)
 STEP_TIMEOUT_S = 300.0
@@ -344,6 +350,56 @@ def terminal_width() -> int:
     return max(40, shutil.get_terminal_size((150, 20)).columns - 1)
 
 
+def free_port(address: str) -> int:
+    """A port nothing listens on now (the demo's dashboard must not collide with a real one)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET; an HTTP error status is an answer too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
+def start_dashboard(env: dict[str, str], logs: Path, cwd: Path, stopper: Stopper) -> tuple[Proc, str]:
+    """cqt-dashboard on a free loopback port; waits (bounded) until it answers, prints its URL."""
+    address = "127.0.0.1"
+    port = free_port(address)
+    proc = start(DASHBOARD, ["--port", str(port), "--address", address], env, logs, cwd)
+    url = f"http://{address}:{port}/"
+    deadline = time.monotonic() + DASHBOARD_WAIT_S
+    while time.monotonic() < deadline and proc.popen.poll() is None:
+        try:
+            if http_get(url + "_stcore/health", timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        stopper.sleep(0.3)
+    else:
+        click.echo(f"!! {DASHBOARD} is not answering on {url}: {tail(proc.log)}")
+    click.echo(f"dashboard: {url}  (health: {url}healthz)")
+    return proc, url
+
+
+def healthz_line(url: str) -> str:
+    """What /healthz says now, in one line."""
+    try:
+        code, body = http_get(url + "healthz")
+    except OSError as exc:
+        return f"/healthz: no answer ({exc})"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return f"/healthz: {code} (not JSON)"
+    reasons = "; ".join(answer.get("reasons") or [])
+    return f"/healthz: {code} {answer.get('status')}" + (f" ({reasons})" if reasons else "")
+
+
 def check_window(collected_s: float) -> int:
     """The checks judge the last N seconds: the demo's own span minus the start-up minute."""
     return int(max(30, min(600, collected_s - 45)))
@@ -364,8 +420,9 @@ def check_window(collected_s: float) -> int:
 def demo(minutes: float, out_dir: Path | None, seed: int, symbols: str, seconds: float | None) -> None:
     """Run the whole pipeline against cqt-sim for a few minutes (no keys, no internet).
 
-    cqt-sim, the four collectors, the aggregator and the scheduler run as subprocesses; then
-    the pipeline checks, an export and the report. Ctrl-C stops everything in order.
+    cqt-sim, the four collectors, the aggregator, the scheduler and the dashboard (on a free
+    loopback port, its URL printed) run as subprocesses; then the pipeline checks, an export and
+    the report. Ctrl-C stops everything in order.
     Exit 0 when every step succeeded, 1 when one failed, 130 when interrupted.
     """
     from .sim.assets import parse_assets
@@ -417,6 +474,8 @@ def demo(minutes: float, out_dir: Path | None, seed: int, symbols: str, seconds:
         for name in SERVICES[len(COLLECTORS):]:
             procs.append(start(name, [], env, logs, out))
         click.echo(f"started {', '.join(SERVICES[len(COLLECTORS):])} (logs: {logs})")
+        dashboard, dashboard_url = start_dashboard(env, logs, out, stopper)
+        procs.append(dashboard)
         t0 = time.monotonic()
         counts = collect(procs, db, duration, stopper, tty)
         collected_s = time.monotonic() - t0
@@ -437,6 +496,7 @@ def demo(minutes: float, out_dir: Path | None, seed: int, symbols: str, seconds:
                              env, out, logs / f"export-{asset.lower()}.log", stopper)
             datasets_written.append((asset, dataset))
             export_rc = max(export_rc, rc)
+        click.echo(f"\n== dashboard {dashboard_url}\n   {healthz_line(dashboard_url)}")
         # Stop the services first, so the report shows this run's stop time and reasons.
         click.echo("\n== stopping the services")
         codes = stop_all(procs, stopper)
