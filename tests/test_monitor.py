@@ -304,6 +304,39 @@ def test_a_textfile_that_cannot_be_written_changes_nothing(db, tmp_path):
     assert len(warned) == 1 and "exit code is unchanged" in warned[0], p.stderr
 
 
+def test_a_gate_that_cannot_evaluate_pings_3_and_says_so_in_its_file(tmp_path, hc):
+    missing = tmp_path / "absent" / "cqt.db"
+    p = gate(tmp_path, *AS_OF_ARGS, CQT_DB=str(missing), **ENV, CQT_HC_URL_CHECKS=hc.url,
+             CQT_TEXTFILE_DIR=str(tmp_path / "prom"))
+    assert exit_code(p) == 3
+    assert [path.rsplit("/", 1)[1] for path, _, _ in hc.seen] == ["start", "3"]
+    assert b"database not found" in hc.seen[1][2]
+    m = parse_prom(tmp_path / "prom" / "cqt_checks.prom")
+    assert set(m["cqt_check_exit_code"].values()) == {3.0} and len(m["cqt_check_exit_code"]) == 5
+    assert "cqt_stream_lag_seconds" not in m and not missing.exists()
+
+
+def test_textfile_writer_warns_once_until_a_write_succeeds(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="cqt.monitor")
+    settings = load_settings({"CQT_ENV_FILE": "/dev/null", "CQT_DB": str(tmp_path / "x.db"),
+                              "CQT_TEXTFILE_DIR": str(tmp_path / "prom")})
+    writer = TextfileWriter(settings, "t.prom", "t")
+
+    def broken() -> MetricSet:
+        raise TypeError("a bug in a builder")
+
+    def warnings() -> int:
+        return sum(r.levelname == "WARNING" for r in caplog.records)
+
+    assert writer.write(broken) is False and writer.write(broken) is False and warnings() == 1
+    ms = MetricSet()
+    ms.gauge("cqt_t", "t").set(1)
+    assert writer.write(ms) and (tmp_path / "prom" / "t.prom").read_text().endswith("cqt_t 1.0\n")
+    assert writer.write(broken) is False and warnings() == 2
+    off = TextfileWriter(load_settings({"CQT_ENV_FILE": "/dev/null", "CQT_DB": str(tmp_path / "x.db")}), "t.prom", "t")
+    assert not off.enabled and off.write(ms) is False
+
+
 def test_metric_name_labels():
     assert stream_labels("binance.BTCUSDT.aggTrade.lag_s") == ("binance.aggTrade", "BTCUSDT", "lag_s")
     assert stream_labels("binance.ETHUSDT.ratios.taker_buy_sell.fill") == \

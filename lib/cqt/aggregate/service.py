@@ -267,10 +267,10 @@ class LiveAggregator:
 
 
 def write_textfile(agg: LiveAggregator, writer: TextfileWriter) -> bool:
-    """cqt_aggregate.prom from the aggregator's own state (no database read)."""
+    """cqt_aggregate.prom from the aggregator's own state (no database read); never raises."""
     now = agg.clock()
-    return writer.write(aggregate_metrics({s: a.detail(now) for s, a in agg.assets.items()}, agg.db_path,
-                                          agg.rows_written))
+    return writer.write(lambda: aggregate_metrics({s: a.detail(now) for s, a in agg.assets.items()},
+                                                  agg.db_path, agg.rows_written))
 
 
 def serve(svc: Any, cfg: AggregateConfig, holder: dict[str, Any]) -> int:

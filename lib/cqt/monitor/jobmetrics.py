@@ -155,14 +155,8 @@ def reject_totals(db_path: str | os.PathLike) -> list[tuple[str, str, int]]:
 def write_checks_file(settings, checks: list[dict[str, Any]], runner: dict[str, Any], ts_ms: int) -> bool:
     """cqt_checks.prom when CQT_TEXTFILE_DIR is set; never raises (a failure is one warning)."""
     writer = TextfileWriter(settings, CHECKS_FILE, runner["check"])
-    if not writer.enabled:
-        return False
-    try:
-        ms = checks_metrics(checks, runner, ts_ms, reject_totals(settings.db))
-    except Exception as exc:  # noqa: BLE001 - the metrics never change the gate's exit code
-        writer.warn(f"textfile metrics not built: {type(exc).__name__}: {exc}")
-        return False
-    return writer.write(ms)
+    return writer.enabled and writer.write(
+        lambda: checks_metrics(checks, runner, ts_ms, reject_totals(settings.db)))
 
 
 def nightly_metrics(steps: list[dict[str, Any]], code: int, elapsed_s: float, ts_ms: int) -> MetricSet:

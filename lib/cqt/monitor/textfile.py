@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..config import ConfigError, Settings, check_path
 from ..outputs import write_atomic
@@ -116,12 +116,13 @@ class TextfileWriter:
         self.warned = True
         log.warning("%s: %s (the job's exit code is unchanged)", self.job, text)
 
-    def write(self, metrics: MetricSet) -> bool:
-        """Replace the file with `metrics`; False (and one warning) when that failed."""
+    def write(self, metrics: MetricSet | Callable[[], MetricSet]) -> bool:
+        """Replace the file with `metrics` (or what calling it builds, so a failure to build is
+        caught here too); False (and one warning) when that failed. Never raises."""
         if self.path is None:
             return False
         try:
-            data = metrics.render()
+            data = (metrics() if callable(metrics) else metrics).render()
 
             def put(tmp: Path) -> None:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)

@@ -80,7 +80,7 @@ def nightly(settings, window, horizon, threshold, no_retention, as_json) -> int:
         click.echo(json.dumps({"exit_code": code, "steps": step_dicts}, sort_keys=True, default=str))
     else:
         click.echo(summary_line(steps, elapsed_s))
-    TextfileWriter(settings, NIGHTLY_FILE, "cqt-nightly").write(
-        nightly_metrics([{**d, "data": s.data} for d, s in zip(step_dicts, steps)], code, elapsed_s, now_ms()))
+    TextfileWriter(settings, NIGHTLY_FILE, "cqt-nightly").write(lambda: nightly_metrics(
+        [{**d, "data": s.data} for d, s in zip(step_dicts, steps)], code, elapsed_s, now_ms()))
     lock.close()
     return code
