@@ -4,6 +4,7 @@ stops everything in order."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -94,6 +95,9 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     assert list((out / "reports").glob("*.png")), "no plots next to the report"
     for line in [f"dataset:  {d}" for d in datasets.values()] + ["report:   " + str(report), "EXIT_CODE=0"]:
         assert line in p.stdout
+    # the dashboard ran beside the services on a loopback port, and /healthz agreed with the checks
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/ ", p.stdout, re.M), p.stdout[-3000:]
+    assert re.search(r"^   /healthz: 200 ok$", p.stdout, re.M), p.stdout[-3000:]
     assert (out / "logs" / "cqt-collect-binance.log").stat().st_size > 0
     # the default assets (BTC,ETH): the sim served both and every stage ran per asset
     import sqlite3
@@ -109,6 +113,7 @@ def test_demo_leaves_a_dataset_and_a_report_and_nothing_running(tmp_path):
     assert (out / "demo.env").stat().st_mode & 0o077 == 0          # holds the (demo) key: 0600
     pids = child_pids(out)
     assert len(pids) >= 6 and not [x for x in pids if alive(x)]
+    assert "cqt-dashboard=0" in p.stdout      # stopped by SIGTERM: exit 0
     assert not leftovers, leftovers
 
 
