@@ -17,7 +17,7 @@ LONG_MODULES: dict[str, str] = {}
 FOUNDATION = ("cqt.config", "cqt.db", "cqt.writer", "cqt.sinks", "cqt.redact", "cqt.runtime", "cqt.logsetup",
               "cqt.instance", "cqt.timeutil", "cqt.exitcodes")
 NOT_FOR_FOUNDATION = ("cqt.venues", "cqt.checks", "cqt.export", "cqt.report", "cqt.nightly", "cqt.aggregate",
-                      "cqt.sim", "cqt.collector")
+                      "cqt.sim", "cqt.collector", "cqt.dashboard")
 CLIENT = ("cqt.venues", "cqt.collector", "cqt.stream", "cqt.poll", "cqt.rest", "cqt.backfill", "cqt.replay")
 
 
@@ -189,3 +189,17 @@ def test_the_sim_shares_no_client_code():
     bad = {m: sorted(t for t in _reachable(m) if _within(t, CLIENT)) for m in MODULES if _within(m, ("cqt.sim",))}
     bad = {m: ts for m, ts in bad.items() if ts}
     assert not bad, f"sim modules reaching client code: {bad}"
+
+
+# The dashboard reads: checks (their metrics and thresholds), bookkeeping, the job table, and the
+# foundation. It writes nothing, so it imports no writer, collector, venue, export or aggregate code.
+DASHBOARD_MAY_IMPORT = ("cqt.dashboard", "cqt.checks", "cqt.bookkeeping", "cqt.schedule", "cqt.symbols",
+                        "cqt.units", "cqt.options", "cqt.exitcodes", "cqt.config", "cqt.db", "cqt.timeutil",
+                        "cqt.runtime")
+
+
+def test_the_dashboard_imports_only_what_it_reads_with():
+    bad = {m: sorted({t for t, _n, _l in IMPORTS[m] if not _within(t, DASHBOARD_MAY_IMPORT)})
+           for m in MODULES if _within(m, ("cqt.dashboard",))}
+    bad = {m: ts for m, ts in bad.items() if ts}
+    assert not bad, f"dashboard modules importing beyond checks, bookkeeping and the foundation: {bad}"
