@@ -241,6 +241,7 @@ def test_checks_textfile_equals_the_json_and_check_runs(db, tmp_path):
     out = json.loads(p.stdout.strip().splitlines()[0])
     path = prom_dir / "cqt_checks.prom"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644                    # whatever the umask
+    assert stat.S_IMODE(prom_dir.stat().st_mode) == 0o755                # created by the gate
     assert sorted(os.listdir(prom_dir)) == ["cqt_checks.prom"]           # no temp file left
     m = parse_prom(path)
     by = {c["check"]: c for c in out["checks"]}
@@ -426,3 +427,55 @@ def test_the_aggregator_service_writes_its_file(tmp_path):
     newest = query(db, "SELECT MAX(ts_ms) FROM market_1s WHERE symbol = 'BTC'")[0][0]
     assert 0 < m["cqt_aggregate_last_bar_timestamp_seconds"][(("asset", "BTC"),)] <= newest / 1000
     assert m["cqt_db_bytes"][()] > 0 and stat.S_IMODE(prom.stat().st_mode) == 0o644
+
+
+# ------------------------------------------------------------------------------ node_exporter reads them
+@pytest.fixture(scope="module")
+def node_exporter() -> str:
+    import shutil
+    exe = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus-node-exporter"],
+                       capture_output=True, timeout=300)
+        exe = shutil.which("prometheus-node-exporter")
+    if exe is None:
+        pytest.skip("node_exporter not found and cannot install the Debian package 'prometheus-node-exporter'")
+    return exe
+
+
+def test_node_exporter_serves_the_files_without_a_scrape_error(db, tmp_path, node_exporter):
+    import urllib.request
+    prom_dir = tmp_path / "prom"
+    p = gate(tmp_path, *AS_OF_ARGS, umask="077", CQT_DB=str(db), **{**ENV, "COINGLASS_API_KEY": ""},
+             CQT_TEXTFILE_DIR=str(prom_dir))
+    assert exit_code(p) == 1
+    settings = load_settings({"CQT_ENV_FILE": "/dev/null", "CQT_DB": str(db), "CQT_TEXTFILE_DIR": str(prom_dir)})
+    agg = LiveAggregator(db, AggregateConfig(assets=(FeatureParams(),)), DirectWriter(db))
+    assert write_textfile(agg, TextfileWriter(settings, AGGREGATE_FILE, "cqt-aggregate"))
+    agg.close()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([node_exporter, f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+                             "--collector.textfile", f"--collector.textfile.directory={prom_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+        text = wait_for(scrape, 20, what="node_exporter's /metrics")
+    finally:
+        stop_proc(proc)
+    got: dict[str, dict[tuple, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            got.setdefault(smp.name, {})[tuple(sorted(smp.labels.items()))] = smp.value
+    assert got["node_textfile_scrape_error"] == {(): 0.0}
+    assert {dict(k)["file"].rsplit("/", 1)[-1] for k in got["node_textfile_mtime_seconds"]} == {
+        "cqt_checks.prom", "cqt_aggregate.prom"}
+    mine = parse_prom(prom_dir / "cqt_checks.prom")
+    for name in ("cqt_check_exit_code", "cqt_stream_lag_seconds", "cqt_stream_fill_ratio", "cqt_gaps_open"):
+        assert got[name] == mine[name], name
+    assert got["cqt_check_exit_code"][(("check", "coinglass_check"),)] == 1.0
+    assert got["cqt_db_bytes"][()] > 0

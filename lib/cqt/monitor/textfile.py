@@ -24,6 +24,7 @@ from ..outputs import write_atomic
 log = logging.getLogger("cqt.monitor")
 
 FILE_MODE = 0o644
+DIR_MODE = 0o755        # a directory this writer had to create
 
 
 class Family:
@@ -130,6 +131,11 @@ class TextfileWriter:
                     os.fchmod(fh.fileno(), FILE_MODE)     # whatever the umask says
                     fh.write(data)
 
+            directory = self.path.parent
+            if not directory.is_dir():
+                # ours: readable by node_exporter's user whatever the umask (an existing one is left alone)
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chmod(directory, DIR_MODE)
             write_atomic(self.path, write=put, keep_mode=False)
         except Exception as exc:  # noqa: BLE001 - a metrics file never changes what the job does
             self.warn(f"cannot write textfile metrics {self.path}: {type(exc).__name__}: {exc}")
