@@ -64,7 +64,7 @@ class Pinger:
         self._start: tuple[threading.Thread, dict, float] | None = None
         scheme = urlsplit(self.url).scheme.lower()
         if scheme not in ("http", "https"):
-            self._warn("start", f"not an http(s) URL ({scheme or 'no scheme'}); no pings are sent")
+            self._warn("/start", f"not an http(s) URL ({scheme or 'no scheme'}); no pings are sent")
             self.gave_up = True
 
     def masked(self, text: str) -> str:
@@ -126,7 +126,7 @@ class Pinger:
         if self._start is not None:
             t, outcome, deadline = self._start
             self._start = None
-            self._wait("start", t, outcome, deadline)
+            self._wait("/start", t, outcome, deadline)
         if self.gave_up:
             return
         code = code if 0 <= code <= 255 else exitcodes.FAIL
