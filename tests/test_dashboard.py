@@ -21,7 +21,7 @@ import fixtures_checks as fc
 from cqt import bookkeeping
 from cqt.checks import runner
 from cqt.checks.thresholds import Thresholds
-from cqt.dashboard import health, queries
+from cqt.dashboard import health, longfill, queries
 from cqt.timeutil import now_ms
 from helpers import PY, ROOT, cqt_env, python_env, start_bin, stop_proc, wait_for
 
@@ -213,6 +213,27 @@ def test_streams_panel_fill_is_the_check_s_fill(page_env):
         want = queries.stream_metrics(r, settings, ref, now_ms(), 600)["fill"].value
     # the page rendered a moment earlier: the fill window may have moved by a second
     assert abs(float(row["cells"][7].rstrip("%")) - want * 100) <= 0.5
+
+
+def test_streams_panel_shows_the_fills_computed_beside_it(page_env, monkeypatch):
+    """The 1 h and 24 h fills come from the background computation: altdata_check's metric over
+    those windows, shown with the time they were computed."""
+    path, end = page_env
+    settings = fc.settings_for(path, **fc.symbols_env(ASSETS))
+    monkeypatch.setattr(longfill, "now_ms", lambda: end)
+    fills = longfill.long_fills(settings)
+    for window_s in (3600, 86400):
+        fills.compute(window_s)
+    refs = {r.name: r for r in queries.stream_refs(settings)}
+    at = run_panel("panel_streams")
+    rows = {r["data"]["stream"]: r["cells"] for r in table_rows(at, "cqt-streams")}
+    with queries.reader(path) as r:
+        for name in ("binance.BTCUSDT.bookTicker", "upbit.KRW-ETH.trade", "binance.ETHUSDT.markPrice"):
+            want = [queries.stream_metrics(r, settings, refs[name], end, w)["fill"].value for w in (3600, 86400)]
+            assert rows[name][8:10] == [f"{w:.1%}" for w in want], name
+            assert 0 < want[1] < want[0] <= 1     # the fixture holds 20 minutes
+    assert rows["binance.BTCUSDT.forceOrder"][7:10] == ["-", "-", "-"]       # sparse: lag only
+    assert any("fill 24h computed at" in c.value for c in at.caption)
 
 
 def test_services_panel_shows_newest_heartbeats(page_env):

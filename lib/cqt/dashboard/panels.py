@@ -23,11 +23,12 @@ from ..schedule import JOBS
 from ..symbols import coinglass_coin
 from ..timeutil import fmt_ms, now_ms
 from ..units import fmt_bytes
-from . import queries
+from . import longfill, queries
 from .render import state_cell, table, text
 
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
-FILL_WINDOWS = (("fill 10m", 600, 0), ("fill 1h", 3600, 30), ("fill 24h", 86400, 300))   # (label, s, cache s)
+FILL_WINDOW_S = 600          # the fill computed while drawing (altdata_check's default window)
+LONG_FILLS = (("fill 1h", 3600), ("fill 24h", 86400))   # computed beside the page (longfill)
 TIMINGS: dict[str, float] = {}    # panel -> seconds of its last render (shown in the page footer)
 
 
@@ -103,24 +104,6 @@ def panel_checks(settings: Settings) -> None:
 
 
 # ------------------------------------------------------------------------------ 2 streams
-@st.cache_data(ttl=300, show_spinner=False, max_entries=2000)
-def _fill(db_path: str, settings_key: tuple, ref_name: str, bucket: int, window_s: int,
-          _settings: Settings, _ref: queries.StreamRef) -> float | None:
-    """altdata_check's fill of one stream over a window ending at `bucket` (cached per bucket)."""
-    with queries.reader(db_path) as r:
-        m = queries.stream_metrics(r, _settings, _ref, bucket, window_s).get("fill")
-    return None if m is None else m.value
-
-
-def stream_fill(settings: Settings, ref: queries.StreamRef, as_of_ms: int, window_s: int, cache_s: int,
-                r: queries.Reader) -> float | None:
-    if not cache_s:
-        m = queries.stream_metrics(r, settings, ref, as_of_ms, window_s).get("fill")
-        return None if m is None else m.value
-    bucket = as_of_ms // (cache_s * 1000) * cache_s * 1000
-    return _fill(str(settings.db), tuple(sorted(settings.raw.items())), ref.name, bucket, window_s, settings, ref)
-
-
 def panel_streams(settings: Settings) -> None:
     st.subheader("Streams")
     with panel("streams", settings) as r:
@@ -128,14 +111,20 @@ def panel_streams(settings: Settings) -> None:
             return
         as_of = now_ms()
         th = Thresholds(settings)
-        rows = []
+        background = longfill.long_fills(settings)
+        rows, computed = [], {}
         for ref in queries.stream_refs(settings):
             newest, age = queries.stream_age_s(r, ref, as_of)
             limit = th(ref.lag_env)
             ok = age is not None and age <= limit
             per_min = queries.rows_between(r, ref, as_of - 60_000, as_of)
-            fills = [stream_fill(settings, ref, as_of, w, c, r) if ref.stream.fill else None
-                     for _, w, c in FILL_WINDOWS]
+            fills: list[float | None | str] = [None] * (1 + len(LONG_FILLS))
+            if ref.stream.fill:
+                m = queries.stream_metrics(r, settings, ref, as_of, FILL_WINDOW_S).get("fill")
+                fills[0] = None if m is None else m.value
+                for i, (label, window_s) in enumerate(LONG_FILLS, 1):
+                    value, computed[label] = background.get(ref.name, window_s)
+                    fills[i] = "…" if computed[label] is None else value
             rows.append(("cqt-stream", {"stream": ref.name, "venue": ref.stream.venue, "kind": ref.stream.name,
                                         "symbol": ref.symbol, "newest-ms": newest,
                                         "age-s": None if age is None else round(age, 1), "limit-s": fmt_num(limit),
@@ -143,10 +132,13 @@ def panel_streams(settings: Settings) -> None:
                          [ref.stream.venue, ref.stream.name, ref.symbol,
                           None if age is None else round(age, 1), fmt_num(limit),
                           state_cell(ok, "OK" if ok else "STALE"), per_min,
-                          *[None if f is None else f"{f:.1%}" for f in fills]]))
+                          *[f if f is None or isinstance(f, str) else f"{f:.1%}" for f in fills]]))
         st.markdown(table("cqt-streams", ["venue", "stream", "symbol", "age_s", "limit_s", "state", "rows/min",
-                                          *[label for label, _, _ in FILL_WINDOWS]], rows, frozenset({5})),
+                                          "fill 10m", *[label for label, _ in LONG_FILLS]], rows, frozenset({5})),
                     unsafe_allow_html=True)
+        st.caption("fill: altdata_check's fill rate of the window ending now; "
+                   + "; ".join(f"{label} computed at {fmt_ms(t)}" if t else f"{label}: being computed"
+                               for label, t in computed.items()))
         symbols = sorted({s for a in settings.assets for s in (settings.binance_symbol_of(a),
                                                                 settings.upbit_code_of(a), coinglass_coin(a))}
                          | {settings.usdt_code})
