@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,40 +25,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import start_bin, stop_proc
+from helpers import debian_tool, start_bin, stop_proc
 
 CHROMIUM = Path("/usr/bin/chromium")
-APT_TIMEOUT_S = 900            # a first chromium install pulls ~100 MB of packages
 # Without the background-networking flags chromium keeps trying to reach Google's services,
 # which on a closed network is a stream of refused connections (and console noise).
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
 
-def _apt_get(*args: str) -> subprocess.CompletedProcess | None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        # Another install (a parallel test worker, the systemd tests) may hold dpkg's lock: wait for it.
-        return subprocess.run(["apt-get", "-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S // 2}", *args],
-                              capture_output=True, text=True, timeout=APT_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        return None
-
-
 def install_chromium() -> tuple[Path | None, str]:
     """The chromium binary, installed from Debian when missing and possible -> (path or None, why not)."""
-    if CHROMIUM.exists():
-        return CHROMIUM, ""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None, "chromium not found and cannot install the Debian package 'chromium' (not root or no apt-get)"
-    r = _apt_get("install", "-y", "-q", "chromium")
-    if not CHROMIUM.exists():           # a fresh machine may have no package lists yet
-        _apt_get("update", "-q")
-        r = _apt_get("install", "-y", "-q", "chromium")
-    if CHROMIUM.exists():
-        return CHROMIUM, ""
-    tail = "timed out" if r is None else (r.stderr or r.stdout).strip()[-500:]
-    return None, f"apt-get install chromium failed: {tail}"
+    path, why = debian_tool("chromium", str(CHROMIUM))
+    return (Path(path) if path else None), why
 
 
 @pytest.fixture(scope="session")

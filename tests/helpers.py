@@ -141,3 +141,44 @@ def tmpfs(mountpoint: Path, size: str):
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=20)
+
+
+APT_TIMEOUT_S = 900     # a first chromium install pulls ~100 MB of packages
+
+
+def _apt_get(*args: str) -> subprocess.CompletedProcess | None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        # Another install (a parallel test worker) may hold dpkg's lock: wait for it.
+        return subprocess.run(["apt-get", "-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S // 2}", *args],
+                              capture_output=True, text=True, timeout=APT_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def debian_tool(package: str, *names: str, no_recommends: bool = False) -> tuple[str | None, str]:
+    """The path of the first of `names` on PATH (or an absolute path that exists), installing the
+    Debian `package` when none is there and this is root with apt-get -> (path or None, why not).
+    Tests skip with the reason: the tools are the test set-up's to install, never assumed."""
+    import shutil
+
+    def found() -> str | None:
+        for n in names:
+            p = n if os.path.isabs(n) and os.path.exists(n) else shutil.which(n)
+            if p:
+                return p
+        return None
+
+    if found():
+        return found(), ""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, f"{names[0]} not found and cannot install the Debian package '{package}' (not root or no apt-get)"
+    cmd = ("install", "-y", "-q") + (("--no-install-recommends",) if no_recommends else ()) + (package,)
+    r = _apt_get(*cmd)
+    if not found():                    # a fresh machine may have no package lists yet
+        _apt_get("update", "-q")
+        r = _apt_get(*cmd)
+    if found():
+        return found(), ""
+    tail = "timed out" if r is None else (r.stderr or r.stdout).strip()[-500:]
+    return None, f"apt-get install {package} failed: {tail}"

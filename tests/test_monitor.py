@@ -28,7 +28,7 @@ from cqt.monitor.jobmetrics import AGGREGATE_FILE, gap_labels, reject_labels, st
 from cqt.monitor.textfile import MetricSet, TextfileWriter
 from fixtures_checks import AS_OF, COINGLASS_OK_ENV, LEAK_ENV, make_pipeline_db
 from fixtures_raw import DirectWriter, at, make_raw_db
-from helpers import CHECKS, ROOT, cqt_env, query, run_bin, start_bin, stop_proc, wait_for
+from helpers import CHECKS, ROOT, cqt_env, debian_tool, query, run_bin, start_bin, stop_proc, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 ENV = {**LEAK_ENV, **COINGLASS_OK_ENV, "CQT_CHECK_LEAK_SAMPLES": "10"}
@@ -432,14 +432,10 @@ def test_the_aggregator_service_writes_its_file(tmp_path):
 # ------------------------------------------------------------------------------ node_exporter reads them
 @pytest.fixture(scope="module")
 def node_exporter() -> str:
-    import shutil
-    exe = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
-    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus-node-exporter"],
-                       capture_output=True, timeout=300)
-        exe = shutil.which("prometheus-node-exporter")
+    exe, why = debian_tool("prometheus-node-exporter", "prometheus-node-exporter", "node_exporter",
+                           no_recommends=True)
     if exe is None:
-        pytest.skip("node_exporter not found and cannot install the Debian package 'prometheus-node-exporter'")
+        pytest.skip(why)
     return exe
 
 

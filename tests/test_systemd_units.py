@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from cqt import install_layout, install_units
 from cqt.cli import PROGRAMS
-from helpers import ROOT
+from helpers import ROOT, debian_tool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,12 +75,9 @@ TEMPLATES = {p.stem: p for p in install_units.unit_templates(ROOT) if p.suffix =
 
 @pytest.fixture(scope="module")
 def systemd_analyze() -> str:
-    exe = shutil.which("systemd-analyze")
-    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "systemd"], capture_output=True, timeout=300)
-        exe = shutil.which("systemd-analyze")
+    exe, why = debian_tool("systemd", "systemd-analyze")
     if exe is None:
-        pytest.skip("systemd-analyze not found and cannot install the Debian package 'systemd' (not root)")
+        pytest.skip(why)
     return exe
 
 
