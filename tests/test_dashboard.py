@@ -487,6 +487,45 @@ def test_an_unknown_path_is_not_a_health_answer(server):
         assert "application/json" not in ctype
 
 
+APPTEST_UNDER_FILTER = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=120).run()
+assert not at.exception, [e.value for e in at.exception]
+print(len(at.subheader), len(at.markdown))
+"""
+
+
+def test_the_server_and_the_page_work_without_writable_executable_memory(page_db, tmp_path):
+    """The unit sets MemoryDenyWriteExecute=yes: the server and the page script (pandas, pyarrow,
+    the charts) run under the same seccomp rule."""
+    from mdwe_exec import supported
+    if not supported():
+        pytest.skip("seccomp filter not supported here (x86-64 Linux only)")
+    path, _ = page_db
+    mdwe = str(ROOT / "tests" / "mdwe_exec.py")
+    env = {**cqt_env(tmp_path, CQT_SYMBOLS=",".join(ASSETS), CQT_DB=str(path)), **{"PYTHONPATH": python_env()[
+        "PYTHONPATH"]}}
+    out = subprocess.run([PY, mdwe, PY, "-c", APPTEST_UNDER_FILTER, str(PAGE)], capture_output=True, text=True,
+                         timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2] == "6"
+    port = free_port()
+    p = subprocess.Popen([PY, mdwe, str(ROOT / "bin" / "cqt-dashboard"), "--port", str(port)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "dash.log", "wb"), start_new_session=True)
+    try:
+        def answered():
+            assert p.poll() is None, (tmp_path / "dash.log").read_text()[-2000:]
+            try:
+                return get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except OSError:
+                return None
+        status, ctype, body = wait_for(answered, 60, what="/healthz under the filter")
+        assert status == 503 and json.loads(body)["status"] == "fail"      # the page database's data is old
+    finally:
+        assert stop_proc(p, timeout=15) == 0
+
+
 def test_the_program_refuses_a_bad_port_setting(tmp_path):
     p = subprocess.run([str(ROOT / "bin" / "cqt-dashboard"), "--db", str(tmp_path / "x.db")],
                        env=cqt_env(tmp_path, CQT_DASHBOARD_PORT="70000"), capture_output=True, text=True, timeout=60)
