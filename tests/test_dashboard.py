@@ -526,6 +526,16 @@ def test_the_server_and_the_page_work_without_writable_executable_memory(page_db
         assert stop_proc(p, timeout=15) == 0
 
 
+def test_a_port_in_use_is_an_error_not_another_port(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([str(ROOT / "bin" / "cqt-dashboard"), "--db", str(tmp_path / "x.db"), "--port", str(port)],
+                           env=cqt_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and f"Port {port} is not available" in p.stdout + p.stderr
+
+
 def test_the_program_refuses_a_bad_port_setting(tmp_path):
     p = subprocess.run([str(ROOT / "bin" / "cqt-dashboard"), "--db", str(tmp_path / "x.db")],
                        env=cqt_env(tmp_path, CQT_DASHBOARD_PORT="70000"), capture_output=True, text=True, timeout=60)
