@@ -26,8 +26,7 @@ except ConfigError as exc:
 st.caption(f"database {settings.db} · symbols {', '.join(settings.assets)} · panels redraw every "
            f"{min(REFRESH_S.values())}-{max(REFRESH_S.values())} s · /healthz tells whether the pipeline is healthy")
 
-left, right = st.columns(2)
-for where, name in ((left, "checks"), (right, "services"), (st, "streams"), (left, "ingest"), (right, "exports"),
-                    (st, "prices")):
-    with where.container():
+# One panel under the other: their tables are wide, and the order is the order of questions.
+for name in ("checks", "streams", "services", "ingest", "prices", "exports"):
+    with st.container():
         st.fragment(run_every=REFRESH_S[name])(getattr(panels, f"panel_{name}"))(settings)

@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -24,7 +25,7 @@ from ..symbols import coinglass_coin
 from ..timeutil import fmt_ms, now_ms
 from ..units import fmt_bytes
 from . import longfill, queries
-from .render import state_cell, table, text
+from .render import shortened, state_cell, table, text
 
 HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 FILL_WINDOW_S = 600          # the fill computed while drawing (altdata_check's default window)
@@ -78,7 +79,7 @@ def panel_checks(settings: Settings) -> None:
                          [name, state_cell(None if run is None else run.exit_code == 0, status),
                           None if run is None else run.exit_code, fmt_ms(run.ts_ms) if run else None,
                           _age(as_of, run.ts_ms if run else None),
-                          run.summary.get("summary") if run else None]))
+                          shortened(run.summary.get("summary")) if run else None]))
             for m in (run.summary.get("failed") or []) if run else []:
                 failing.append(("cqt-failing", {"check": name, "metric": m.get("name"), "value": m.get("value"),
                                                 "threshold": m.get("threshold")},
@@ -87,9 +88,9 @@ def panel_checks(settings: Settings) -> None:
         st.markdown(table("cqt-checks", ["check", "status", "exit", "when", "age_s", "summary"], rows,
                           frozenset({1})), unsafe_allow_html=True)
         if failing:
-            st.markdown("**Failing metrics** (value against threshold, as the checks print them)")
-            st.markdown(table("cqt-failing", ["check", "metric", "value", "threshold", "reason"], failing),
-                        unsafe_allow_html=True)
+            st.markdown(f"**Failing metrics**: {len(failing)} (value against threshold, as the checks print them)")
+            st.markdown(table("cqt-failing", ["check", "metric", "value", "threshold", "reason"], failing,
+                              max_height_px=360), unsafe_allow_html=True)
         hist = [(pd.Timestamp(t, unit="ms"), name, PASS if code == 0 else (FAIL if code == 1 else f"exit {code}"))
                 for name in runs for t, code in queries.check_history(r, name, as_of - DAY_MS, as_of)]
         if hist:
@@ -221,16 +222,18 @@ def panel_prices(settings: Settings) -> None:
                               [("cqt-price", {"asset": asset, "ts-ms": bar["ts_ms"], "upbit-krw": bar["close"],
                                               "binance-usdt": bar["binance_last"], "usdt-krw": bar["usdt_krw"],
                                               "kimchi-premium": bar["kimchi_premium"]},
-                                [asset, fmt_ms(bar["ts_ms"]), krw_text(bar["close"]), text(bar["binance_last"]),
-                                 text(bar["usdt_krw"]), krw_text(krw), pct_text(bar["kimchi_premium"])])]),
+                                [asset, fmt_ms(bar["ts_ms"]), krw_text(bar["close"]), usd_text(bar["binance_last"]),
+                                 usd_text(bar["usdt_krw"]), krw_text(krw), pct_text(bar["kimchi_premium"])])]),
                         unsafe_allow_html=True)
         rows = queries.prices(r, asset, as_of - HOUR_MS, as_of, 10)
         if rows:
             df = pd.DataFrame(rows, columns=["ts_ms", "upbit_krw", "binance_usdt", "usdt_krw", "kimchi_premium"])
             df["time"] = pd.to_datetime(df["ts_ms"], unit="ms")
             df["binance_x_krw_usdt"] = df["binance_usdt"] * df["usdt_krw"]
-            st.line_chart(df, x="time", y=["upbit_krw", "binance_x_krw_usdt"], height=220)
-            st.line_chart(df, x="time", y="kimchi_premium", height=160)
+            both = df.melt(id_vars="time", value_vars=["upbit_krw", "binance_x_krw_usdt"], var_name="price",
+                           value_name="KRW")
+            st.altair_chart(line(both, "KRW", color="price", height=220), width="stretch")
+            st.altair_chart(line(df, "kimchi_premium", height=160), width="stretch")
         latest = queries.latest_row(r, "predictions", asset, as_of)
         nulls = {m.name.split(".")[-2]: m for m in queries.null_rates(r, settings, asset, as_of, 600)}
         if latest:
@@ -245,6 +248,19 @@ def panel_prices(settings: Settings) -> None:
 
 def krw_text(v: float | None) -> str:
     return "-" if v is None else f"{v:,.0f}"
+
+
+def usd_text(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.2f}"
+
+
+def line(df: pd.DataFrame, y: str, color: str | None = None, height: int = 200) -> alt.Chart:
+    """A line chart whose y axis fits the data (st.line_chart starts at 0: two KRW prices near
+    100 million would be one flat line)."""
+    enc = {"x": alt.X("time:T", title=None), "y": alt.Y(f"{y}:Q", scale=alt.Scale(zero=False))}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=None)
+    return alt.Chart(df).mark_line().encode(**enc).properties(height=height)
 
 
 def pct_text(v: float | None) -> str:
