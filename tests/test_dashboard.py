@@ -300,6 +300,42 @@ def test_a_missing_database_is_an_error_box_not_an_exception(tmp_path, monkeypat
     assert not (tmp_path / "nope.db").exists()    # read-only: nothing created
 
 
+RAW_TABLES = ("upbit_trades", "upbit_orderbook", "upbit_ticker", "binance_agg_trades", "binance_mark_price",
+              "binance_book_ticker", "binance_liquidations", "binance_open_interest", "binance_ratios",
+              "binance_premium_index", "binance_funding_rate", "coinglass_call_status", "market_1s", "predictions",
+              "heartbeats", "ingest_stats", "check_runs", "gaps")
+
+
+def test_no_statement_scans_a_raw_table(page_env, monkeypatch):
+    """Every statement the page, the background fills and /healthz run uses an index (no SCAN)."""
+    path, end = page_env
+    seen: list[str] = []
+    connect = queries.db.connect
+
+    def traced(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(seen.append)
+        return conn
+    monkeypatch.setattr(queries.db, "connect", traced)
+    monkeypatch.setattr(longfill, "now_ms", lambda: end)
+    settings = fc.settings_for(path, **fc.symbols_env(ASSETS))
+    for window_s in (3600, 86400):
+        longfill.long_fills(settings).compute(window_s)
+    run_app(PAGE)
+    health.decide(settings, end)
+    statements = {q for q in seen if q.lstrip().upper().startswith(("SELECT", "WITH"))}
+    assert len(statements) > 50
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    scans = {}
+    for q in statements:
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + q)]
+        bad = [d for d in plan if any(re.match(rf"SCAN {t}\b", d) for t in RAW_TABLES)]
+        if bad:
+            scans[q] = bad
+    conn.close()
+    assert not scans, scans
+
+
 # ------------------------------------------------------------------------------ numpy values as parameters
 def test_a_numpy_integer_binds_as_an_integer(page_db):
     """numpy.int64 is bound by sqlite3 as a BLOB unless adapted: `ts_ms > ?` then matches nothing."""
