@@ -48,9 +48,10 @@ def main(db: str | None, port: int | None, address: str | None) -> None:
     os.environ["CQT_DB"] = str(settings.db)
     from streamlit.web import cli as streamlit_cli
 
-    # SIGTERM: uvicorn stops the server in order, then raises the signal again with the handler
-    # it found, this one: a stop on request is exit 0, not death by signal.
+    # SIGTERM/SIGINT: uvicorn stops the server in order, then raises the signal again with the
+    # handler it found, this one: a stop on request is exit 0, not death by signal (or a traceback).
     signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
     sys.argv = streamlit_argv(port, address)
     sys.exit(streamlit_cli.main(standalone_mode=False) or 0)
 
