@@ -21,6 +21,7 @@ from . import queries
 
 REFRESH_S = {3600: 60.0, 86400: 300.0}    # window -> seconds between recomputations
 IDLE_STOP_S = 600.0
+DEADLINE_S = 30.0      # one stream's day of rows from a cold disk cache; no page waits for it
 
 
 @dataclass
@@ -57,7 +58,7 @@ class LongFills:
             if ref.stream.fill is None:
                 continue
             try:
-                with queries.reader(self.settings.db) as r:
+                with queries.reader(self.settings.db, deadline_s=DEADLINE_S) as r:
                     m = queries.stream_metrics(r, self.settings, ref, as_of, window_s).get("fill")
                 out[(ref.name, window_s)] = None if m is None else m.value
             except (db.DatabaseMissing, sqlite3.Error):
