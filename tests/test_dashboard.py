@@ -336,6 +336,20 @@ def test_no_statement_scans_a_raw_table(page_env, monkeypatch):
     assert not scans, scans
 
 
+def test_a_statement_past_its_deadline_is_stopped_and_the_panel_says_so(page_env, monkeypatch):
+    path, _ = page_env
+    endless = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+               "SELECT COUNT(*) FROM (SELECT x FROM c LIMIT 100000000)")
+    with queries.reader(path, deadline_s=0.2) as r:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            r.scalar(endless)
+        assert queries.interrupted(caught.value)
+    monkeypatch.setattr(queries, "STATEMENT_DEADLINE_S", 0.0)
+    at = run_panel("panel_streams")
+    assert [e.value for e in at.error] == ["this panel's queries ran past their 0 s deadline and were stopped "
+                                           "(the next redraw tries again)"]
+
+
 # ------------------------------------------------------------------------------ numpy values as parameters
 def test_a_numpy_integer_binds_as_an_integer(page_db):
     """numpy.int64 is bound by sqlite3 as a BLOB unless adapted: `ts_ms > ?` then matches nothing."""

@@ -48,7 +48,11 @@ def panel(name: str, settings: Settings) -> Iterator[queries.Reader | None]:
     try:
         yield r
     except sqlite3.Error as exc:
-        st.error(f"database unreadable: {settings.db}: {exc}")
+        if queries.interrupted(exc):
+            st.error(f"this panel's queries ran past their {queries.STATEMENT_DEADLINE_S:g} s deadline and were "
+                     "stopped (the next redraw tries again)")
+        else:
+            st.error(f"database unreadable: {settings.db}: {exc}")
     finally:
         opened.__exit__(None, None, None)
         TIMINGS[name] = time.perf_counter() - t0

@@ -71,16 +71,23 @@ class Reader:
 
 
 @contextmanager
-def reader(path: str | os.PathLike, deadline_s: float = STATEMENT_DEADLINE_S) -> Iterator[Reader]:
-    """A read-only connection closed on exit; raises db.DatabaseMissing when there is no file."""
+def reader(path: str | os.PathLike, deadline_s: float | None = None) -> Iterator[Reader]:
+    """A read-only connection closed on exit; raises db.DatabaseMissing when there is no file. Its
+    statements together may run `deadline_s` (default STATEMENT_DEADLINE_S), then the running one is
+    interrupted (sqlite3.OperationalError "interrupted", see `interrupted`)."""
     path = Path(path)
     conn = db.connect(path, readonly=True, timeout_s=OPEN_TIMEOUT_S)
-    deadline = time.monotonic() + deadline_s
+    deadline = time.monotonic() + (STATEMENT_DEADLINE_S if deadline_s is None else deadline_s)
     conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, _PROGRESS_STEPS)
     try:
         yield Reader(conn, path)
     finally:
         conn.close()
+
+
+def interrupted(exc: sqlite3.Error) -> bool:
+    """True when a statement was stopped by the deadline (not a problem of the database)."""
+    return isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"
 
 
 # ------------------------------------------------------------------------------ streams
