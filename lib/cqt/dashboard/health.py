@@ -77,7 +77,10 @@ def decide(settings: Settings, as_of_ms: int | None = None) -> tuple[int, dict[s
     except db.DatabaseMissing:
         reasons.append(f"database missing: {path}")
     except sqlite3.Error as exc:
-        reasons.append(f"database unreadable: {path}: {' '.join(str(exc).split())}")
+        if queries.interrupted(exc):
+            reasons.append(f"database too slow: {path}: no answer within {queries.STATEMENT_DEADLINE_S:g} s")
+        else:
+            reasons.append(f"database unreadable: {path}: {' '.join(str(exc).split())}")
     if not reasons:
         body["status"] = OK
     return (200 if body["status"] == OK else 503), body
