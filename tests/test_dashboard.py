@@ -22,7 +22,7 @@ from cqt import bookkeeping
 from cqt.checks import runner
 from cqt.checks.thresholds import Thresholds
 from cqt.dashboard import health, longfill, queries
-from cqt.timeutil import now_ms
+from cqt.timeutil import fmt_ms, now_ms
 from helpers import PY, ROOT, cqt_env, python_env, start_bin, stop_proc, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -65,6 +65,15 @@ def page_db(tmp_path_factory) -> tuple[Path, int]:
         conn.executemany("INSERT INTO reject_counts (source, reason, hour_ms, count, last_ts_ms) VALUES (?,?,?,?,?)",
                          [("binance_ws", "bad price", end // 3_600_000 * 3_600_000, 7, end - 1000),
                           ("upbit_ws", "unknown type", end // 3_600_000 * 3_600_000, 2, end - 2000)])
+        conn.executemany("INSERT INTO gaps (source, stream, detected_ts_ms, from_ts_ms, to_ts_ms, filled_ts_ms, "
+                         "filled_rows, status, reason, symbol) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         [("binance_ws", "BTCUSDT@aggTrade", end - 100_000, end - 120_000, end - 110_000, None, None,
+                           "open", "reconnect", "BTCUSDT"),
+                          ("upbit_ws", "KRW-ETH@trade", end - 400_000, end - 410_000, end - 405_000, end - 390_000,
+                           42, "filled", "sequence", "KRW-ETH")])
+        conn.execute("INSERT INTO service_runs (service, pid, start_ts_ms, stop_ts_ms, exit_code, reason) "
+                     "VALUES ('cqt-collect-upbit', 99, ?, ?, 1, 'watchdog: no progress for 60 s')",
+                     (end - 900_000, end - 800_000))
         conn.execute("INSERT INTO aggregate_late (symbol, source, ts_ms, late_rows, corrected_rows, "
                      "first_detected_ts_ms, last_detected_ts_ms) VALUES ('BTC', 'upbit_trades', ?, 3, 1, ?, ?)",
                      (end - 60_000, end - 50_000, end - 50_000))
@@ -237,7 +246,7 @@ def test_streams_panel_shows_the_fills_computed_beside_it(page_env, monkeypatch)
 
 
 def test_services_panel_shows_newest_heartbeats(page_env):
-    path, _ = page_env
+    path, end = page_env
     at = run_panel("panel_services")
     rows = {r["data"]["service"]: r["data"] for r in table_rows(at, "cqt-services")}
     assert set(bookkeeping.COLLECTORS) <= set(rows)
@@ -245,6 +254,21 @@ def test_services_panel_shows_newest_heartbeats(page_env):
                              "ORDER BY ts_ms DESC LIMIT 1")
     assert rows["cqt-collect-binance"] == {"service": "cqt-collect-binance", "heartbeat-ms": str(ts), "state": state}
     assert rows["cqt-collect-upbit"]["heartbeat-ms"] == ""
+    upbit = next(r["cells"] for r in table_rows(at, "cqt-services") if r["data"]["service"] == "cqt-collect-upbit")
+    starts = db_one(path, "SELECT COUNT(*) FROM service_runs WHERE service = 'cqt-collect-upbit' AND start_ts_ms > ?",
+                    (now_ms() - 86_400_000,))[0]
+    assert upbit[3:] == [str(starts), fmt_ms(end - 800_000), "1", "watchdog: no progress for 60 s"]
+    assert starts == 2
+
+
+def test_streams_panel_lists_open_and_recent_gaps(page_env):
+    path, end = page_env
+    at = run_panel("panel_streams")
+    assert "**Gaps** (open, or detected in the last 24 h): 2" in [m.value for m in at.markdown]
+    gaps = at.dataframe[0].value
+    assert dict(zip(gaps["symbol"], gaps["status"])) == {"BTCUSDT": "open", "KRW-ETH": "filled"}
+    assert list(gaps["detected"]) == [fmt_ms(end - 100_000), fmt_ms(end - 400_000)]   # by venue symbol
+    assert list(gaps["filled rows"].fillna(-1)) == [-1, 42]
 
 
 def test_ingest_panel_counts_rejects_late_rows_and_coinglass_calls(page_env):
