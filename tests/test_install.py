@@ -230,3 +230,38 @@ def test_crontab_block_replacement():
     assert install_units.replace_block(once, block) == once
     assert install_units.replace_block(once, None).strip() == mine.strip()
     assert install_units.replace_block(block, None) == ""
+
+
+def test_monitoring_hooks_get_the_drop_ins_they_need_and_lose_them_with_the_settings(checkout, tmp_path):
+    """Pings need the network the check, nightly and scheduler units do not have; a textfile
+    directory must be writable by every unit that writes one. Without hooks: no drop-in."""
+    root = tmp_path / "root"
+    prefix = staged_prefix(root)
+    units = root / "etc/systemd/system"
+    (prefix / ".env").write_text("CQT_HC_URL_CHECKS=https://hc-ping.example/0d1e\nCQT_TEXTFILE_DIR=/var/lib/cqt-metrics\n")
+    p = run_install(checkout, "--systemd", "--root", str(root))
+    assert p.returncode == 0, p.stdout + p.stderr
+    for unit in ("cqt-checks", "cqt-nightly", "cqt-scheduler"):
+        text = (units / f"{unit}.service.d/50-cqt-monitoring.conf").read_text()
+        assert "PrivateNetwork=no\n" in text and "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n" in text
+        assert "ReadWritePaths=/var/lib/cqt-metrics\n" in text
+    agg = (units / "cqt-aggregate.service.d/50-cqt-monitoring.conf").read_text()
+    assert "ReadWritePaths=/var/lib/cqt-metrics\n" in agg and "PrivateNetwork" not in agg
+    assert not (units / "cqt-collect-binance.service.d").exists()
+    assert (root / "var/lib/cqt-metrics").is_dir()
+    assert "0d1e" not in agg + p.stdout          # the ping URL is a secret: never copied anywhere
+    # an operator's own override beside ours stays; hooks removed -> our drop-ins go
+    own = units / "cqt-checks.service.d/override.conf"
+    own.write_text("[Service]\nNice=5\n")
+    (prefix / ".env").write_text("")
+    p = run_install(checkout, "--systemd", "--root", str(root))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not list(units.glob("cqt*.d/50-cqt-monitoring.conf")) and own.exists()
+    assert not (units / "cqt-aggregate.service.d").exists()
+    # uninstall removes ours only
+    (prefix / ".env").write_text("CQT_HC_URL_NIGHTLY=https://hc-ping.example/77\n")
+    assert run_install(checkout, "--systemd", "--root", str(root)).returncode == 0
+    assert (units / "cqt-nightly.service.d/50-cqt-monitoring.conf").exists()
+    p = run_install(checkout, "--uninstall", "--root", str(root))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert not list(units.glob("cqt*.d/50-cqt-monitoring.conf")) and own.exists()

@@ -32,6 +32,7 @@ never overwritten, and the crontab block is replaced, not appended.
 """
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import subprocess
@@ -62,7 +63,16 @@ from .install_system import (
     systemd_running,
     write_crontab,
 )
-from .install_units import CRON_BEGIN, crontab_block, ensure_exec_paths, installed_units, render_units, replace_block
+from .install_units import (
+    CRON_BEGIN,
+    crontab_block,
+    ensure_exec_paths,
+    installed_dropins,
+    installed_units,
+    monitoring_dropins,
+    render_units,
+    replace_block,
+)
 
 
 # ------------------------------------------------------------------------------ actions
@@ -87,12 +97,47 @@ def install_systemd(lay: Layout, no_deps: bool, python: str | None) -> None:
         p.unlink()
     say(f"units in {lay.unit_dir}: {len(units)} ({len(changed)} written, {len(units) - len(changed)} unchanged"
         + (f", {len(stale)} obsolete removed" if stale else "") + ")")
+    changed += install_monitoring_dropins(lay, real_system)
     if real_system and systemd_running():
         run(["systemctl", "daemon-reload"])
         say("systemctl daemon-reload: done")
     elif real_system:
         say("systemd is not running here (PID 1 is not systemd): units installed, not loaded")
     print_next_steps(lay, changed)
+
+
+def install_monitoring_dropins(lay: Layout, real_system: bool) -> list[str]:
+    """The drop-ins the .env's monitoring hooks need (network for pings, the textfile directory
+    writable), written; ones of ours no longer needed removed. Returns what changed."""
+    dropins = monitoring_dropins(lay)
+    changed = []
+    for rel, text in dropins.items():
+        path = lay.unit_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if write_if_changed(path, text):
+            changed.append(rel)
+    for p in installed_dropins(lay.unit_dir):
+        if f"{p.parent.name}/{p.name}" not in dropins:
+            remove_dropin(p)
+            changed.append(f"{p.parent.name}/{p.name}")
+    textfile_dir = lay.monitoring.get("CQT_TEXTFILE_DIR")
+    if textfile_dir:
+        d = lay.disk(Path(textfile_dir))
+        d.mkdir(parents=True, exist_ok=True)
+        if real_system:          # node_exporter (another user) reads it: 0755, files 0644
+            os.chown(d, pwd.getpwnam(lay.user).pw_uid, grp.getgrnam(lay.group).gr_gid)
+            os.chmod(d, 0o755)
+    if dropins or changed:
+        say(f"monitoring drop-ins: {len(dropins)} ({', '.join(sorted(dropins)) or 'none needed'})")
+    return changed
+
+
+def remove_dropin(p: Path) -> None:
+    p.unlink()
+    try:
+        p.parent.rmdir()         # only when empty: an operator's own overrides stay
+    except OSError:
+        pass
 
 
 def print_next_steps(lay: Layout, changed: list[str]) -> None:
@@ -164,6 +209,11 @@ def uninstall(lay: Layout) -> None:
     if real_system and systemd_running():
         run(["systemctl", "daemon-reload"])
         subprocess.run(["systemctl", "reset-failed", *names], capture_output=True)
+    dropins = installed_dropins(lay.unit_dir)
+    for p in dropins:
+        remove_dropin(p)
+    if dropins:
+        say(f"removed {len(dropins)} monitoring drop-ins")
     overrides = sorted(lay.unit_dir.glob("cqt*.d")) if lay.unit_dir.is_dir() else []
     if overrides:
         say("left your overrides (systemctl edit): " + " ".join(str(o) for o in overrides))

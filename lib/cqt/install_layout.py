@@ -43,6 +43,7 @@ class Layout:
     group: str
     env_file: Path = field(init=False)
     data_dirs: dict[str, Path] = field(default_factory=dict)   # placeholder -> dir as the units see it
+    monitoring: dict[str, str] = field(default_factory=dict)    # the .env's monitoring hooks that are set
 
     def __post_init__(self) -> None:
         self.env_file = self.prefix / ".env"
@@ -123,6 +124,10 @@ def check_paths(lay: Layout) -> None:
                         f"install with --prefix {DEFAULT_PREFIX} (the default) or another directory outside {hidden}")
 
 
+#: the hooks whose units need more than the default sandbox (see install_units.monitoring_dropins)
+MONITORING_VARS = ("CQT_HC_URL_CHECKS", "CQT_HC_URL_NIGHTLY", "CQT_TEXTFILE_DIR")
+
+
 def resolve_data_dirs(lay: Layout) -> None:
     """The writable directories, from the prefix's .env (relative paths are under the prefix)."""
     env_disk = lay.disk(lay.env_file)
@@ -136,6 +141,9 @@ def resolve_data_dirs(lay: Layout) -> None:
         p = Path(raw)
         return Path(os.path.normpath(p if p.is_absolute() else lay.prefix / p))
 
+    lay.monitoring = {k: values[k].strip() for k in MONITORING_VARS if values.get(k, "").strip()}
+    if "CQT_TEXTFILE_DIR" in lay.monitoring:
+        lay.monitoring["CQT_TEXTFILE_DIR"] = str(path_of("CQT_TEXTFILE_DIR", ""))
     lay.data_dirs = {
         "@DATADIR@": path_of("CQT_DB", "data/cqt.db").parent,
         "@DATASETDIR@": path_of("CQT_DATASET_DIR", "data/datasets"),

@@ -37,6 +37,50 @@ def render_units(lay: Layout) -> dict[str, str]:
     return out
 
 
+# The units that send healthchecks pings (the gate, the nightly job, the scheduler that runs both)
+# and those that write a Prometheus textfile (the same, and the aggregator).
+PING_UNITS = ("cqt-checks.service", "cqt-nightly.service", "cqt-scheduler.service")
+TEXTFILE_UNITS = PING_UNITS + ("cqt-aggregate.service",)
+DROPIN_NAME = "50-cqt-monitoring.conf"
+
+
+def monitoring_dropins(lay: Layout) -> dict[str, str]:
+    """`<unit>.d/50-cqt-monitoring.conf` -> its text, for the hooks the .env sets: network for the
+    units that ping (the default sandbox has none), the textfile directory writable for the units
+    that write one. Nothing when no hook is set, so the default units stay as strict as shipped."""
+    out: dict[str, str] = {}
+    lines: dict[str, list[str]] = {}
+    if lay.monitoring.get("CQT_HC_URL_CHECKS") or lay.monitoring.get("CQT_HC_URL_NIGHTLY"):
+        for unit in PING_UNITS:
+            lines.setdefault(unit, []).extend([
+                "# healthchecks pings (CQT_HC_URL_*): this unit needs the network",
+                "PrivateNetwork=no", "IPAddressDeny=", "RestrictAddressFamilies=",
+                "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"])
+    textfile_dir = lay.monitoring.get("CQT_TEXTFILE_DIR")
+    if textfile_dir:
+        for unit in TEXTFILE_UNITS:
+            lines.setdefault(unit, []).extend(["# Prometheus textfiles (CQT_TEXTFILE_DIR)",
+                                               f"ReadWritePaths={textfile_dir}"])
+    for unit, body in sorted(lines.items()):
+        out[f"{unit}.d/{DROPIN_NAME}"] = (f"{MARKER} the monitoring settings of {lay.env_file}\n"
+                                          "[Service]\n" + "\n".join(body) + "\n")
+    return out
+
+
+def installed_dropins(unit_dir: Path) -> list[Path]:
+    """Monitoring drop-ins this installer wrote (they carry MARKER); an operator's own are never listed."""
+    found = []
+    if unit_dir.is_dir():
+        for p in sorted(unit_dir.glob(f"cqt*.d/{DROPIN_NAME}")):
+            try:
+                with p.open(encoding="utf-8") as f:
+                    if f.readline().startswith(MARKER):
+                        found.append(p)
+            except (OSError, UnicodeDecodeError):
+                continue
+    return found
+
+
 def installed_units(unit_dir: Path) -> list[Path]:
     """Unit files in unit_dir that this installer wrote (they carry MARKER)."""
     found = []
