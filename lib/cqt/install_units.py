@@ -67,33 +67,30 @@ def monitoring_dropins(lay: Layout) -> dict[str, str]:
     return out
 
 
+def written_by_us(p: Path) -> bool:
+    """A regular file (not a link) whose first line is MARKER: this installer wrote it."""
+    if not p.is_file() or p.is_symlink():
+        return False
+    try:
+        with p.open(encoding="utf-8") as f:
+            return f.readline().startswith(MARKER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def installed_dropins(unit_dir: Path) -> list[Path]:
-    """Monitoring drop-ins this installer wrote (they carry MARKER); an operator's own are never listed."""
-    found = []
-    if unit_dir.is_dir():
-        for p in sorted(unit_dir.glob(f"cqt*.d/{DROPIN_NAME}")):
-            try:
-                with p.open(encoding="utf-8") as f:
-                    if f.readline().startswith(MARKER):
-                        found.append(p)
-            except (OSError, UnicodeDecodeError):
-                continue
-    return found
+    """Monitoring drop-ins this installer wrote; an operator's own are never listed."""
+    if not unit_dir.is_dir():
+        return []
+    return [p for p in sorted(unit_dir.glob(f"cqt*.d/{DROPIN_NAME}")) if written_by_us(p)]
 
 
 def installed_units(unit_dir: Path) -> list[Path]:
-    """Unit files in unit_dir that this installer wrote (they carry MARKER)."""
-    found = []
-    if unit_dir.is_dir():
-        for p in sorted(unit_dir.iterdir()):
-            if p.is_file() and not p.is_symlink() and p.name.startswith("cqt") and p.suffix in UNIT_SUFFIXES:
-                try:
-                    with p.open(encoding="utf-8") as f:
-                        if f.readline().startswith(MARKER):
-                            found.append(p)
-                except (OSError, UnicodeDecodeError):
-                    continue
-    return found
+    """Unit files in unit_dir that this installer wrote."""
+    if not unit_dir.is_dir():
+        return []
+    return [p for p in sorted(unit_dir.iterdir())
+            if p.name.startswith("cqt") and p.suffix in UNIT_SUFFIXES and written_by_us(p)]
 
 
 def ensure_exec_paths(lay: Layout, units: dict[str, str]) -> None:
