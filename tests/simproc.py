@@ -12,6 +12,10 @@
 Or as a fixture: `from simproc import sim_factory` in a test module, then
 `def test_x(sim_factory): sim = sim_factory("--speed", "10")`.
 
+`start_sim(tmp_path, ..., tls=True)` serves `wss://`/`https://` with a certificate for
+127.0.0.1 signed by a throw-away test CA (trustme); `sim.env()` then carries
+`CQT_CA_BUNDLE`, so collectors started with it verify the sim like a real exchange.
+
 Every wait is bounded; the process runs in its own session so a kill takes its
 children too; every SimHandle still alive at interpreter exit is killed.
 """
@@ -21,6 +25,7 @@ import atexit
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -51,6 +56,7 @@ class SimHandle:
         self.urls: dict[str, str] = {}
         self.control = ""
         self.port = 0
+        self.ca_file: Path | None = None     # the test CA (PEM) when the sim serves TLS
 
     # -- control API
     def _call(self, method: str, path: str, body=None, timeout: float = 10.0):
@@ -58,10 +64,14 @@ class SimHandle:
         req = urllib.request.Request(self.control + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read() or b"{}")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For a test's own requests to a TLS sim: trusts the test CA only."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
 
     def fault(self, kind: str, **params) -> dict:
         """Apply a fault now (POST /_sim/fault); returns the sim's answer."""
@@ -80,8 +90,11 @@ class SimHandle:
         return self._call("POST", "/clock", {"action": action})
 
     def env(self) -> dict[str, str]:
-        """The CQT_* URL variables for a collector's environment."""
-        return {k: v for k, v in self.urls.items() if k.startswith("CQT_")}
+        """The CQT_* URL variables for a collector's environment (and the CA it must trust)."""
+        env = {k: v for k, v in self.urls.items() if k.startswith("CQT_")}
+        if self.ca_file:
+            env["CQT_CA_BUNDLE"] = str(self.ca_file)
+        return env
 
     def log(self) -> str:
         try:
@@ -136,10 +149,26 @@ def sim_env(extra: dict | None = None) -> dict[str, str]:
     return env
 
 
-def start_sim(tmp_path, *args: str, timeout: float = 30.0, env: dict | None = None) -> SimHandle:
+def make_test_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """(CA file, server certificate chain, server key) in PEM for 127.0.0.1/localhost, made
+    once per directory by a throw-away certificate authority."""
+    ca_file, cert_file, key_file = (directory / n for n in ("test-ca.pem", "sim-cert.pem", "sim-key.pem"))
+    if not key_file.exists():
+        import trustme
+
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+        ca.cert_pem.write_to_path(str(ca_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    return ca_file, cert_file, key_file
+
+
+def start_sim(tmp_path, *args: str, timeout: float = 30.0, env: dict | None = None, tls: bool = False) -> SimHandle:
     """Start `python -m cqt.sim.cli --port 0 --ports-file … *args` and wait (bounded)
     until the ports file appears. Raises SimStartError (with the sim's log) if it
-    exits or does not come up in time."""
+    exits or does not come up in time. `tls`: serve wss:// and https:// (see above)."""
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
     n = 0
@@ -148,10 +177,15 @@ def start_sim(tmp_path, *args: str, timeout: float = 30.0, env: dict | None = No
     ports = tmp_path / f"sim{n}.ports.json"
     log_path = tmp_path / f"sim{n}.log"
     cmd = [sys.executable, "-m", "cqt.sim.cli", "--port", "0", "--ports-file", str(ports), *map(str, args)]
+    ca_file = None
+    if tls:
+        ca_file, cert_file, key_file = make_test_certificates(tmp_path / "tls")
+        cmd += ["--tls-cert", str(cert_file), "--tls-key", str(key_file)]
     with open(log_path, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=sim_env(env), cwd=str(ROOT), start_new_session=True)
     h = SimHandle(proc, ports, log_path)
+    h.ca_file = ca_file
     _ALIVE.add(h)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -171,6 +205,12 @@ def start_sim(tmp_path, *args: str, timeout: float = 30.0, env: dict | None = No
     h.control = h.urls["control"]
     h.port = int(h.control.rsplit(":", 1)[1].split("/", 1)[0])
     return h
+
+
+def start_tls_sim(tmp_path, *args: str, **kw) -> SimHandle:
+    """start_sim(..., tls=True): the end-to-end collector tests import it as `start_sim`, so they
+    run over wss:// and https:// and verify the sim's certificate against the test CA."""
+    return start_sim(tmp_path, *args, tls=True, **kw)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from helpers import query, run_bin, wait_for
-from simproc import start_sim
+from simproc import start_tls_sim as start_sim  # over TLS
 from test_collect_support import (
     agg_ids,
     collector_env,

@@ -125,7 +125,7 @@ def upbit_rest_trades(sim, code: str) -> dict[int, int]:
     cursor = None
     for _ in range(2000):
         url = f"{base}/v1/trades/ticks?market={code}&count=500" + (f"&cursor={cursor}" if cursor else "")
-        with urllib.request.urlopen(url, timeout=10) as r:
+        with urllib.request.urlopen(url, timeout=10, context=sim.ssl_context()) as r:
             page = json.loads(r.read())
         for t in page:
             out[int(t["sequential_id"])] = int(t["timestamp"])

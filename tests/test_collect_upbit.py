@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import query, run_bin, wait_for
-from simproc import start_sim
+from simproc import start_tls_sim as start_sim  # over TLS
 from test_collect_support import (
     collector_env,
     collectors,  # noqa: F401 - a pytest fixture, requested by name

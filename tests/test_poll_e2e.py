@@ -17,7 +17,7 @@ import time
 import pytest
 
 from helpers import cqt_env, query, run_bin, start_bin, stop_proc, wait_for
-from simproc import start_sim
+from simproc import start_tls_sim as start_sim  # over TLS
 
 KEY = "cgTESTkey-4f1d9a7c2e8b-not-a-real-one"
 

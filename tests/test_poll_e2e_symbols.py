@@ -9,7 +9,7 @@ import json
 import pytest
 
 from helpers import cqt_env, query, start_bin, stop_proc, wait_for
-from simproc import start_sim
+from simproc import start_tls_sim as start_sim  # over TLS
 
 KEY = "cgTESTkey-7a1c9e3b5d2f-not-a-real-one"
 ASSETS = ("BTC", "ETH", "SOL")

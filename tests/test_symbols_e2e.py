@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import query, run_bin
-from simproc import start_sim
+from simproc import start_tls_sim as start_sim  # over TLS
 from test_collect_support import (
     collector_env,
     collectors,  # noqa: F401 - a pytest fixture, requested by name

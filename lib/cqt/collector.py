@@ -63,7 +63,7 @@ MARKET_LIST_MAX_NAMED = 10       # problems named on the one line; the rest coun
 
 
 def markets_or_exit(service: str, rest_base: str, path: str, problems_of: Callable[[Any], list[str]], *,
-                    venue: str, fix: str, timeout_s: float) -> str | None:
+                    venue: str, fix: str, timeout_s: float, ca_bundle: str | None = None) -> str | None:
     """Check the collector's symbols against the venue's market list (one GET of `path`).
 
     `problems_of(decoded answer)` is the venue's pure reader: one short phrase per symbol the
@@ -71,7 +71,7 @@ def markets_or_exit(service: str, rest_base: str, path: str, problems_of: Callab
     stderr, `<service>: <problems> on <venue>; <fix>`, and exit 78. Returns None when every
     symbol is listed, or — no answer, an error status, an unreadable body — the warning the
     service logs once when it starts (it runs without the check)."""
-    client = RestClient(rest_base, name="market_list", timeout_s=timeout_s)
+    client = RestClient(rest_base, name="market_list", timeout_s=timeout_s, ca_bundle=ca_bundle)
     quiet = logging.getLogger("cqt.rest")
     was_disabled, quiet.disabled = quiet.disabled, True     # logging is not set up yet: the warning says it
     try:
@@ -121,7 +121,8 @@ def run_stream_collector(svc, venue, capture_path: str | None, unchecked: str | 
     settings = svc.settings
     capture = CaptureWriter(capture_path, secrets=settings.secrets, db_path=settings.db) if capture_path else None
     rest = RestClient(venue.rest_base, name=venue.rest_name, timeout_s=venue.rest_timeout_s, capture=capture,
-                      sleep=svc.stopping.wait, max_wait_s=7 * 86400.0)   # a ban is waited out, not a failure
+                      sleep=svc.stopping.wait, max_wait_s=7 * 86400.0,   # a ban is waited out, not a failure
+                      ca_bundle=settings.ca_bundle)
     loop = StreamLoop(svc, venue.endpoints(), None, venue.loop_settings, service=venue.service, capture=capture)
     backfiller = Backfiller(svc, "backfill")
     handler = loop.handler = venue.gap_handler(svc, loop, rest, GapBook(svc.writer), backfiller)
@@ -190,12 +191,14 @@ def run_rest_poller(service: str, source: str, settings, cfg, base_url: str, mak
     `make_poller(svc, cfg, client)` returns an object with `run() -> int` and `detail() -> dict`."""
     holder: dict = {}
     capture_path = capture_target_or_exit(service, settings, capture_path)
+    ca_bundle = config_or_exit(lambda: settings.ca_bundle, service)
 
     def main_loop(svc) -> int:
         capture = CaptureWriter(capture_path, secrets=settings.secrets, db_path=settings.db) \
             if capture_path else None
         client = RestClient(base_url, name=source, timeout_s=cfg.timeout_s, capture=capture,
-                            headers=headers or {}, secrets=settings.secrets, sleep=svc.sleep)
+                            headers=headers or {}, secrets=settings.secrets, sleep=svc.sleep,
+                            ca_bundle=ca_bundle)
         try:
             poller = holder["p"] = make_poller(svc, cfg, client)
             return poller.run()

@@ -231,10 +231,14 @@ class RestClient:
     sleep: Callable[[float], bool] | None = None
     max_wait_s: float = 600.0                 # longer holds return "blocked" instead of waiting
     rate: RateLimitState | None = None
+    ca_bundle: str | None = None              # CA file for https:// (Settings.ca_bundle); None: the system's
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
         self.session = requests.Session()
+        # Passed with every request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override a
+        # Session's own `verify`, so the configured bundle would silently lose to the environment.
+        self.verify: str | bool = self.ca_bundle or True
         self.session.headers.update({"User-Agent": "cqt/1", "Accept": "application/json"})
         self.session.headers.update(dict(self.headers))
         if self.rate is None:
@@ -281,7 +285,8 @@ class RestClient:
         url = self.base_url + path
         t0 = self.clock()
         try:
-            resp = self.session.get(url, params=params, timeout=timeout_s or self.timeout_s, headers=headers)
+            resp = self.session.get(url, params=params, timeout=timeout_s or self.timeout_s, headers=headers,
+                                    verify=self.verify)
         except requests.Timeout:
             return self._no_answer(path, params, "timeout", t0, waited)
         except requests.ConnectionError as exc:
@@ -354,6 +359,10 @@ class RestClient:
 
 def _conn_reason(exc: BaseException) -> str:
     text = str(exc).lower()
+    if "certificate verify failed" in text or "certificate_verify_failed" in text:
+        return "tls certificate not trusted (set CQT_CA_BUNDLE to the issuing CA)"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "tls handshake failed"
     if "refused" in text:
         return "connection refused"
     if "reset" in text:

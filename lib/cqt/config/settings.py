@@ -164,6 +164,20 @@ class Settings:
         return (key,) if key and len(key) >= 4 else ()
 
     @property
+    def ca_bundle(self) -> str | None:
+        """The CA file to verify wss:// and https:// peers with: CQT_CA_BUNDLE, else the usual
+        REQUESTS_CA_BUNDLE / SSL_CERT_FILE, else None (the system store). ConfigError if the
+        named file cannot be read, so a typo fails at start and not as endless TLS errors."""
+        for name in ("CQT_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+            value = self.get_str(name) if name.startswith("CQT_") else self.raw.get(name, "")
+            if value.strip():
+                path = self.resolve_path(value.strip())
+                if not os.access(path, os.R_OK) or not path.is_file():
+                    raise ConfigError(name, f"{path} is not a readable certificate file")
+                return str(path)
+        return None
+
+    @property
     def coinglass_key_state(self) -> str:
         """present | missing | placeholder (never the value)."""
         if not self.coinglass_api_key:

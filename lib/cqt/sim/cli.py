@@ -72,6 +72,10 @@ def _symbols(ctx, param, value):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback only.")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="Port for every endpoint; 0 picks a free one.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PEM",
+              help="Serve wss:// and https:// with this certificate chain (PEM) instead of ws:// and http://.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PEM",
+              help="The certificate's private key (PEM), when it is not in --tls-cert.")
 @click.option("--seed", default=1, show_default=True, type=int, help="Market model seed.")
 @click.option("--symbols", default="BTC", show_default=True, callback=_symbols, metavar="LIST",
               help="Comma-separated base assets served: <A>USDT on Binance, KRW-<A> on Upbit (KRW-USDT always), "
@@ -121,7 +125,8 @@ def _symbols(ctx, param, value):
               help="Plan whose interval restrictions apply.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def main(host, port, seed, symbols, ports_file, start_ms, history_s, replay, speed, flood, paused, faults, retain_s,
+def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, history_s, replay, speed, flood, paused,
+         faults, retain_s,
          usdt_krw, binance_ping_interval, binance_pong_timeout, binance_lifetime, binance_weight_limit,
          binance_ban_seconds, upbit_idle_timeout, upbit_origin_interval, coinglass_key, coinglass_limit,
          coinglass_plan, log_level):
@@ -129,11 +134,14 @@ def main(host, port, seed, symbols, ports_file, start_ms, history_s, replay, spe
     deterministic market model (or a capture), with fault injection."""
     if not _loopback(host):
         raise click.UsageError(f"--host must be a loopback address, not {host!r}")
+    if tls_key and not tls_cert:
+        raise click.UsageError("--tls-key needs --tls-cert")
     if speed <= 0 and not replay:
         raise click.UsageError("--speed 0 only makes sense with --replay")
     _setup_logging(log_level)
     from .server import SimConfig
-    cfg = SimConfig(host=host, port=port, seed=seed, symbols=symbols, start_ms=start_ms, history_s=history_s,
+    cfg = SimConfig(host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, seed=seed, symbols=symbols,
+                    start_ms=start_ms, history_s=history_s,
                     speed=speed, replay=replay, flood=flood, paused=paused, retain_s=retain_s, usdt_krw=usdt_krw,
                     ports_file=ports_file, binance_ping_interval=binance_ping_interval,
                     binance_pong_timeout=binance_pong_timeout, binance_lifetime=binance_lifetime,

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -48,6 +49,8 @@ PROTOCOLS = (UpbitProtocol, BinanceProtocol, CoinglassProtocol)
 class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
+    tls_cert: str | None = None          # PEM certificate chain: serve wss:// and https:// (tests, demos)
+    tls_key: str | None = None           # its private key (PEM); None: the key is in tls_cert
     seed: int = 1
     symbols: tuple = ("BTC",)            # base assets served (BTCUSDT/KRW-BTC, …; KRW-USDT always)
     start_ms: int | None = None
@@ -162,7 +165,8 @@ class Sim:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, reuse_address=True,
+                           ssl_context=self.ssl_context())
         await site.start()
         sock = site._server.sockets[0]          # the bound port (for --port 0)
         self.port = sock.getsockname()[1]
@@ -175,13 +179,22 @@ class Sim:
         log.info("listening host=%s port=%d mode=%s speed=%s paused=%s flood=%d", self.cfg.host, self.port,
                  "replay" if self.capture else "model", self.cfg.speed, self.clock.paused, self.cfg.flood)
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS on the one port when a certificate is configured (OSError/ssl.SSLError if unusable)."""
+        if not self.cfg.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        return ctx
+
     def urls(self) -> dict:
         h, p = self.cfg.host, self.port
         if ":" in h:
             h = f"[{h}]"
-        return {"CQT_UPBIT_WS_URL": f"ws://{h}:{p}/websocket/v1", "CQT_UPBIT_REST_URL": f"http://{h}:{p}",
-                "CQT_BINANCE_WS_URL": f"ws://{h}:{p}", "CQT_BINANCE_REST_URL": f"http://{h}:{p}",
-                "CQT_COINGLASS_URL": f"http://{h}:{p}", "control": f"http://{h}:{p}/_sim"}
+        ws, http = ("wss", "https") if self.cfg.tls_cert else ("ws", "http")
+        return {"CQT_UPBIT_WS_URL": f"{ws}://{h}:{p}/websocket/v1", "CQT_UPBIT_REST_URL": f"{http}://{h}:{p}",
+                "CQT_BINANCE_WS_URL": f"{ws}://{h}:{p}", "CQT_BINANCE_REST_URL": f"{http}://{h}:{p}",
+                "CQT_COINGLASS_URL": f"{http}://{h}:{p}", "control": f"{http}://{h}:{p}/_sim"}
 
     def _write_ports_file(self, path: str) -> None:
         d = os.path.dirname(os.path.abspath(path))

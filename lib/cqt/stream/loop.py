@@ -193,9 +193,10 @@ class StreamLoop:
                 if not self._sleep(c, wait):
                     return None
         try:
+            tls = {"sslopt": {"ca_certs": self.cfg.ca_bundle}} if self.cfg.ca_bundle else {}
             ws = self.connect(
                 ep.url, timeout=self.cfg.connect_timeout_s, suppress_origin=ep.suppress_origin,
-                skip_utf8_validation=True, enable_multithread=False)
+                skip_utf8_validation=True, enable_multithread=False, **tls)
             buffer_reads(ws)
             for msg in ep.subscribe:
                 ws.send(msg)

@@ -29,6 +29,10 @@ TABLE: tuple[Var, ...] = (
        "reconnect windows longer than this on markPrice/bookTicker/Upbit order book are recorded as unfillable gaps",
        0),
     _V("CQT_UPBIT_PING_S", "30", "float", "send text `PING` after this long without frames", 0.1),
+    _V("CQT_CA_BUNDLE", "", "str",
+       "certificate authorities (PEM) the collectors and pollers trust for `wss://` and `https://`, instead of the "
+       "system's; unset: `REQUESTS_CA_BUNDLE`, then `SSL_CERT_FILE`, then the system store",
+       default_doc="unset (the system store)"),
     _V("CQT_REST_TIMEOUT_S", "10", "float", "timeout of each backfill request", 0.1),
     _V("CQT_UPBIT_RECONCILE_S", "180", "float",
        "while connected, compare the newest Upbit REST trade pages of each code with the stored trades this often "

@@ -330,6 +330,7 @@ def main(db: str | None, capture_path: str | None, symbols: str | None, symbol: 
     unchecked = markets_or_exit(
         SERVICE, cfg.rest_base, markets.PATH, lambda info: markets.symbol_problems(info, cfg.symbols),
         venue="Binance USD-M futures (TRADING perpetuals)",
-        fix=symbol_fix(settings, "CQT_BINANCE_SYMBOLS", "CQT_BINANCE_SYMBOL"), timeout_s=cfg.rest_timeout_s)
+        fix=symbol_fix(settings, "CQT_BINANCE_SYMBOLS", "CQT_BINANCE_SYMBOL"), timeout_s=cfg.rest_timeout_s,
+        ca_bundle=cfg.loop.ca_bundle)
     sys.exit(run_service(SERVICE, lambda svc: run_stream_collector(svc, BinanceStream(cfg), capture_path, unchecked),
                          settings))

@@ -258,7 +258,8 @@ def main(db: str | None, capture_path: str | None, codes: str | None) -> None:
     capture_path = capture_target_or_exit(SERVICE, settings, capture_path)
     unchecked = markets_or_exit(
         SERVICE, cfg.rest_base, markets.PATH, lambda listed: markets.code_problems(listed, cfg.codes),
-        venue="Upbit", fix=symbol_fix(settings, "CQT_UPBIT_CODES", option="--codes"), timeout_s=cfg.rest_timeout_s)
+        venue="Upbit", fix=symbol_fix(settings, "CQT_UPBIT_CODES", option="--codes"), timeout_s=cfg.rest_timeout_s,
+        ca_bundle=cfg.loop.ca_bundle)
     sys.exit(run_service(SERVICE, lambda svc: run_stream_collector(svc, UpbitStream(cfg), capture_path, unchecked),
                          settings))
 
