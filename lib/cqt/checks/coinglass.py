@@ -33,8 +33,10 @@ def explain(http_status: int | None, error: str | None) -> str:
     detail = f" ({error})" if error else ""
     if http_status is None:
         return f"no answer from Coinglass: {error or 'timeout or connection refused'}"
-    if http_status == 401:
-        return f"401 from Coinglass: key rejected{detail}"
+    if (error or "").startswith("interval not allowed by plan"):
+        return f"{http_status} from Coinglass: the plan does not allow this interval{detail}"
+    if http_status == 401 or (error or "").endswith("key rejected"):
+        return f"{http_status} from Coinglass: key rejected{detail}"
     if http_status == 403:
         return f"403 from Coinglass: the plan does not allow this endpoint or interval{detail}"
     if http_status == 429:

@@ -123,13 +123,16 @@ def _symbols(ctx, param, value):
 @click.option("--coinglass-plan", default="standard", show_default=True,
               type=click.Choice(["hobbyist", "startup", "standard", "professional"]),
               help="Plan whose interval restrictions apply.")
+@click.option("--coinglass-errors", default="legacy", show_default=True, type=click.Choice(["legacy", "real"]),
+              help="Error shapes: legacy (HTTP 401 naming the interval) or real (plan refusal HTTP 200 "
+                   "code 401 'Upgrade plan', bad key HTTP 400 'Invalid API key provided').")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, history_s, replay, speed, flood, paused,
          faults, retain_s,
          usdt_krw, binance_ping_interval, binance_pong_timeout, binance_lifetime, binance_weight_limit,
          binance_ban_seconds, upbit_idle_timeout, upbit_origin_interval, coinglass_key, coinglass_limit,
-         coinglass_plan, log_level):
+         coinglass_plan, coinglass_errors, log_level):
     """Serve Upbit, Binance USD-M futures and Coinglass on one loopback port, from a
     deterministic market model (or a capture), with fault injection."""
     if not _loopback(host):
@@ -148,7 +151,7 @@ def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, his
                     binance_weight_limit=binance_weight_limit, binance_ban_seconds=binance_ban_seconds,
                     upbit_idle_timeout=upbit_idle_timeout, upbit_origin_interval=upbit_origin_interval,
                     coinglass_key=coinglass_key, coinglass_limit=coinglass_limit, coinglass_plan=coinglass_plan,
-                    faults=list(faults))
+                    coinglass_errors=coinglass_errors, faults=list(faults))
     try:
         code = asyncio.run(_serve(cfg))
     except KeyboardInterrupt:

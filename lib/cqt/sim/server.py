@@ -74,6 +74,7 @@ class SimConfig:
     coinglass_key: str | None = None
     coinglass_limit: int = 30
     coinglass_plan: str = "standard"
+    coinglass_errors: str = "legacy"          # legacy | real: cqt.sim.venues.coinglass.rest
     max_queue: int = 200_000
     faults: list = field(default_factory=list)
 

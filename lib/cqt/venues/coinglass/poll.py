@@ -28,9 +28,11 @@ stored), error (short reason: `401 key rejected`, `429 rate limited`, `timeout`,
 are masked and long tokens cut from server text).
 
 Failure behaviour: 429/5xx/timeouts back off (the RestClient's state and Retry-After);
-a rejected key (401) is an ERROR once and a slow retry (the key may be re-enabled);
-an interval the plan refuses stops that job with one ERROR naming the plan limits — no
-retry loop — and when no job is left the program exits 78. Disabled, missing or
+a rejected key (HTTP 401; HTTP 400 or a body code "400" saying "Invalid API key") is an
+ERROR once and a slow retry (the key may be re-enabled); an interval the plan refuses
+(HTTP 401 naming it, or HTTP 200 with code "401" "Upgrade plan") stops every job with one
+ERROR naming CQT_COINGLASS_INTERVAL and what the plan allows — no retry loop — and the
+program exits 78 (error_kind: the pure classification). Disabled, missing or
 placeholder key: one line, exit 78, before anything starts.
 """
 from __future__ import annotations
@@ -56,7 +58,7 @@ from ...redact import redact
 from ...rest import RestClient
 from ...runtime import Service, load_settings_or_exit
 from ...timeutil import now_ms
-from ..common import Reject, clip, interval_ms, store_sql
+from ..common import INTERVALS, Reject, clip, interval_ms, store_sql
 from ..registry import rest_answer_outcome
 from . import call_endpoint, exchange, exchange_list, markets
 from .parse import COINGLASS_ENDPOINTS, SRC
@@ -182,22 +184,39 @@ def job_name(coin: str, key: str) -> str:
     return f"{coin}@{key}"
 
 
-def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError | None]:
+def error_kind(status: int | None, code: str | None, msg: str, interval: str) -> str | None:
+    """What a Coinglass error answer means, from its HTTP status, the body's `code` (None when
+    the body has none) and `msg`: "interval" (the plan refuses the interval), "endpoint" (the
+    plan refuses this endpoint), "key" (the key is refused) or None (anything else).
+
+    Both shapes of each are recognised: the ones cqt-sim has always served (HTTP 401 naming
+    the interval) and the ones public client code reports from the real API (HTTP 200 with
+    ``{"code":"401","msg":"Upgrade plan"}`` naming no interval, which on these endpoints is
+    the interval; HTTP 400 or body code "400" "Invalid API key provided")."""
+    if status is not None and (status == 429 or status >= 500):
+        return None
+    if plan_refusal(msg, interval):
+        return "interval" if interval in msg or code == "401" else "endpoint"
+    if status == 401 or code in ("401", "40001") or "api key" in msg.lower():
+        return "key"
+    return None
+
+
+def classify(resp, parsed, interval: str, plan: str | None = None) -> tuple[bool, str | None, PollError | None]:
     """One answer -> (ok, short error for coinglass_call_status, PollError or None).
 
-    `parsed` is the rest_answer_outcome result for a 2xx answer (None otherwise)."""
+    `parsed` is the rest_answer_outcome result for a 2xx answer (None otherwise); `plan` the
+    configured CQT_COINGLASS_PLAN (None: unknown), named in a plan refusal's advice."""
     fail = failure_of(resp)
     status = resp.status
     if fail is not None:
         if status is None:
             return False, fail.reason, fail
         msg = _server_msg(resp.text)
-        if plan_refusal(msg, interval) and status != 429 and status < 500:
-            return False, _plan_error(msg), _plan_poll_error(msg, interval)
-        if status == 401:
-            err = "401 key rejected"
-            return False, err, PollError(err, "Coinglass refused the API key: check COINGLASS_API_KEY",
-                                         level=logging.ERROR)
+        body = error_code(resp.text)
+        kind = error_kind(status, body[0] if body else None, msg, interval)
+        if kind is not None:
+            return _refusal(kind, status, msg, interval, plan)
         if status == 429:
             return False, "429 rate limited", fail
         if status >= 500:
@@ -205,12 +224,11 @@ def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError |
         return False, f"{status} {msg}".strip() if msg else f"{status} error", fail
     if isinstance(parsed, Reject):
         msg = parsed.detail or ""
-        if parsed.reason.startswith("api_error") and plan_refusal(msg, interval):
-            return False, _plan_error(msg), _plan_poll_error(msg, interval)
-        if parsed.reason in ("api_error:401", "api_error:40001") or "api key" in msg.lower():
-            err = "401 key rejected"
-            return False, err, PollError(err, "Coinglass refused the API key: check COINGLASS_API_KEY",
-                                         level=logging.ERROR)
+        if parsed.reason.startswith("api_error"):
+            code = parsed.reason.partition(":")[2]
+            kind = error_kind(status, code, msg, interval)
+            if kind is not None:
+                return _refusal(kind, int(code) if code in ("400", "401") else 401, msg, interval, plan)
         if parsed.reason == "api_error:429":
             return False, "429 rate limited", PollError("429 rate limited", retry_after_s=60.0)
         err = f"bad answer: {parsed.reason}" + (f" {msg}" if msg else "")
@@ -218,6 +236,16 @@ def classify(resp, parsed, interval: str) -> tuple[bool, str | None, PollError |
     if parsed is None:
         return False, "bad answer: unparsable", PollError("bad answer: unparsable")
     return True, None, None
+
+
+def _refusal(kind: str, status: int, msg: str, interval: str, plan: str | None):
+    """The (ok, error, PollError) of a refused key or plan; `status` names a key refusal
+    (`400 key rejected`, `401 key rejected`): the HTTP status or the body's code."""
+    if kind == "key":
+        err = f"{400 if status == 400 else 401} key rejected"
+        return False, err, PollError(err, "Coinglass refused the API key: check COINGLASS_API_KEY",
+                                     level=logging.ERROR)
+    return False, _plan_error(msg), _plan_poll_error(msg, interval, plan, whole_plan=kind == "interval")
 
 
 def _server_msg(text: str) -> str:
@@ -231,11 +259,25 @@ def _plan_error(msg: str) -> str:
     return f"interval not allowed by plan: {msg}"[:200]
 
 
-def _plan_poll_error(msg: str, interval: str) -> PollError:
+def plan_advice(plan: str | None, interval: str) -> str:
+    """What the configured plan allows (from PLANS), or every plan's limits when it is unknown
+    or when Coinglass refused an interval the configured plan should allow (the key's plan is
+    then not the configured one)."""
+    if plan not in PLANS:
+        return f"plan limits: {PLAN_LIMITS_TEXT}"
+    shortest = PLANS[plan][1]
+    allows = "every interval" if shortest == "1m" else f"{shortest} and longer"
+    text = f"the {plan} plan (CQT_COINGLASS_PLAN) allows {allows}"
+    if interval in INTERVALS and INTERVALS[interval] >= interval_ms(shortest):
+        text += f", so the key's plan is not {plan}; plan limits: {PLAN_LIMITS_TEXT}"
+    return text
+
+
+def _plan_poll_error(msg: str, interval: str, plan: str | None = None, whole_plan: bool = False) -> PollError:
     """An interval the plan refuses is refused on every endpoint: stop them all, once."""
-    if interval in msg:
+    if whole_plan or interval in msg:
         return PollError("interval not allowed by plan",
-                         f"Coinglass refused interval {interval} ({msg}); plan limits: {PLAN_LIMITS_TEXT}; "
+                         f"Coinglass refused interval {interval} ({msg}); {plan_advice(plan, interval)}; "
                          "set CQT_COINGLASS_INTERVAL to an interval your plan allows",
                          disable_all=True, exit_code=exitcodes.CONFIG, level=logging.ERROR)
     return PollError("not allowed by plan", f"{msg}; this endpoint is not polled any more",
@@ -345,7 +387,7 @@ class CoinglassPoller:
         if r.ok:
             parsed = rest_answer_outcome(SOURCE, ep.path, params, r.text, r.recv_ts_ms, None,
                                          self.svc.settings, r.status)
-        ok, error, fail = classify(r, parsed, self.cfg.interval)
+        ok, error, fail = classify(r, parsed, self.cfg.interval, self.cfg.plan)
         rows = 0
         if ok:
             if parsed.rows:

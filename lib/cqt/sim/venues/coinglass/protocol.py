@@ -20,6 +20,7 @@ class Protocol(VenueProtocol):
         self.key = cfg.coinglass_key
         self.limit = cfg.coinglass_limit
         self.plan = cfg.coinglass_plan
+        self.real_errors = cfg.coinglass_errors == "real"
         self.limiter = Limiter(cfg.coinglass_limit, 60)
         self.auth_fail = 0                      # the `coinglass_auth` fault: keys still to reject
 
@@ -27,17 +28,23 @@ class Protocol(VenueProtocol):
         msg = {429: "Too Many Requests", 401: "Invalid API key"}.get(status, "Internal Server Error")
         return rest.error_body(str(status), msg)
 
+    def bad_key(self, out: dict):
+        """A refused key in the shape `--coinglass-errors` selects."""
+        if self.real_errors:
+            return rest.BAD_KEY_STATUS, rest.error_body(*rest.BAD_KEY_REAL), out
+        return 401, rest.error_body("401", "Invalid API key"), out
+
     def gate(self, headers, path: str, params: dict, now: float, mono: float):
         key = headers.get("CG-API-KEY")
         out = {"API-KEY-MAX-LIMIT": str(self.limit)}
         if self.auth_fail > 0 and key:
             self.auth_fail -= 1
-            return 401, rest.error_body("401", "Invalid API key"), out
+            return self.bad_key(out)
         if not key:
             return 401, rest.error_body("401", "API key missing"), out
         want = self.key
         if (want is not None and key != want) or (want is None and key in REJECTED_KEYS):
-            return 401, rest.error_body("401", "Invalid API key"), out
+            return self.bad_key(out)
         used = self.limiter.add(1, now)
         out["API-KEY-USE-LIMIT"] = str(used)
         if used > self.limit:
@@ -46,6 +53,8 @@ class Protocol(VenueProtocol):
         iv = params.get("interval")
         plan = self.plan
         if iv and not rest.plan_allows(plan, iv):
+            if self.real_errors:
+                return rest.PLAN_REFUSAL_STATUS, rest.error_body(*rest.PLAN_REFUSAL_REAL), out
             return 401, rest.error_body(
                 "401", f"Upgrade plan: interval {iv} is not available on the {plan.capitalize()} plan "
                        f"(minimum {rest.PLANS[plan]})"), out

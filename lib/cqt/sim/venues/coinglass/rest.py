@@ -24,6 +24,11 @@ _WEEK_OFFSET = 4 * 86_400_000       # weekly bars open on Monday 00:00 UTC
 PLANS = {"hobbyist": "4h", "startup": "30m", "standard": "1m", "professional": "1m"}
 PLAN_LIMITS = {"hobbyist": 30, "startup": 80, "standard": 300, "professional": 1200}
 
+# `--coinglass-errors real`: the shapes public client code reports from the real API (the
+# default `legacy` keeps the sim's older HTTP 401 answers, which name the interval).
+PLAN_REFUSAL_STATUS, PLAN_REFUSAL_REAL = 200, ("401", "Upgrade plan")         # names no interval
+BAD_KEY_STATUS, BAD_KEY_REAL = 400, ("400", "Invalid API key provided")
+
 
 def plan_allows(plan: str, interval: str) -> bool:
     if interval not in INTERVALS:
