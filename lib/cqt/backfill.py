@@ -54,12 +54,15 @@ class GapBook:
             gap.row_id = cur.lastrowid
         self.writer.call(insert)
 
-    def close(self, gap: Gap, status: str) -> None:
+    def close(self, gap: Gap, status: str, reason: str | None = None) -> None:
+        """Close the row; `reason` (why it could not be filled) is added to its reason."""
         def update(conn) -> None:
             if gap.row_id is None:
                 return
             conn.execute(GAP_UPDATE, (gap.from_id, gap.to_id, gap.from_ts_ms, gap.to_ts_ms, now_ms(),
                                       gap.filled_rows, status, gap.row_id))
+            if reason:
+                conn.execute("UPDATE gaps SET reason = ? WHERE id = ?", (f"{gap.reason}; {reason}", gap.row_id))
         self.writer.call(update)
 
     def insert_counted(self, sql: str, rows: list, gap: Gap) -> None:
@@ -158,14 +161,20 @@ class Pager:
         self.failures += 1
         o.last_error = r.error or f"http {r.status}"
         if r.status is not None and 400 <= r.status < 500 and r.status not in (408, 418, 429):
-            raise GiveUp(f"{path} answered {r.status}: {r.text[:120]}")
+            raise GiveUp(f"{path} answered {r.status}: {r.text[:120]}", status=r.status, text=r.text or "")
         if self.failures >= MAX_FAILURES:
             raise GiveUp(f"{path}: {self.failures} failures in a row, last: {o.last_error}")
         return None
 
 
 class GiveUp(Exception):
-    """The job cannot go on (a 4xx that will not change, too many failures in a row)."""
+    """The job cannot go on (a 4xx that will not change, too many failures in a row);
+    `status`/`text`: the refusing answer, when there was one (a venue reads its code)."""
+
+    def __init__(self, message: str, status: int | None = None, text: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.text = text
 
 
 class Stopped(Exception):

@@ -110,6 +110,13 @@ def _symbols(ctx, param, value):
               help="Cut every Binance connection after this many seconds (real: 24 h).")
 @click.option("--binance-weight-limit", default=2400, show_default=True, type=click.IntRange(1),
               help="REST request weight per minute before 429.")
+@click.option("--binance-agg-history-s", default=0, show_default=True, type=click.IntRange(0),
+              help="Refuse aggTrades older than this many seconds with 400/-1130 (real: 48 h; 0 = no limit).")
+@click.option("--binance-futures-data-days", default=0, show_default=True, type=click.IntRange(0),
+              help="Refuse /futures/data startTime older than N days with 400/-1130 (real: ~30; 0 = clamp).")
+@click.option("--binance-futures-data-window", default="oldest", show_default=True,
+              type=click.Choice(["oldest", "newest"]),
+              help="Which rows a /futures/data window larger than limit returns.")
 @click.option("--binance-ban-seconds", default=120.0, show_default=True, type=click.FloatRange(0.1),
               help="First 418 ban for a client that keeps going after 429s (doubles each time).")
 @click.option("--upbit-idle-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
@@ -131,6 +138,7 @@ def _symbols(ctx, param, value):
 def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, history_s, replay, speed, flood, paused,
          faults, retain_s,
          usdt_krw, binance_ping_interval, binance_pong_timeout, binance_lifetime, binance_weight_limit,
+         binance_agg_history_s, binance_futures_data_days, binance_futures_data_window,
          binance_ban_seconds, upbit_idle_timeout, upbit_origin_interval, coinglass_key, coinglass_limit,
          coinglass_plan, coinglass_errors, log_level):
     """Serve Upbit, Binance USD-M futures and Coinglass on one loopback port, from a
@@ -148,7 +156,9 @@ def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, his
                     speed=speed, replay=replay, flood=flood, paused=paused, retain_s=retain_s, usdt_krw=usdt_krw,
                     ports_file=ports_file, binance_ping_interval=binance_ping_interval,
                     binance_pong_timeout=binance_pong_timeout, binance_lifetime=binance_lifetime,
-                    binance_weight_limit=binance_weight_limit, binance_ban_seconds=binance_ban_seconds,
+                    binance_weight_limit=binance_weight_limit, binance_agg_history_s=binance_agg_history_s,
+                    binance_futures_data_days=binance_futures_data_days,
+                    binance_futures_data_window=binance_futures_data_window, binance_ban_seconds=binance_ban_seconds,
                     upbit_idle_timeout=upbit_idle_timeout, upbit_origin_interval=upbit_origin_interval,
                     coinglass_key=coinglass_key, coinglass_limit=coinglass_limit, coinglass_plan=coinglass_plan,
                     coinglass_errors=coinglass_errors, faults=list(faults))

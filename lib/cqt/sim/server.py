@@ -34,6 +34,7 @@ from .model import MarketModel
 from .pump import Pump
 from .replay import Capture
 from .stats import StreamStats
+from .venues.binance.history import HistoryLimits
 from .venues.binance.protocol import Protocol as BinanceProtocol
 from .venues.coinglass.protocol import Protocol as CoinglassProtocol
 from .venues.upbit.protocol import Protocol as UpbitProtocol
@@ -66,6 +67,9 @@ class SimConfig:
     binance_pong_timeout: float = 600.0
     binance_lifetime: float = 86400.0
     binance_weight_limit: int = 2400
+    binance_agg_history_s: int = 0          # 0 = unlimited (only --retain)
+    binance_futures_data_days: int = 0      # 0 = an older startTime is clamped to 30 days
+    binance_futures_data_window: str = "oldest"
     binance_ban_seconds: float = 120.0
     upbit_idle_timeout: float = 120.0
     upbit_origin_interval: float = 10.0
@@ -118,6 +122,8 @@ class Sim:
             origin = cfg.start_ms if cfg.start_ms is not None else int(time.time() * 1000)
             self.market = Market(MarketModel(cfg.seed, origin, cfg.history_s, cfg.speed, cfg.retain_s,
                                              cfg.usdt_krw, assets=cfg.symbols))
+            self.market.binance_history = HistoryLimits(cfg.binance_agg_history_s, cfg.binance_futures_data_days,
+                                                        cfg.binance_futures_data_window)
             self.clock = SimClock(origin, cfg.speed if cfg.speed > 0 else 1.0, cfg.paused)
         if self.market is not None:
             self.assets = self.market.model.assets

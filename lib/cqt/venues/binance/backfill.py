@@ -21,6 +21,14 @@ log = logging.getLogger("cqt.backfill")
 
 AGG_PAGE = 1000
 HOUR_MS = 3_600_000
+#: what a gap older than the venue's aggTrades history is closed with
+TOO_OLD_REASON = "unfillable: Binance keeps only ~48 h of aggTrades history (-1130 for older data)"
+
+
+def refused_too_old(exc: GiveUp) -> bool:
+    """A 400 with code -1130 on aggTrades: the ids or times asked for are older than the
+    venue serves (the SDK says 48 h; the exact refusal is not documented)."""
+    return exc.status == 400 and '"code":-1130' in exc.text.replace(" ", "")
 
 
 class AggTradeFill(FillBase):
@@ -49,6 +57,12 @@ class AggTradeFill(FillBase):
         except Stopped:
             return                                  # the gap stays open; the next start resumes it
         except GiveUp as exc:
+            if refused_too_old(exc):
+                # ends at once: retrying cannot make old data servable again; the row says why
+                self.gaps.close(gap, "unfillable" if not gap.filled_rows else "partial", TOO_OLD_REASON)
+                log.error("backfill %s stream=%s ids=%s..%s: %s", "unfillable", gap.stream, gap.from_id,
+                          gap.to_id, TOO_OLD_REASON)
+                return
             got = -1
             log.error("backfill gave up stream=%s ids=%s..%s: %s", gap.stream, gap.from_id, gap.to_id, exc)
         want = gap.n_ids

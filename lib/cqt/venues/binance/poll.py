@@ -61,7 +61,29 @@ PERIOD = RATIO_PERIOD
 PERIOD_MS = 300_000
 HIST_MAX_LIMIT = 500               # /futures/data/* limit per request
 HIST_KEEP_MS = 30 * 86_400_000     # /futures/data/* only serve the last 30 days
+HIST_SAFE_MS = 29 * 86_400_000    # where a catch-up refused for its age restarts (inside the 30 days)
 FUNDING_EVERY_MS = 8 * 3_600_000
+#: what a catch-up window refused for its age is recorded with
+TOO_OLD_REASON = "unfillable: Binance serves /futures/data only for the last ~30 days (-1130 for an older startTime)"
+
+
+def catch_up_end(start: int, now: int) -> int:
+    """The endTime of a catch-up page: at most HIST_MAX_LIMIT periods from start, so the
+    answer is the same whether the venue returns the oldest or the newest rows of a larger
+    window (that choice is undocumented)."""
+    return min(now, start + (HIST_MAX_LIMIT - 1) * PERIOD_MS)
+
+
+def refused_too_old(err: PollError) -> bool:
+    """-1130 on /futures/data: the startTime is older than the venue keeps."""
+    return err.reason.endswith("code -1130")
+
+
+def restart_after_refusal(start: int, now: int) -> int | None:
+    """Where a catch-up refused for its age goes on (now - 29 days, period aligned); None
+    when that is no later than the refused start (do not repeat the same request)."""
+    t = -(-(now - HIST_SAFE_MS) // PERIOD_MS) * PERIOD_MS
+    return t if t > start else None
 
 #: job kind -> (endpoint name, binance_ratios.kind)
 RATIO_JOBS = {
@@ -180,6 +202,7 @@ class BinanceRestPoller:
         self._lock = threading.Lock()
         self.newest = NewestTimes()    # job name -> newest stored time (resume point)
         self.backfilled: dict[str, int] = {}
+        self.unfillable: dict[str, dict] = {}   # job name -> the catch-up window the venue refused
         self.plan = cfg.plan()
         jobs = self.jobs()
         # First runs spread over a few seconds (not a burst of every symbol at once).
@@ -293,26 +316,40 @@ class BinanceRestPoller:
             start = since
             pages = 0
             while start < now and pages < 50:
-                params = {**base, "startTime": start, "endTime": now, "limit": HIST_MAX_LIMIT}
+                end = catch_up_end(start, now)
+                params = {**base, "startTime": start, "endTime": end, "limit": HIST_MAX_LIMIT}
                 try:
                     res, n = self._get(symbol, path, params, (self.data_limit,))
                 except PollError as e:
                     e.calls += calls
                     e.rows += rows
-                    raise
+                    on = restart_after_refusal(start, now) if refused_too_old(e) else None
+                    if on is None:
+                        raise
+                    calls += 1
+                    pages += 1
+                    self._record_unfillable(name, start, on, e)
+                    start = on
+                    continue
                 calls += 1
                 pages += 1
                 rows += n
                 self.newest.advance(name, res.event_ts_ms)
-                if n < HIST_MAX_LIMIT or res.event_ts_ms is None:
+                if end >= now:
                     break
-                start = res.event_ts_ms + 1
+                start = max(end, res.event_ts_ms or end) + 1
             self.backfilled[name] = rows
             log.info("job=%s caught up from %d rows=%d pages=%d", name, since, rows, pages)
             return RunResult(rows=rows, calls=calls, note=f"caught up {rows} periods")
         res, n = self._get(symbol, path, {**base, "limit": self.cfg.refetch}, (self.data_limit,))
         self.newest.advance(name, res.event_ts_ms)
         return RunResult(rows=n)
+
+    def _record_unfillable(self, name: str, start: int, to: int, err: PollError) -> None:
+        """The poller keeps no gaps table: the refused window is a WARNING line and part of
+        the status detail (`unfillable`), and the catch-up goes on from `to`."""
+        self.unfillable[name] = {"from_ts_ms": start, "to_ts_ms": to, "reason": TOO_OLD_REASON}
+        log.warning("job=%s catch-up from %d to %d %s (%s)", name, start, to, TOO_OLD_REASON, err.detail or err.reason)
 
     def poll_funding(self, symbol: str) -> RunResult:
         """Funding every 8 h: fetch what is newer than the newest stored (re-fetching it);
@@ -331,6 +368,7 @@ class BinanceRestPoller:
     def detail(self) -> dict:
         d = self.loop.detail()
         d["rest"] = self.client.rate.snapshot()
+        d["unfillable"] = dict(self.unfillable)
         d["limits"] = {"futures_data_5m": self.data_limit.used(), "fundingRate_5m": self.funding_limit.used()}
         d["plan"] = {"symbols": len(self.cfg.symbols), "intervals_s": dict(self.plan.intervals),
                      "use_per_window": {b: round(u, 1) for b, u in self.plan.usage.items()}}

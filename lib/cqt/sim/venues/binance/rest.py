@@ -14,8 +14,10 @@ import time
 
 from ...blocks import FUNDING_MS
 from .frames import fixed
+from .history import HistoryLimits, invalid_param_msg, window_times
 
 PREFIXES = ("/fapi/", "/futures/data/")
+NO_LIMITS = HistoryLimits()          # today's answers: no age refusals, oldest rows first
 
 
 # ------------------------------------------------------------------ REST helpers
@@ -143,7 +145,7 @@ def exchange_info(m, p: dict, now: int):
         "exchangeFilters": [], "assets": [], "symbols": symbols})
 
 
-def agg_trades(m, p: dict, now: int):
+def agg_trades(m, p: dict, now: int, hist: HistoryLimits = NO_LIMITS):
     leg = _leg(m, p)
     sym = leg.symbol
     decs = (leg.spec.pdec, leg.spec.qdec)
@@ -156,9 +158,13 @@ def agg_trades(m, p: dict, now: int):
             raise BinanceError(-1023, "Start time is greater than end time.")
         if end - start > 3_600_000:
             raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
+    if hist.agg_too_old(start, now):
+        raise BinanceError(-1130, invalid_param_msg("startTime"))
     out = []
     if from_id is not None:
         for tr in leg.agg_trades_from(from_id, now):
+            if not out and hist.agg_too_old(tr[5], now):      # the first trade asked for is too old
+                raise BinanceError(-1130, invalid_param_msg("fromId"))
             if (start is not None and tr[5] < start) or (end is not None and tr[5] > end):
                 continue
             out.append(tr)
@@ -198,7 +204,7 @@ PERIODS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1h": 3_600_000, "2h
 _THIRTY_DAYS = 30 * 86_400_000
 
 
-def _period_times(m, p: dict, now: int):
+def _period_times(m, p: dict, now: int, hist: HistoryLimits = NO_LIMITS):
     """The symbol's leg and the row timestamps of a /futures/data endpoint: period
     boundaries <= now (the row stamped t covers the period that ends at t), last 30 days."""
     leg = _leg(m, p)
@@ -214,13 +220,11 @@ def _period_times(m, p: dict, now: int):
     latest = now - now % P
     earliest = now - _THIRTY_DAYS
     hi = min(latest, end - end % P) if end is not None else latest
+    if hist.futures_start_too_old(start, now):
+        raise BinanceError(-1130, invalid_param_msg("startTime"))
     if start is not None:
         t = max(start, earliest)
-        t = -(-t // P) * P
-        times = []
-        while t <= hi and len(times) < limit:
-            times.append(t)
-            t += P
+        times = window_times(-(-t // P) * P, hi, P, limit, hist.futures_data_window)
     else:
         times = [t for t in range(hi - (limit - 1) * P, hi + 1, P) if t >= earliest]
     return leg, P, times
@@ -232,8 +236,8 @@ def _supply(leg, t: int) -> float:
     return leg.spec.oi_usd / leg.spec.price * 45.0         # a circulating supply of its size
 
 
-def open_interest_hist(m, p: dict, now: int):
-    leg, _P, times = _period_times(m, p, now)
+def open_interest_hist(m, p: dict, now: int, hist: HistoryLimits = NO_LIMITS):
+    leg, _P, times = _period_times(m, p, now, hist)
     rows = []
     for t in times:
         oi = leg.series.open_interest(t)
@@ -253,18 +257,18 @@ def _ratio_rows(leg, times, fn) -> list:
     return rows
 
 
-def global_ls_ratio(m, p: dict, now: int):
-    leg, _P, times = _period_times(m, p, now)
+def global_ls_ratio(m, p: dict, now: int, hist: HistoryLimits = NO_LIMITS):
+    leg, _P, times = _period_times(m, p, now, hist)
     return 200, _dump(_ratio_rows(leg, times, leg.series.long_account))
 
 
-def top_ls_position_ratio(m, p: dict, now: int):
-    leg, _P, times = _period_times(m, p, now)
+def top_ls_position_ratio(m, p: dict, now: int, hist: HistoryLimits = NO_LIMITS):
+    leg, _P, times = _period_times(m, p, now, hist)
     return 200, _dump(_ratio_rows(leg, times, leg.series.top_long_position))
 
 
-def taker_ls_ratio(m, p: dict, now: int):
-    leg, P, times = _period_times(m, p, now)
+def taker_ls_ratio(m, p: dict, now: int, hist: HistoryLimits = NO_LIMITS):
+    leg, P, times = _period_times(m, p, now, hist)
     rows = []
     for t in times:
         buy, sell = leg.taker_volume(t - P, t)
@@ -329,9 +333,14 @@ def book_ticker(m, p: dict, now: int):
     return 200, _dump(rows)
 
 
+_HISTORY_AWARE = {"agg_trades", "open_interest_hist", "global_ls_ratio", "top_ls_position_ratio", "taker_ls_ratio"}
+
+
 def _wrap(fn):
     def handler(market, p, now):
         try:
+            if fn.__name__ in _HISTORY_AWARE:
+                return fn(market.model, p, now, getattr(market, "binance_history", NO_LIMITS))
             return fn(market.model, p, now)
         except BinanceError as e:
             return _err(e.code, e.msg, e.status)
