@@ -6,7 +6,7 @@ module here with a TABLE, listed in TABLES and placed in a section.
 from __future__ import annotations
 
 from ..var import Var
-from . import aggregate, checks, collectors, core, dashboard, export, monitor, nightly, pollers, scheduler
+from . import aggregate, checks, collectors, core, dashboard, export, monitor, nightly, pollers, scheduler, study
 
 TABLES: dict[str, tuple[Var, ...]] = {
     "core": core.TABLE,
@@ -17,6 +17,7 @@ TABLES: dict[str, tuple[Var, ...]] = {
     "scheduler": scheduler.TABLE,
     "export": export.TABLE,
     "nightly": nightly.TABLE,
+    "study": study.TABLE,
     "dashboard": dashboard.TABLE,
     "monitor": monitor.TABLE,
 }
@@ -29,5 +30,6 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Checks", "checks", ("checks", "scheduler")),
     ("Export", "export", ("export",)),
     ("Report and nightly job", "nightly", ("nightly",)),
+    ("Label study, training set and backtest", "study", ("study",)),
     ("Dashboard and monitoring", "dashboard", ("dashboard", "monitor")),
 )
