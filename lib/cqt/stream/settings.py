@@ -18,6 +18,7 @@ class LoopSettings:
     flush_rows: int = 1000
     flush_s: float = 0.05
     connect_interval_s: float = 1.0      # at most one new connection per this long, all endpoints together
+    location_backoff_s: float = 3600.0   # after a 451 handshake (restricted location)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LoopSettings":
@@ -30,4 +31,5 @@ class LoopSettings:
             connect_timeout_s=g("CQT_WS_CONNECT_TIMEOUT_S", 10.0, 0.1),
             recv_timeout_s=min(1.0, g("CQT_WS_RECV_TIMEOUT_S", 0.5, 0.01)),
             connect_interval_s=g("CQT_WS_CONNECT_INTERVAL_S"),
+            location_backoff_s=g("CQT_REST_LOCATION_BACKOFF_S"),
         )
