@@ -122,7 +122,8 @@ def run_stream_collector(svc, venue, capture_path: str | None, unchecked: str | 
     capture = CaptureWriter(capture_path, secrets=settings.secrets, db_path=settings.db) if capture_path else None
     rest = RestClient(venue.rest_base, name=venue.rest_name, timeout_s=venue.rest_timeout_s, capture=capture,
                       sleep=svc.stopping.wait, max_wait_s=7 * 86400.0,   # a ban is waited out, not a failure
-                      ca_bundle=settings.ca_bundle)
+                      ca_bundle=settings.ca_bundle,
+                      location_backoff_s=settings.get_float("CQT_REST_LOCATION_BACKOFF_S"))
     loop = StreamLoop(svc, venue.endpoints(), None, venue.loop_settings, service=venue.service, capture=capture)
     backfiller = Backfiller(svc, "backfill")
     handler = loop.handler = venue.gap_handler(svc, loop, rest, GapBook(svc.writer), backfiller)
@@ -198,7 +199,8 @@ def run_rest_poller(service: str, source: str, settings, cfg, base_url: str, mak
             if capture_path else None
         client = RestClient(base_url, name=source, timeout_s=cfg.timeout_s, capture=capture,
                             headers=headers or {}, secrets=settings.secrets, sleep=svc.sleep,
-                            ca_bundle=ca_bundle)
+                            ca_bundle=ca_bundle,
+                            location_backoff_s=settings.get_float("CQT_REST_LOCATION_BACKOFF_S"))
         try:
             poller = holder["p"] = make_poller(svc, cfg, client)
             return poller.run()

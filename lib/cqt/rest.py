@@ -41,7 +41,9 @@ log = logging.getLogger("cqt.rest")
 
 #: defaults (seconds)
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_RETRY_AFTER_S = 60.0       # 429 without a usable Retry-After
+DEFAULT_RETRY_AFTER_S = 60.0       # 429 without a usable Retry-After nor a Remaining-Req header
+SECOND_WINDOW_JITTER_CAP_S = 8.0   # 429 by Remaining-Req (Upbit): next second + jitter that grows per repeat
+DEFAULT_LOCATION_BACKOFF_S = 3600.0  # 451 when the caller passes no setting (CQT_REST_LOCATION_BACKOFF_S)
 DEFAULT_BAN_S = 300.0              # 418 without a usable Retry-After
 MIN_BAN_S = 120.0                  # Binance's shortest 418 ban is 2 minutes
 ERROR_BACKOFF_BASE_S = 1.0         # 5xx / timeouts: full jitter in [0, min(cap, base*2^n)]
@@ -83,7 +85,8 @@ class RateLimitState:
     def __init__(self, name: str = "rest", *, clock: Callable[[], float] = time.monotonic,
                  wall_ms: Callable[[], int] = now_ms, weight_limit_1m: int | None = BINANCE_WEIGHT_LIMIT_1M,
                  soft_fraction: float = WEIGHT_SOFT_FRACTION, error_base_s: float = ERROR_BACKOFF_BASE_S,
-                 error_cap_s: float = ERROR_BACKOFF_CAP_S, rng: random.Random | None = None):
+                 error_cap_s: float = ERROR_BACKOFF_CAP_S, rng: random.Random | None = None,
+                 location_backoff_s: float = DEFAULT_LOCATION_BACKOFF_S):
         self.name = name
         self.clock = clock
         self.wall_ms = wall_ms
@@ -92,13 +95,15 @@ class RateLimitState:
         self.error_base_s = error_base_s
         self.error_cap_s = error_cap_s
         self.rng = rng or random.Random()
+        self.location_backoff_s = location_backoff_s
+        self.consecutive_429 = 0          # repeated 429s answered by Remaining-Req: growing jitter
         self._lock = threading.Lock()
         self.blocked_until = 0.0          # monotonic; no request before this
         self.block_reason = ""
         self.banned_until = 0.0           # 418
         self.used_weight_1m: int | None = None
         self.consecutive_errors = 0
-        self.counts = {"requests": 0, "ok": 0, "http_429": 0, "http_418": 0, "http_5xx": 0,
+        self.counts = {"requests": 0, "ok": 0, "http_429": 0, "http_418": 0, "http_451": 0, "http_5xx": 0,
                        "http_other": 0, "no_answer": 0}
 
     # -- queries ------------------------------------------------------------------------
@@ -146,8 +151,14 @@ class RateLimitState:
             wait = 0.0
             if status == 429:
                 self.counts["http_429"] += 1
-                wait = _retry_after(headers, DEFAULT_RETRY_AFTER_S)
+                self.consecutive_429 += 1
+                wait = self._wait_after_429(headers)
                 self._block(wait, "429 too many requests")
+            elif status == 451:
+                # The venue refuses this host's location: retrying soon cannot succeed.
+                self.counts["http_451"] += 1
+                wait = self.location_backoff_s
+                self._block(wait, "451 restricted location")
             elif status == 418:
                 self.counts["http_418"] += 1
                 wait = max(MIN_BAN_S, _retry_after(headers, DEFAULT_BAN_S))
@@ -159,9 +170,22 @@ class RateLimitState:
                 self._block(wait, f"http {status}")
             else:
                 self.consecutive_errors = 0
+                self.consecutive_429 = 0
                 self.counts["ok" if 200 <= status < 300 else "http_other"] += 1
             wait = max(wait, self._budget(headers))
             return wait
+
+    def _wait_after_429(self, headers: Mapping[str, str]) -> float:
+        """Retry-After when given; else, for a service that sends Remaining-Req (Upbit: a
+        per-second budget, no Retry-After), the start of the next second window plus a jitter
+        that grows with repeated 429s; else the flat default."""
+        if _retry_after(headers, -1.0) >= 0:
+            return _retry_after(headers, DEFAULT_RETRY_AFTER_S)
+        if headers.get("Remaining-Req"):
+            to_next_second = 1.0 - (self.wall_ms() % 1000) / 1000.0
+            ceiling = min(SECOND_WINDOW_JITTER_CAP_S, 0.25 * 2 ** min(self.consecutive_429 - 1, 30))
+            return to_next_second + self.rng.uniform(0.0, ceiling)
+        return DEFAULT_RETRY_AFTER_S
 
     def _budget(self, headers: Mapping[str, str]) -> float:
         """Slow down before the server's budget is spent (weight / remaining headers)."""
@@ -232,6 +256,7 @@ class RestClient:
     max_wait_s: float = 600.0                 # longer holds return "blocked" instead of waiting
     rate: RateLimitState | None = None
     ca_bundle: str | None = None              # CA file for https:// (Settings.ca_bundle); None: the system's
+    location_backoff_s: float = DEFAULT_LOCATION_BACKOFF_S   # hold after a 451 (restricted location)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -242,7 +267,8 @@ class RestClient:
         self.session.headers.update({"User-Agent": "cqt/1", "Accept": "application/json"})
         self.session.headers.update(dict(self.headers))
         if self.rate is None:
-            self.rate = RateLimitState(self.name, clock=self.clock, wall_ms=self.wall_ms)
+            self.rate = RateLimitState(self.name, clock=self.clock, wall_ms=self.wall_ms,
+                                       location_backoff_s=self.location_backoff_s)
         secrets = tuple(s for s in self.secrets if s)
         secrets += tuple(v for v in self.headers.values() if v and len(str(v)) >= 4)
         self.secrets = tuple(dict.fromkeys(secrets))
@@ -311,6 +337,11 @@ class RestClient:
             log.error("IP BANNED (418) by %s: no requests for %.0f s; path=%s — requests went on after 429s",
                       self.name, imposed, path)
             self._failed(path, f"banned (418) for {imposed:.0f} s", logged=True)
+        elif status == 451:
+            error = f"http 451 restricted location, retry after {imposed:.0f} s"
+            if self._failures == 0:
+                log.error("%s", location_refused_message(self.name))
+            self._failed(path, f"restricted location (451) backoff_s={imposed:.0f}", logged=self._failures == 0)
         elif status >= 500:
             error = f"http {status}"
             self._failed(path, f"server error status={status} backoff_s={imposed:.1f}")
@@ -355,6 +386,12 @@ class RestClient:
 
     def _synthetic(self, path: str, params: dict, reason: str, waited: float) -> RestResponse:
         return RestResponse(None, {}, "", 0, self.wall_ms(), path, params, reason, waited)
+
+
+def location_refused_message(service: str) -> str:
+    """The one ERROR line for an HTTP 451 (REST or WebSocket handshake)."""
+    return (f"http 451: {service} refuses requests from this host's location (restricted location); "
+            "run cqt from a permitted region")
 
 
 def _conn_reason(exc: BaseException) -> str:

@@ -30,6 +30,10 @@ def failure_of(resp) -> PollError | None:
         return PollError(err)
     headers = resp.headers or {}
     retry = _retry_after_s(headers)
+    if status == 429 and retry is None and hasattr(headers, "get") and headers.get("Remaining-Req"):
+        retry = 1.0      # a per-second budget (Upbit sends no Retry-After): the next window, not a minute
+    if status == 451:
+        return PollError("451 restricted location", "the venue refuses this host's location")
     if status == 429:
         return PollError("429 rate limited", f"Retry-After {retry:g} s" if retry is not None else None,
                          retry_after_s=retry)

@@ -61,6 +61,7 @@ class Connection:
         self.ws: websocket.WebSocket | None = None
         self.connected_at: float | None = None      # None while no connection is up
         self.connect_failures = RepeatedLog(log, clock=clock)
+        self.location_refused = False               # a 451 handshake was logged (ERROR once until a connect)
         self.last_rx = 0.0
         self.last_ping = 0.0
         self.tick = time.monotonic()

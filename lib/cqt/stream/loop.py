@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 import websocket
 
 from ..redact import redact
+from ..rest import location_refused_message
 from ..timeutil import now_ms
 from ..venues.common import Parsed, Reject
 from .backoff import Backoff, ConnectPacer
@@ -205,13 +206,28 @@ class StreamLoop:
             c.failures += 1
             c.last_error = _short(exc, self.secrets)
             c.state = "reconnecting"
+            if getattr(exc, "status_code", None) == 451:
+                self._location_refused(c)
+                return None
             c.connect_failures.failed(c.last_error, f"connect failed endpoint={ep.name} "
                                                     f"error={c.last_error.replace(' ', '_')}")
             return None
         c.connects += 1
+        c.location_refused = False
         c.connect_failures.ended(f"connect succeeded endpoint={ep.name}")
         log.info("connected endpoint=%s url=%s connects=%d", ep.name, _safe_url(ep.url), c.connects)
         return ws
+
+    def _location_refused(self, c: Connection) -> None:
+        """A 451 handshake: the venue refuses this host's location, so reconnecting soon cannot
+        help. One ERROR, then a long wait (further refusals at DEBUG)."""
+        if not c.location_refused:
+            log.error("%s (websocket endpoint; next attempt in %.0f s)", location_refused_message(c.ep.name),
+                      self.cfg.location_backoff_s)
+            c.location_refused = True
+        else:
+            log.debug("connect refused endpoint=%s http 451 restricted location", c.ep.name)
+        self._sleep(c, self.cfg.location_backoff_s)
 
     def _receive(self, c: Connection, ws: websocket.WebSocket, reason: str) -> str:
         now = self.clock()

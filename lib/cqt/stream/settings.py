@@ -19,6 +19,7 @@ class LoopSettings:
     flush_s: float = 0.05
     connect_interval_s: float = 1.0      # at most one new connection per this long, all endpoints together
     ca_bundle: str | None = None         # CA file for wss:// (Settings.ca_bundle); None: the system's
+    location_backoff_s: float = 3600.0   # after a 451 handshake (restricted location)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LoopSettings":
@@ -32,4 +33,5 @@ class LoopSettings:
             recv_timeout_s=min(1.0, g("CQT_WS_RECV_TIMEOUT_S", 0.5, 0.01)),
             connect_interval_s=g("CQT_WS_CONNECT_INTERVAL_S"),
             ca_bundle=settings.ca_bundle,
+            location_backoff_s=g("CQT_REST_LOCATION_BACKOFF_S"),
         )

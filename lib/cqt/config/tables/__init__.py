@@ -6,12 +6,26 @@ module here with a TABLE, listed in TABLES and placed in a section.
 from __future__ import annotations
 
 from ..var import Var
-from . import aggregate, checks, collectors, core, dashboard, export, monitor, nightly, pollers, scheduler, study
+from . import (
+    aggregate,
+    checks,
+    collectors,
+    core,
+    dashboard,
+    export,
+    monitor,
+    nightly,
+    pollers,
+    restlimits,
+    scheduler,
+    study,
+)
 
 TABLES: dict[str, tuple[Var, ...]] = {
     "core": core.TABLE,
     "collectors": collectors.TABLE,
     "pollers": pollers.TABLE,
+    "restlimits": restlimits.TABLE,
     "aggregate": aggregate.TABLE,
     "checks": checks.TABLE,
     "scheduler": scheduler.TABLE,
@@ -25,7 +39,7 @@ TABLES: dict[str, tuple[Var, ...]] = {
 SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Core", "core", ("core",)),
     ("Collectors (WebSocket)", "collectors", ("collectors",)),
-    ("Pollers (REST)", "pollers", ("pollers",)),
+    ("Pollers (REST)", "pollers", ("pollers", "restlimits")),
     ("Aggregation", "aggregate", ("aggregate",)),
     ("Checks", "checks", ("checks", "scheduler")),
     ("Export", "export", ("export",)),
