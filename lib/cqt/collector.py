@@ -29,7 +29,7 @@ from .config import ConfigError
 from .db import connect
 from .exitcodes import CONFIG
 from .outputs import OutputRefused, guard_output
-from .rest import RestClient
+from .rest import RestClient, location_refused_message
 from .runtime import run_service
 from .stream import StreamLoop
 from .timeutil import now_ms
@@ -80,7 +80,7 @@ def markets_or_exit(service: str, rest_base: str, path: str, problems_of: Callab
         quiet.disabled = was_disabled
         client.close()
     if not r.ok:
-        why = r.error or f"http {r.status}"
+        why = location_refused_message(venue) if r.status == 451 else (r.error or f"http {r.status}")
         return f"market list not checked: GET {path} failed ({why}); starting with the configured symbols"
     try:
         problems = problems_of(r.json())

@@ -117,6 +117,8 @@ def _symbols(ctx, param, value):
 @click.option("--binance-futures-data-window", default="oldest", show_default=True,
               type=click.Choice(["oldest", "newest"]),
               help="Which rows a /futures/data window larger than limit returns.")
+@click.option("--binance-restricted-location", is_flag=True,
+              help="Answer every Binance request and WebSocket handshake with HTTP 451 (restricted location).")
 @click.option("--binance-ban-seconds", default=120.0, show_default=True, type=click.FloatRange(0.1),
               help="First 418 ban for a client that keeps going after 429s (doubles each time).")
 @click.option("--upbit-idle-timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
@@ -139,8 +141,8 @@ def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, his
          faults, retain_s,
          usdt_krw, binance_ping_interval, binance_pong_timeout, binance_lifetime, binance_weight_limit,
          binance_agg_history_s, binance_futures_data_days, binance_futures_data_window,
-         binance_ban_seconds, upbit_idle_timeout, upbit_origin_interval, coinglass_key, coinglass_limit,
-         coinglass_plan, coinglass_errors, log_level):
+         binance_restricted_location, binance_ban_seconds, upbit_idle_timeout, upbit_origin_interval, coinglass_key,
+         coinglass_limit, coinglass_plan, coinglass_errors, log_level):
     """Serve Upbit, Binance USD-M futures and Coinglass on one loopback port, from a
     deterministic market model (or a capture), with fault injection."""
     if not _loopback(host):
@@ -159,6 +161,7 @@ def main(host, port, tls_cert, tls_key, seed, symbols, ports_file, start_ms, his
                     binance_weight_limit=binance_weight_limit, binance_agg_history_s=binance_agg_history_s,
                     binance_futures_data_days=binance_futures_data_days,
                     binance_futures_data_window=binance_futures_data_window, binance_ban_seconds=binance_ban_seconds,
+                    binance_restricted_location=binance_restricted_location,
                     upbit_idle_timeout=upbit_idle_timeout, upbit_origin_interval=upbit_origin_interval,
                     coinglass_key=coinglass_key, coinglass_limit=coinglass_limit, coinglass_plan=coinglass_plan,
                     coinglass_errors=coinglass_errors, faults=list(faults))

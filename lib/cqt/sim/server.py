@@ -71,6 +71,7 @@ class SimConfig:
     binance_futures_data_days: int = 0      # 0 = an older startTime is clamped to 30 days
     binance_futures_data_window: str = "oldest"
     binance_ban_seconds: float = 120.0
+    binance_restricted_location: bool = False   # every request and handshake: HTTP 451
     upbit_idle_timeout: float = 120.0
     upbit_origin_interval: float = 10.0
     upbit_connects_per_s: int = 5

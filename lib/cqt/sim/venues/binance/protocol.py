@@ -112,6 +112,13 @@ class Keepalive:
         return max(0.01, min(1.0, min(self.next_ping, self.end) - now))
 
 
+# What Binance answers a host in a country it does not serve (HTTP 451), REST and handshake alike.
+RESTRICTED_LOCATION_BODY = json.dumps(
+    {"code": 0, "msg": "Service unavailable from a restricted location according to 'b. Eligibility' in "
+                       "https://www.binance.com/en/terms. Please contact customer service if you believe you "
+                       "received this message in error."}, separators=(",", ":"))
+
+
 class Protocol(VenueProtocol):
     name = "binance"
     rest = rest
@@ -163,6 +170,8 @@ class Protocol(VenueProtocol):
 
     def gate(self, headers, path: str, params: dict, now: float, mono: float):
         out = {}
+        if self.sim.cfg.binance_restricted_location:
+            return 451, RESTRICTED_LOCATION_BODY, out
         if self.banned_until > now:
             wait = math.ceil(self.banned_until - now)
             out["Retry-After"] = str(wait)
@@ -207,6 +216,9 @@ class Protocol(VenueProtocol):
 
     async def ws_handler(self, request: web.Request, route: str, combined: bool):
         sim = self.sim
+        if sim.cfg.binance_restricted_location:
+            log.info("ws refused venue=binance status=451 (restricted location)")
+            return web.Response(status=451, text=RESTRICTED_LOCATION_BODY, content_type="application/json")
         if sim.faults.refused("binance"):
             request.transport.abort()
             log.info("ws refused venue=binance (fault)")
