@@ -50,6 +50,7 @@ OPERATOR_COMMANDS = {
     "demo": ("cqt.demo:demo", "Run the whole pipeline against cqt-sim for a few minutes."),
     "replay": ("cqt.replay.cli:replay", "Push a capture file through the parsers into a database."),
     "synth": ("cqt.synth:synth", "Build a synthetic database from the sim's market model."),
+    "probe": ("cqt.probe.cli:probe", "Try every stream and REST endpoint cqt uses from this host (before a long run)."),
 }
 
 

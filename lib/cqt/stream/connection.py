@@ -51,6 +51,20 @@ def buffer_reads(ws) -> None:
         fb.recv = BufferedRecv(fb.recv)
 
 
+def open_endpoint(connect: Callable[..., websocket.WebSocket], ep: Endpoint, cfg) -> websocket.WebSocket:
+    """Connect to `ep` and send its subscriptions: the collector's loop and `cqt probe` open a
+    connection the same way (CA bundle, no Origin where the venue limits it, buffered reads).
+    `cfg` is a LoopSettings. Raises what websocket-client raises."""
+    tls = {"sslopt": {"ca_certs": cfg.ca_bundle}} if cfg.ca_bundle else {}
+    ws = connect(ep.url, timeout=cfg.connect_timeout_s, suppress_origin=ep.suppress_origin,
+                 skip_utf8_validation=True, enable_multithread=False, **tls)
+    buffer_reads(ws)
+    for msg in ep.subscribe:
+        ws.send(msg)
+    ws.settimeout(cfg.recv_timeout_s)
+    return ws
+
+
 class Connection:
     """Per-endpoint runtime: the socket, counters, buffer (owned by its receive thread)."""
 

@@ -15,7 +15,7 @@ from ..timeutil import now_ms
 from ..venues.common import Parsed, Reject
 from .backoff import Backoff, ConnectPacer
 from .buffer import RowBuffer
-from .connection import Connection, buffer_reads
+from .connection import Connection, open_endpoint
 from .endpoints import NO_RULE, Endpoint, Gap, Handler, StreamRule
 from .settings import LoopSettings
 from .state import StreamState, symbols_snapshot
@@ -194,14 +194,7 @@ class StreamLoop:
                 if not self._sleep(c, wait):
                     return None
         try:
-            tls = {"sslopt": {"ca_certs": self.cfg.ca_bundle}} if self.cfg.ca_bundle else {}
-            ws = self.connect(
-                ep.url, timeout=self.cfg.connect_timeout_s, suppress_origin=ep.suppress_origin,
-                skip_utf8_validation=True, enable_multithread=False, **tls)
-            buffer_reads(ws)
-            for msg in ep.subscribe:
-                ws.send(msg)
-            ws.settimeout(self.cfg.recv_timeout_s)
+            ws = open_endpoint(self.connect, ep, self.cfg)
         except Exception as exc:  # noqa: BLE001 - a bad URL or timeout (ValueError, OverflowError) fails the same way
             c.failures += 1
             c.last_error = _short(exc, self.secrets)

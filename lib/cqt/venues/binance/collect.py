@@ -114,7 +114,7 @@ def pack_streams(groups: list[list[str]], per_conn: int) -> list[list[str]]:
     return conns
 
 
-def _canonical(wire: str) -> str:
+def canonical_stream(wire: str) -> str:
     """'btcusdt@markPrice@1s' -> 'BTCUSDT@markPrice': the parser's stream name."""
     sym, _, kind = wire.partition("@")
     return f"{sym.upper()}@{kind.split('@', 1)[0]}"
@@ -166,7 +166,7 @@ def endpoints(cfg: BinanceConfig) -> list[Endpoint]:
         for i, wire in enumerate(conns, 1):
             ep_rules = {}
             for w in wire:
-                name = _canonical(w)
+                name = canonical_stream(w)
                 rule = rules.get(name.split("@", 1)[1])
                 if rule is not None:
                     ep_rules[name] = rule
