@@ -35,7 +35,7 @@ MAX_FAILURES = 8
 GAP_INSERT = ("INSERT INTO gaps (source, stream, detected_ts_ms, from_id, to_id, from_ts_ms, to_ts_ms, "
               "filled_ts_ms, filled_rows, status, reason, symbol) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 GAP_UPDATE = ("UPDATE gaps SET from_id = ?, to_id = ?, from_ts_ms = ?, to_ts_ms = ?, filled_ts_ms = ?, "
-              "filled_rows = ?, status = ? WHERE id = ?")
+              "filled_rows = ?, status = ?, reason = ? WHERE id = ?")
 
 
 class GapBook:
@@ -60,9 +60,8 @@ class GapBook:
             if gap.row_id is None:
                 return
             conn.execute(GAP_UPDATE, (gap.from_id, gap.to_id, gap.from_ts_ms, gap.to_ts_ms, now_ms(),
-                                      gap.filled_rows, status, gap.row_id))
-            if reason:
-                conn.execute("UPDATE gaps SET reason = ? WHERE id = ?", (f"{gap.reason}; {reason}", gap.row_id))
+                                      gap.filled_rows, status, f"{gap.reason}; {reason}" if reason else gap.reason,
+                                      gap.row_id))
         self.writer.call(update)
 
     def insert_counted(self, sql: str, rows: list, gap: Gap) -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from ...backfill import MAX_FAILURES, FillBase, GapBook, GiveUp, Pager, Stopped
+from ...poll.outcomes import error_code
 from ...stream import Gap, StreamState
 from ...timeutil import now_ms
 from ..common import Reject, insert_sql
@@ -28,7 +29,8 @@ TOO_OLD_REASON = "unfillable: Binance keeps only ~48 h of aggTrades history (-11
 def refused_too_old(exc: GiveUp) -> bool:
     """A 400 with code -1130 on aggTrades: the ids or times asked for are older than the
     venue serves (the SDK says 48 h; the exact refusal is not documented)."""
-    return exc.status == 400 and '"code":-1130' in exc.text.replace(" ", "")
+    body = error_code(exc.text)
+    return exc.status == 400 and body is not None and body[0] == "-1130"
 
 
 class AggTradeFill(FillBase):
